@@ -1,0 +1,3 @@
+from terrasynth.cli import main
+
+raise SystemExit(main())

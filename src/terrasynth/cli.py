@@ -1,0 +1,108 @@
+"""The ``terrasynth`` command line: thin commands that parse, load a config and call one library function.
+
+Each command family lives in its own module under ``terrasynth.commands`` and adds its
+parsers in ``register(cli)``. User errors (:class:`~terrasynth.errors.UserError`) print
+one line and exit with code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from typing import Sequence
+
+import terrasynth
+from terrasynth.errors import UserError
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = [
+    "terrasynth.commands.data",
+]
+
+log = logging.getLogger("terrasynth")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and exit 2) like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+class CLI:
+    """What a command module sees: the root parser and named command groups."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self.root = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=OneLineParser)
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def group(self, name: str, help: str = "") -> argparse._SubParsersAction:
+        """Sub-commands under ``terrasynth NAME ...`` (created on first use)."""
+        if name not in self._groups:
+            p = self.root.add_parser(name, help=help, description=help)
+            p.set_defaults(func=lambda args, p=p: p.print_help() or 0)
+            self._groups[name] = p.add_subparsers(title="commands", dest="subcommand", metavar="COMMAND")
+        return self._groups[name]
+
+    def command(self, name: str, help: str) -> argparse.ArgumentParser:
+        """A top-level command ``terrasynth NAME``."""
+        return self.root.add_parser(name, help=help, description=help)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeated ``--set KEY=VALUE`` (applied last)."""
+    p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.steps=100 (repeatable)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="terrasynth",
+        description="Synthetic, labelled Earth-observation training data, and the proof of whether it helps.",
+    )
+    parser.add_argument("--version", action="version", version=f"terrasynth {terrasynth.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    cli = CLI(parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(cli)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("rasterio", "matplotlib", "PIL", "urllib3", "fsspec", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if args.quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"terrasynth: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("terrasynth: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

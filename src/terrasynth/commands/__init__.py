@@ -1,0 +1,1 @@
+"""Command-line command families; each module's ``register(cli)`` adds its parsers."""

@@ -1,0 +1,168 @@
+"""Configuration: pydantic v2 models with ``extra="forbid"``, YAML files and ``--set`` overrides.
+
+Precedence, lowest first: model defaults < YAML file (``--config``) < command-line flags <
+``--set key.sub=value``. The resolved config is written next to every output
+(``config.yaml``) and its hash is recorded in provenance, so an output says exactly what
+made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from terrasynth.errors import UserError
+from terrasynth.io import write_text_atomic
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file; pass a YAML config") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}; fix the file")
+    return data
+
+
+def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["train.steps=100", "seed=3"]`` into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UserError(f"--set {item!r}: empty key; use e.g. --set train.steps=100")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        cur = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise UserError(f"--set {item!r}: {p} is set both as a value and as a section")
+        cur[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> M:
+    """Build a validated ``model`` from a YAML file, CLI flags (None values ignored) and ``--set``s."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    if flags:
+        data = deep_merge(data, _drop_none(flags))
+    data = deep_merge(data, parse_sets(sets))
+    source = str(path) if path else "command line"
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, model, source)) from exc
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (the parent of the offending key)."""
+    cur: Any = model
+    for part in loc:
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cur = _model_of(field.annotation)
+        if cur is None:
+            return []
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        m = _model_of(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line per the CLI contract: the first problem, naming key, file and fix."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in err["loc"])
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        allowed = allowed_keys(model, loc[:-1])
+        return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(allowed)}{more}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{key}'; add it to the config or pass it on the command line{more}"
+    value = err.get("input")
+    return f"{source}: {key} = {value!r} is invalid: {err['msg']}; fix this value{more}"
+
+
+def config_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def config_hash(cfg: BaseModel | dict[str, Any], *extra: Any) -> str:
+    """A short, stable hash of a resolved config (and any extra inputs, e.g. input hashes)."""
+    data = config_dict(cfg) if isinstance(cfg, BaseModel) else cfg
+    blob = json.dumps([data, *extra], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to an output, atomically."""
+    path = Path(out_dir) / name
+    write_text_atomic(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    return path

@@ -1,0 +1,1 @@
+"""Datasets: the on-disk format, importers, the procedural world and torch readers."""

@@ -1,0 +1,577 @@
+"""The terrasynth dataset format: the contract between every stage.
+
+A dataset is a directory::
+
+    dataset.json      metadata: scheme, tile size, GSD, kind, provenance (written last)
+    index.csv         one row per tile: id, split, image, label, source, crs, bounds,
+                      nodata_pixels, count_<code> for every class code of the scheme
+    images/<id>.tif   RGB uint8 GeoTIFF (georeferenced when the source is); absent in
+                      label-only datasets
+    labels/<id>.tif   single-band uint8 class codes with the scheme's colour table
+
+Every file is written atomically (temporary file, then rename). While a writer runs,
+finished tiles are journaled in ``.journal*.jsonl``; a killed writer is resumed by
+running the same command again: journaled tiles whose files exist are skipped. A
+directory without ``dataset.json`` is an unfinished dataset and readers refuse it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shlex
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
+
+import terrasynth
+from terrasynth.classes import ClassScheme
+from terrasynth.errors import UserError
+from terrasynth.io import (
+    atomic_path,
+    ensure_dir,
+    remove_stale_tmp,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+FORMAT_NAME = "terrasynth-dataset"
+FORMAT_VERSION = 1
+META_FILE = "dataset.json"
+INDEX_FILE = "index.csv"
+JOURNAL_GLOB = ".journal*.jsonl"
+PARTIAL_FILE = ".partial.json"
+
+Kind = Literal["real", "procedural", "synthetic"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TileRecord:
+    """One tile of a dataset. Paths are relative to the dataset root."""
+
+    id: str
+    split: str
+    label: str
+    image: str | None = None
+    source: str = ""
+    crs: str | None = None
+    bounds: tuple[float, float, float, float] | None = None  # left, bottom, right, top in ``crs``
+    nodata_pixels: int = 0
+    counts: dict[int, int] = field(default_factory=dict)  # class code -> pixels
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["counts"] = {str(k): v for k, v in self.counts.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "TileRecord":
+        d = dict(d)
+        d["counts"] = {int(k): int(v) for k, v in d.get("counts", {}).items()}
+        if d.get("bounds") is not None:
+            d["bounds"] = tuple(d["bounds"])
+        return cls(**d)
+
+
+@dataclass
+class DatasetInfo:
+    """The content of ``dataset.json``."""
+
+    name: str
+    kind: Kind
+    scheme: ClassScheme
+    tile_size: int
+    gsd: float | None = None
+    has_images: bool = True
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, records: list[TileRecord] | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "tile_size": self.tile_size,
+            "gsd": self.gsd,
+            "has_images": self.has_images,
+            "scheme": self.scheme.to_dict(),
+            "provenance": self.provenance,
+            "extra": self.extra,
+        }
+        if records is not None:
+            d["num_tiles"] = len(records)
+            d["splits"] = split_counts(records)
+            d["class_pixels"] = {str(k): v for k, v in class_pixels(records, self.scheme).items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> "DatasetInfo":
+        if d.get("format") != FORMAT_NAME:
+            raise UserError(f"{where}: not a terrasynth dataset.json (format={d.get('format')!r})")
+        if d.get("format_version", 0) > FORMAT_VERSION:
+            raise UserError(
+                f"{where}: dataset format version {d['format_version']} is newer than this terrasynth "
+                f"understands ({FORMAT_VERSION}); upgrade terrasynth"
+            )
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            scheme=ClassScheme.from_dict(d["scheme"], where=where),
+            tile_size=int(d["tile_size"]),
+            gsd=d.get("gsd"),
+            has_images=bool(d.get("has_images", True)),
+            provenance=d.get("provenance", {}),
+            extra=d.get("extra", {}),
+        )
+
+
+def split_counts(records: Iterable[TileRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        out[r.split] = out.get(r.split, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def class_pixels(records: Iterable[TileRecord], scheme: ClassScheme) -> dict[int, int]:
+    tot = {c: 0 for c in scheme.codes}
+    for r in records:
+        for c, n in r.counts.items():
+            if c in tot:
+                tot[c] += n
+    return tot
+
+
+def provenance(
+    source: str,
+    *,
+    config_hash: str | None = None,
+    seed: int | None = None,
+    generator: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The provenance block of ``dataset.json``: what made this dataset, with which code."""
+    return {
+        "source": source,
+        "command": " ".join(shlex.quote(a) for a in ["terrasynth", *sys.argv[1:]]) if sys.argv else "",
+        "config_hash": config_hash,
+        "version": terrasynth.__version__,
+        "seed": seed,
+        "generator": generator,
+        **extra,
+    }
+
+
+# ---- GeoTIFF tiles ------------------------------------------------------------------
+
+
+def _crs_string(crs: CRS | str | None) -> str | None:
+    if crs is None:
+        return None
+    crs = CRS.from_user_input(crs)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def write_label_tif(
+    path: Path, codes: np.ndarray, scheme: ClassScheme, crs: CRS | str | None = None, transform: Affine | None = None
+) -> None:
+    """Write a single-band uint8 label GeoTIFF with the scheme's colour table, atomically."""
+    h, w = codes.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=1, dtype="uint8", compress="deflate")
+    if crs is not None:
+        profile.update(crs=CRS.from_user_input(crs), transform=transform)
+    if scheme.nodata is not None:
+        profile["nodata"] = scheme.nodata
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(codes.astype(np.uint8, copy=False), 1)
+            dst.write_colormap(1, scheme.colormap())
+
+
+def write_image_tif(path: Path, rgb: np.ndarray, crs: CRS | str | None = None, transform: Affine | None = None) -> None:
+    """Write an (H, W, 3) uint8 RGB GeoTIFF, atomically."""
+    h, w, c = rgb.shape
+    if c != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", compress="deflate", photometric="RGB")
+    if crs is not None:
+        profile.update(crs=CRS.from_user_input(crs), transform=transform)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(np.moveaxis(rgb, -1, 0))
+
+
+def read_label_tif(path: Path) -> np.ndarray:
+    try:
+        with rasterio.open(path) as src:
+            return src.read(1)
+    except RasterioIOError as exc:
+        raise UserError(f"{path}: unreadable label tile ({exc}); rerun the command that wrote this dataset") from exc
+
+
+def read_image_tif(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8."""
+    try:
+        with rasterio.open(path) as src:
+            return np.moveaxis(src.read(), 0, -1)
+    except RasterioIOError as exc:
+        raise UserError(f"{path}: unreadable image tile ({exc}); rerun the command that wrote this dataset") from exc
+
+
+def _valid_tif(path: Path) -> bool:
+    try:
+        with rasterio.open(path) as src:
+            return src.width > 0
+    except Exception:
+        return False
+
+
+# ---- writing --------------------------------------------------------------------------
+
+
+class DatasetWriter:
+    """Writes tiles atomically, journals them, and finalises the index and metadata.
+
+    Resuming: open a writer on the same ``out`` with the same ``provenance['config_hash']``
+    and tiles already written are reported by :meth:`has` and skipped by the caller.
+    ``shard`` gives each parallel process its own journal (e.g. the Accelerate rank);
+    only one process calls :meth:`finalize`.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        info: DatasetInfo,
+        *,
+        shard: int | None = None,
+        overwrite: bool = False,
+    ):
+        self.root = Path(out)
+        self.info = info
+        self.shard = shard
+        cfg_hash = info.provenance.get("config_hash")
+        meta = self.root / META_FILE
+        if meta.exists():
+            old = json.loads(meta.read_text())
+            if overwrite or old.get("provenance", {}).get("config_hash") != cfg_hash:
+                if not overwrite:
+                    raise UserError(
+                        f"{self.root}: already holds a dataset made with another config "
+                        f"(hash {old.get('provenance', {}).get('config_hash')} vs {cfg_hash}); "
+                        "choose a new --out or pass --overwrite"
+                    )
+                self._clear()
+        partial = self.root / PARTIAL_FILE
+        if partial.exists() and not overwrite:
+            old_hash = json.loads(partial.read_text()).get("config_hash")
+            if old_hash != cfg_hash:
+                raise UserError(
+                    f"{self.root}: holds an unfinished dataset from another config (hash {old_hash} vs {cfg_hash}); "
+                    "rerun that command to finish it, choose a new --out, or pass --overwrite"
+                )
+        elif partial.exists() and overwrite:
+            self._clear()
+        if self.root.exists() and any(self.root.iterdir()) and not partial.exists() and not meta.exists():
+            raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
+        ensure_dir(self.root / "labels")
+        if info.has_images:
+            ensure_dir(self.root / "images")
+        for sub in (self.root, self.root / "labels", self.root / "images"):
+            if sub.exists():
+                remove_stale_tmp(sub)
+        self.complete = meta.exists()
+        if not self.complete and (shard is None or shard == 0) and not partial.exists():
+            write_json_atomic(partial, {"config_hash": cfg_hash})
+        self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
+        jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
+        self._journal_path = self.root / jname
+        self._journal = None
+
+    def _clear(self) -> None:
+        import shutil
+
+        for p in list(self.root.iterdir()):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def _load_journals(self) -> dict[str, TileRecord]:
+        done: dict[str, TileRecord] = {}
+        for j in sorted(self.root.glob(JOURNAL_GLOB)):
+            for line in j.read_text().splitlines():
+                try:
+                    rec = TileRecord.from_json(json.loads(line))
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    continue  # a line cut by a kill: that tile is simply redone
+                if (self.root / rec.label).exists() and (rec.image is None or (self.root / rec.image).exists()):
+                    done[rec.id] = rec
+        return done
+
+    @property
+    def done_ids(self) -> set[str]:
+        return set(self._done)
+
+    def has(self, tile_id: str) -> bool:
+        return self.complete or tile_id in self._done
+
+    def write(
+        self,
+        tile_id: str,
+        split: str,
+        label: np.ndarray,
+        image: np.ndarray | None = None,
+        *,
+        source: str = "",
+        crs: CRS | str | None = None,
+        transform: Affine | None = None,
+    ) -> TileRecord:
+        """Write one tile: ``label`` (H, W) uint8 codes, ``image`` (H, W, 3) uint8 or None."""
+        if self.info.has_images and image is None:
+            raise ValueError(f"dataset {self.root} has images but tile {tile_id} has none")
+        self.info.scheme.check_codes(label, f"tile {tile_id} of {source or self.root}")
+        label_rel = f"labels/{tile_id}.tif"
+        image_rel = f"images/{tile_id}.tif" if image is not None else None
+        if image is not None:
+            write_image_tif(self.root / image_rel, image, crs, transform)
+        write_label_tif(self.root / label_rel, label, self.info.scheme, crs, transform)
+        counts = np.bincount(label.ravel(), minlength=256)
+        bounds = None
+        if crs is not None and transform is not None:
+            h, w = label.shape
+            left, top = rasterio.transform.xy(transform, 0, 0, offset="ul")
+            right, bottom = rasterio.transform.xy(transform, h, w, offset="ul")
+            bounds = (float(min(left, right)), float(min(bottom, top)), float(max(left, right)), float(max(bottom, top)))
+        rec = TileRecord(
+            id=tile_id,
+            split=split,
+            label=label_rel,
+            image=image_rel,
+            source=source,
+            crs=_crs_string(crs),
+            bounds=bounds,
+            nodata_pixels=int(counts[self.info.scheme.nodata]) if self.info.scheme.nodata is not None else 0,
+            counts={c: int(counts[c]) for c in self.info.scheme.codes},
+        )
+        self._append(rec)
+        return rec
+
+    def _append(self, rec: TileRecord) -> None:
+        if self._journal is None:
+            self._journal = open(self._journal_path, "a", encoding="utf-8")
+        self._journal.write(json.dumps(rec.to_json()) + "\n")
+        self._journal.flush()
+        self._done[rec.id] = rec
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+            self._journal.close()
+            self._journal = None
+
+    def finalize(self) -> "Dataset":
+        """Write ``index.csv`` and ``dataset.json`` (last), drop the journals; return the dataset."""
+        self.close()
+        if self.complete:
+            return Dataset.open(self.root)
+        records = sorted(self._load_journals().values(), key=lambda r: r.id)
+        if not records:
+            raise UserError(
+                f"{self.root}: no tiles were produced; check the input and the filters "
+                "(nodata threshold, tile size larger than the images?)"
+            )
+        write_text_atomic(self.root / INDEX_FILE, index_to_csv(records, self.info.scheme))
+        write_json_atomic(self.root / META_FILE, self.info.to_json(records))
+        for j in self.root.glob(JOURNAL_GLOB):
+            j.unlink()
+        (self.root / PARTIAL_FILE).unlink(missing_ok=True)
+        self.complete = True
+        return Dataset.open(self.root)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def index_columns(scheme: ClassScheme) -> list[str]:
+    return [
+        "id", "split", "image", "label", "source", "crs", "left", "bottom", "right", "top", "nodata_pixels",
+        *[f"count_{c}" for c in scheme.codes],
+    ]  # fmt: skip
+
+
+def index_to_csv(records: list[TileRecord], scheme: ClassScheme) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(index_columns(scheme))
+    for r in records:
+        b = r.bounds or ("", "", "", "")
+        w.writerow(
+            [r.id, r.split, r.image or "", r.label, r.source, r.crs or "", *[repr(x) if x != "" else "" for x in b],
+             r.nodata_pixels, *[r.counts.get(c, 0) for c in scheme.codes]]
+        )  # fmt: skip
+    return buf.getvalue()
+
+
+def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecord]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            bounds = (
+                tuple(float(row[k]) for k in ("left", "bottom", "right", "top")) if row.get("left") else None
+            )
+            out.append(
+                TileRecord(
+                    id=row["id"],
+                    split=row["split"],
+                    image=row["image"] or None,
+                    label=row["label"],
+                    source=row["source"],
+                    crs=row["crs"] or None,
+                    bounds=bounds,  # type: ignore[arg-type]
+                    nodata_pixels=int(row["nodata_pixels"]),
+                    counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
+                )
+            )
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{where}: row {i + 2} is malformed ({exc!r}); rebuild the dataset") from exc
+    return out
+
+
+# ---- reading --------------------------------------------------------------------------
+
+
+class Dataset:
+    """A finished dataset on disk: metadata, index and tile readers."""
+
+    def __init__(self, root: Path, info: DatasetInfo, records: list[TileRecord]):
+        self.root = root
+        self.info = info
+        self.records = records
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Dataset":
+        root = Path(root)
+        meta = root / META_FILE
+        if not root.is_dir():
+            raise UserError(f"{root}: dataset directory not found; pass a directory made by a terrasynth data command")
+        if not meta.exists():
+            hint = (
+                "it is an unfinished dataset: rerun the command that writes it to resume"
+                if (root / PARTIAL_FILE).exists()
+                else "it has no dataset.json: pass a directory made by a terrasynth data command"
+            )
+            raise UserError(f"{root}: not a usable dataset; {hint}")
+        try:
+            info = DatasetInfo.from_json(json.loads(meta.read_text()), str(meta))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{meta}: not valid JSON ({exc}); rebuild the dataset") from exc
+        index = root / INDEX_FILE
+        if not index.exists():
+            raise UserError(f"{index}: index missing; rebuild the dataset")
+        records = index_from_csv(index.read_text(), info.scheme, str(index))
+        return cls(root, info, records)
+
+    @property
+    def scheme(self) -> ClassScheme:
+        return self.info.scheme
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def split(self, *names: str) -> list[TileRecord]:
+        """Records of the given splits (all records when ``names`` is empty or ``'all'``)."""
+        if not names or "all" in names:
+            return list(self.records)
+        return [r for r in self.records if r.split in names]
+
+    def read_label(self, rec: TileRecord) -> np.ndarray:
+        """(H, W) uint8 class codes."""
+        return read_label_tif(self.root / rec.label)
+
+    def read_image(self, rec: TileRecord) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        if rec.image is None:
+            raise UserError(f"{self.root}: tile {rec.id} has no image (label-only dataset); use a paired dataset")
+        return read_image_tif(self.root / rec.image)
+
+    def georef(self, rec: TileRecord) -> tuple[CRS | None, Affine | None]:
+        """CRS and transform of a tile (None, None when not georeferenced)."""
+        if rec.crs is None:
+            return None, None
+        with rasterio.open(self.root / rec.label) as src:
+            return src.crs, src.transform
+
+    def iter_tiles(self, split: str | None = None) -> Iterator[tuple[TileRecord, np.ndarray, np.ndarray | None]]:
+        for rec in self.split(*([split] if split else [])):
+            yield rec, self.read_label(rec), (self.read_image(rec) if rec.image else None)
+
+    def class_frequencies(self, split: str | None = None) -> dict[int, float]:
+        px = class_pixels(self.split(*([split] if split else [])), self.scheme)
+        tot = sum(px.values()) or 1
+        return {c: n / tot for c, n in px.items()}
+
+    def verify(self) -> list[str]:
+        """Problems between the index and the files on disk (empty when consistent)."""
+        problems = []
+        for rec in self.records:
+            for rel in (rec.label, rec.image):
+                if rel is not None and not _valid_tif(self.root / rel):
+                    problems.append(f"{rel}: missing or unreadable")
+        listed = {r.label for r in self.records} | {r.image for r in self.records if r.image}
+        for sub in ("labels", "images"):
+            d = self.root / sub
+            if d.exists():
+                for p in d.glob("*.tif"):
+                    if f"{sub}/{p.name}" not in listed:
+                        problems.append(f"{sub}/{p.name}: on disk but not in the index")
+        return problems
+
+
+def describe(ds: Dataset) -> str:
+    """A human summary for ``terrasynth data info``."""
+    info = ds.info
+    lines = [
+        f"dataset   {ds.root}",
+        f"name      {info.name}  (kind: {info.kind})",
+        f"scheme    {info.scheme.name}, {info.scheme.num_classes} classes, nodata={info.scheme.nodata}",
+        f"tiles     {len(ds)} of {info.tile_size}x{info.tile_size} px"
+        + (f", GSD {info.gsd:g} m" if info.gsd else "")
+        + ("" if info.has_images else ", label-only"),
+        "splits    " + ", ".join(f"{k}: {v}" for k, v in split_counts(ds.records).items()),
+    ]
+    crs = sorted({r.crs for r in ds.records if r.crs})
+    if crs:
+        lines.append("crs       " + ", ".join(c if len(c) < 40 else c[:37] + "..." for c in crs))
+    prov = info.provenance
+    if prov:
+        lines.append(f"source    {prov.get('source')}  seed={prov.get('seed')}  config={prov.get('config_hash')}")
+        if prov.get("generator"):
+            lines.append(f"generator {json.dumps(prov['generator'])}")
+    px = class_pixels(ds.records, info.scheme)
+    nod = sum(r.nodata_pixels for r in ds.records)
+    tot = sum(px.values()) + nod or 1
+    lines.append("class frequencies (share of all pixels):")
+    for c in info.scheme.classes:
+        lines.append(f"  {c.code:>4}  {c.name:<28} {px[c.code] / tot:7.2%}  ({px[c.code]} px)")
+    if info.scheme.nodata is not None:
+        lines.append(f"  {info.scheme.nodata:>4}  {'nodata':<28} {nod / tot:7.2%}  ({nod} px)")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Preview grids: label colours beside images, for eyes and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from terrasynth.data.dataset import Dataset, TileRecord
+from terrasynth.io import atomic_path
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile (H, W, 3) uint8 panels into one image; every row must have the same panel count."""
+    h = max(p.shape[0] for r in rows for p in r)
+    w = max(p.shape[1] for r in rows for p in r)
+    ncol = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, p in enumerate(r):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y : y + p.shape[0], x : x + p.shape[1]] = p
+    if scale > 1:
+        out = out.repeat(scale, 0).repeat(scale, 1)
+    return out
+
+
+def save_png(path: str | Path, rgb: np.ndarray) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+def dataset_preview(ds: Dataset, path: str | Path, n: int = 8, records: Sequence[TileRecord] | None = None) -> Path:
+    """A PNG with ``n`` tiles: one row per tile, label colours | image (when present)."""
+    recs = list(records) if records is not None else ds.records[:: max(1, len(ds.records) // n)][:n]
+    rows = []
+    for rec in recs:
+        row = [ds.scheme.colourize(ds.read_label(rec))]
+        if rec.image:
+            row.append(ds.read_image(rec))
+        rows.append(row)
+    # Rows of pairs read better side by side: fold into up to 4 pairs per line.
+    per_line = 4
+    lines = []
+    for k in range(0, len(rows), per_line):
+        chunk = rows[k : k + per_line]
+        flat = [p for r in chunk for p in r]
+        lines.append(flat)
+    width = max(len(line) for line in lines)
+    blank = np.full_like(lines[0][0], 255)
+    lines = [line + [blank] * (width - len(line)) for line in lines]
+    scale = max(1, 128 // ds.info.tile_size)
+    return save_png(path, grid(lines, scale=scale))

@@ -1,0 +1,101 @@
+"""PyTorch access to terrasynth datasets, with paired augmentations."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from terrasynth.classes import IGNORE_INDEX, ClassScheme
+from terrasynth.data.dataset import Dataset, TileRecord
+from terrasynth.errors import UserError
+
+
+def paired_augment(image: torch.Tensor | None, mask: torch.Tensor, gen: torch.Generator | None = None):
+    """Random horizontal/vertical flips and 90-degree rotations applied identically.
+
+    ``image`` (C, H, W), ``mask`` (H, W). The eight dihedral transforms keep pixels exact
+    (no interpolation), so class codes are never mixed.
+    """
+    r = torch.randint(0, 8, (1,), generator=gen).item()
+    k, flip = r % 4, r >= 4
+    if flip:
+        mask = mask.flip(-1)
+        image = image.flip(-1) if image is not None else None
+    if k:
+        mask = torch.rot90(mask, k, (-2, -1))
+        image = torch.rot90(image, k, (-2, -1)) if image is not None else None
+    return image, mask
+
+
+class TileDataset(TorchDataset):
+    """Reads a terrasynth dataset for training.
+
+    Items are dicts: ``image`` float32 (3, H, W) in [0, 1] (absent for label-only
+    datasets), ``mask`` int64 (H, W) of training indices with nodata as 255, and ``id``.
+    ``cache=True`` keeps all tiles in memory after first read (small CPU datasets).
+    """
+
+    def __init__(
+        self,
+        data: Dataset | str | os.PathLike,
+        splits: Sequence[str] | str | None = ("train",),
+        *,
+        augment: bool = False,
+        require_images: bool = True,
+        cache: bool = True,
+        records: Sequence[TileRecord] | None = None,
+    ):
+        self.ds = data if isinstance(data, Dataset) else Dataset.open(data)
+        if isinstance(splits, str):
+            splits = (splits,)
+        self.records = list(records) if records is not None else self.ds.split(*(splits or ()))
+        if not self.records:
+            raise UserError(
+                f"{self.ds.root}: no tiles in split(s) {list(splits or ['all'])}; "
+                f"available: {sorted({r.split for r in self.ds.records})}"
+            )
+        self.with_images = self.ds.info.has_images
+        if require_images and not self.with_images:
+            raise UserError(f"{self.ds.root}: label-only dataset, but images are needed here; pass a paired dataset")
+        self.augment = augment
+        self.cache = cache
+        self._cache: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
+
+    @property
+    def scheme(self) -> ClassScheme:
+        return self.ds.scheme
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, i: int) -> tuple[np.ndarray | None, np.ndarray]:
+        if i in self._cache:
+            return self._cache[i]
+        rec = self.records[i]
+        idx = self.scheme.to_indices(self.ds.read_label(rec))
+        img = self.ds.read_image(rec) if (self.with_images and rec.image) else None
+        if self.cache:
+            self._cache[i] = (img, idx)
+        return img, idx
+
+    def __getitem__(self, i: int) -> dict:
+        img, idx = self._load(i)
+        mask = torch.from_numpy(idx.astype(np.int64))
+        image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255) if img is not None else None
+        if self.augment:
+            image, mask = paired_augment(image, mask)
+        item = {"mask": mask.contiguous(), "id": self.records[i].id}
+        if image is not None:
+            item["image"] = image.contiguous()
+        return item
+
+
+def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) indices with 255 as ignore -> (B, K, H, W) float one-hot (ignored pixels all zero)."""
+    valid = mask != IGNORE_INDEX
+    oh = torch.nn.functional.one_hot(mask.clamp(max=num_classes - 1) * valid, num_classes)
+    return (oh * valid.unsqueeze(-1)).permute(0, 3, 1, 2).float()

@@ -1,0 +1,90 @@
+"""Atomic file writes: a temporary file in the same directory, then ``os.replace``.
+
+Readers never see a half-written file; a killed writer leaves at most a ``.tmp-*``
+file that the next run ignores and removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from terrasynth.errors import UserError
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    ``suffix`` keeps the file extension for writers that pick a format from it.
+    """
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.stem + "-", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise _os_user_error(path, exc) from exc
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise _os_user_error(path, exc) from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and parents) or raise a one-line :class:`UserError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_user_error(path, exc) from exc
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{path}: output directory is not writable; choose another --out or fix its permissions")
+    return path
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> int:
+    """Delete temporary files left by a killed writer; return how many."""
+    n = 0
+    for p in Path(directory).glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def _os_user_error(path: Path, exc: OSError) -> UserError:
+    if exc.errno == errno.ENOSPC:
+        return UserError(f"{path}: no space left on device; free space or choose another --out")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"{path}: permission denied ({exc.strerror}); choose a writable --out")
+    return UserError(f"{path}: {exc.strerror or exc}; check the path")

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from terrasynth.classes import WORLDCOVER
+from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
+from terrasynth.errors import UserError
+
+
+def _info(has_images=True, h="abc"):
+    return DatasetInfo(
+        name="t", kind="procedural", scheme=WORLDCOVER, tile_size=8, gsd=10.0, has_images=has_images,
+        provenance=provenance("test", config_hash=h, seed=0),
+    )  # fmt: skip
+
+
+def _tile(rng):
+    return rng.choice([0, 10, 50, 80], size=(8, 8)).astype(np.uint8), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+
+def test_round_trip_georeferenced(tmp_path, rng):
+    tf = from_origin(500000, 4000080, 10, 10)
+    tiles = {}
+    with DatasetWriter(tmp_path / "ds", _info()) as w:
+        for i in range(3):
+            lab, img = _tile(rng)
+            tiles[f"t{i}"] = (lab, img)
+            w.write(f"t{i}", "train" if i else "test", lab, img, source="s", crs="EPSG:32618", transform=tf)
+        ds = w.finalize()
+    ds = Dataset.open(tmp_path / "ds")
+    assert len(ds) == 3 and ds.info.kind == "procedural" and ds.verify() == []
+    for rec in ds.records:
+        lab, img = tiles[rec.id]
+        assert (ds.read_label(rec) == lab).all() and (ds.read_image(rec) == img).all()
+        assert rec.crs == "EPSG:32618" and rec.bounds == (500000.0, 4000000.0, 500080.0, 4000080.0)
+        assert rec.counts[10] == int((lab == 10).sum()) and rec.nodata_pixels == int((lab == 0).sum())
+    with rasterio.open(ds.root / ds.records[0].label) as src:
+        assert src.colormap(1)[10][:3] == (0, 100, 0)  # colour table embedded
+        assert src.crs.to_epsg() == 32618 and src.nodata == 0
+    meta = json.loads((ds.root / "dataset.json").read_text())
+    assert meta["splits"] == {"test": 1, "train": 2} and meta["provenance"]["seed"] == 0
+
+
+def test_label_only_and_torch_dataset(tmp_path, rng):
+    with DatasetWriter(tmp_path / "lo", _info(has_images=False)) as w:
+        w.write("a", "train", _tile(rng)[0])
+        w.finalize()
+    td = TileDataset(tmp_path / "lo", require_images=False)
+    item = td[0]
+    assert "image" not in item and item["mask"].dtype == torch.int64
+    assert set(item["mask"].unique().tolist()) <= {255, 0, 4, 7}
+    with pytest.raises(UserError, match="label-only"):
+        TileDataset(tmp_path / "lo")
+
+
+def test_unknown_code_rejected(tmp_path, rng):
+    with DatasetWriter(tmp_path / "x", _info()) as w:
+        with pytest.raises(UserError, match=r"\[7\]"):
+            w.write("a", "train", np.full((8, 8), 7, np.uint8), _tile(rng)[1])
+
+
+def test_resume_skips_journaled_and_refuses_unfinished(tmp_path, rng):
+    out = tmp_path / "r"
+    w = DatasetWriter(out, _info())
+    lab, img = _tile(rng)
+    w.write("a", "train", lab, img)
+    w.close()  # killed before finalize
+    (out / "labels" / ".tmp-b-xyz.tif").write_bytes(b"partial")  # a writer killed mid-file
+    with pytest.raises(UserError, match="unfinished"):
+        Dataset.open(out)
+    w2 = DatasetWriter(out, _info())
+    assert w2.has("a") and not w2.has("b")
+    assert not list((out / "labels").glob(".tmp-*"))  # stale temp files cleaned
+    w2.write("b", "test", lab, img)
+    ds = w2.finalize()
+    assert [r.id for r in ds.records] == ["a", "b"]
+    with pytest.raises(UserError, match="another config"):
+        DatasetWriter(out, _info(h="other"))
+    assert DatasetWriter(out, _info()).complete  # same config: nothing to do
+
+
+def test_augment_is_paired():
+    img = torch.arange(2 * 4 * 4).float().reshape(2, 4, 4)
+    mask = img[0].long()
+    for s in range(8):
+        g = torch.Generator().manual_seed(s)
+        i2, m2 = paired_augment(img, mask, g)
+        assert torch.equal(i2[0].long(), m2)
+
+
+def test_one_hot_ignores_nodata():
+    m = torch.tensor([[[0, 255], [2, 1]]])
+    oh = one_hot(m, 3)
+    assert oh.shape == (1, 3, 2, 2) and oh[0, :, 0, 1].sum() == 0 and oh[0, 2, 1, 0] == 1
