@@ -246,6 +246,7 @@ def train_segmentation(
     directory that already holds checkpoints.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(out)
@@ -254,6 +255,10 @@ def train_segmentation(
     scheme = datasets[0].scheme
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # Accelerate keeps its state in a process-wide singleton; several runs in one process (the
+    # experiment pipeline) with different precisions need it cleared. The distributed part
+    # (PartialState: ranks, device) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.bf16))
     main = accelerator.is_main_process
     ensure_dir(out)
@@ -294,7 +299,7 @@ def train_segmentation(
     model = build_segmenter(cfg.arch, cfg.encoder, 3, scheme.num_classes, cfg.encoder_weights)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     horizon = state["horizon"] if state else (cfg.schedule_steps or cfg.max_steps)
     sched = make_scheduler(opt, cfg.schedule, horizon, cfg.lr, cfg.warmup_steps)
     model, opt = accelerator.prepare(model, opt)
@@ -357,7 +362,9 @@ def train_segmentation(
         model.eval()
         metrics = SegmentationMetrics(scheme.num_classes, accelerator.device)
         with torch.no_grad():
-            for batch in DataLoader(val_tiles, batch_size=max(cfg.batch_size, 16)):
+            # Its own generator: creating a DataLoader iterator otherwise draws on the global RNG.
+            val_loader = DataLoader(val_tiles, batch_size=max(cfg.batch_size, 16), generator=torch.Generator())
+            for batch in val_loader:
                 x = batch["image"].to(accelerator.device).contiguous(memory_format=fmt)
                 metrics.update(predict(model, x), batch["mask"].to(accelerator.device))
         model.train()
