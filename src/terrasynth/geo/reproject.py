@@ -17,7 +17,7 @@ from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.transform import Affine, from_origin
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
 Role = Literal["label", "image"]
@@ -114,13 +114,12 @@ def read_onto_grid(
     win = _same_lattice(src, grid)
     if win is not None:  # native grid: a plain windowed read, no warping at all
         data = src.read(bands, window=win, boundless=True, fill_value=nodata)
-        mask = src.read_masks(bands[0], window=win, boundless=True)
-        valid = mask > 0
-    else:
+        valid = src.read_masks(bands[0], window=win, boundless=True) > 0
+    elif role == "label":
         with WarpedVRT(
             src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-            resampling=RESAMPLING[role], tolerance=TOLERANCE[role], add_alpha=src.nodata is None,
-            nodata=src.nodata,
+            resampling=RESAMPLING[role], tolerance=TOLERANCE[role], nodata=src.nodata,
+            add_alpha=src.nodata is None,
         ) as vrt:  # fmt: skip
             if src.nodata is None:
                 out = vrt.read(bands + [vrt.count])
@@ -128,5 +127,35 @@ def read_onto_grid(
             else:
                 data = vrt.read(bands)
                 valid = vrt.read_masks(bands[0]) > 0
+    else:
+        data, valid = _warp_image(src, grid, bands, nodata)
     data[:, ~valid] = nodata
     return data, valid
+
+
+def _warp_image(src: DatasetReader, grid: Grid, bands: list[int], nodata: float) -> tuple[np.ndarray, np.ndarray]:
+    """Warp imagery through arrays rather than a WarpedVRT.
+
+    NAIP files flag their 4th (NIR) band as alpha; a WarpedVRT then takes NIR as the
+    validity mask and weights the bilinear kernel by it, changing RGB values. Reading the
+    source window ourselves keeps the RGB exact and the validity mask our own.
+    """
+    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
+    w = from_bounds(left, bottom, right, top, transform=src.transform)
+    pad = 2  # bilinear reaches one source pixel beyond the footprint
+    c0, r0 = math.floor(w.col_off) - pad, math.floor(w.row_off) - pad
+    c1, r1 = math.ceil(w.col_off + w.width) + pad, math.ceil(w.row_off + w.height) + pad
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    data = src.read(bands, window=win, boundless=True, fill_value=0)
+    inside = np.zeros(data.shape[1:], np.float32)
+    inside[max(0, -r0) : src.height - r0, max(0, -c0) : src.width - c0] = 1.0
+    if src.nodata is not None:
+        inside *= src.read_masks(bands[0], window=win, boundless=True) > 0
+    src_tr = src.window_transform(win)
+    out = np.zeros((len(bands), grid.height, grid.width), data.dtype)
+    cover = np.zeros((grid.height, grid.width), np.float32)
+    common = dict(src_transform=src_tr, src_crs=src.crs, dst_transform=grid.transform, dst_crs=grid.crs,
+                  resampling=RESAMPLING["image"], src_nodata=None, dst_nodata=None)  # fmt: skip
+    reproject(data, out, **common)
+    reproject(inside, cover, **common)
+    return out, cover > 0.999  # valid only where the whole kernel lies on real source pixels
