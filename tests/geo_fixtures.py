@@ -99,16 +99,17 @@ def codes_from_rgb(rgb: np.ndarray) -> np.ndarray:
 class Server:
     """Serves files (with ``Range``) and JSON routes on 127.0.0.1; logs every request.
 
-    ``fail`` decides per request whether to answer 503 (transient failure), e.g.
-    ``lambda n, path: n < 5`` fails the first five requests.
+    ``fail(n, path, range)`` decides per request whether to answer 503 (a transient
+    failure), e.g. ``lambda n, path, rng: n < 5`` fails the first five requests.
     """
 
     def __init__(self, root: Path):
         self.root = root
         self.routes: dict[str, Callable[[dict[str, Any] | None], Any]] = {}
         self.log: list[tuple[str, str, str | None, int]] = []  # method, path, range, status
-        self.fail: Callable[[int, str], bool] = lambda n, path: False
+        self.fail: Callable[[int, str, str | None], bool] = lambda n, path, rng: False
         self.count = 0
+        self.bytes_sent = 0  # file bytes sent (range bodies and whole-file GETs)
         self.lock = threading.Lock()
         self.base = ""
 
@@ -135,7 +136,7 @@ class Server:
                 with srv.lock:
                     n = srv.count
                     srv.count += 1
-                if srv.fail(n, path):
+                if srv.fail(n, path, rng):
                     srv.log.append((self.command, path, rng, 503))
                     return self._reply(503, b"busy", "text/plain")
                 if path in srv.routes:
@@ -155,9 +156,11 @@ class Server:
                     a = int(m.group(1))
                     b = min(int(m.group(2)) if m.group(2) else len(blob) - 1, len(blob) - 1)
                     srv.log.append((self.command, path, rng, 206))
+                    srv.bytes_sent += b + 1 - a
                     return self._reply(206, blob[a : b + 1], "image/tiff",
                                        {"Content-Range": f"bytes {a}-{b}/{len(blob)}", "Accept-Ranges": "bytes"})  # fmt: skip
                 srv.log.append((self.command, path, rng, 200))
+                srv.bytes_sent += len(blob) if self.command == "GET" else 0
                 return self._reply(200, blob, "image/tiff", {"Accept-Ranges": "bytes"})
 
             do_GET = do_HEAD = do_POST = _handle

@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
-from terrasynth.geo.read import RasterCache, with_retries
+from terrasynth.geo.read import RasterCache
 from terrasynth.geo.reproject import Grid, read_onto_grid
 from terrasynth.geo.tiling import SpatialBlocks, TileChunk, iter_tiles
 
@@ -93,9 +93,7 @@ def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid) -> np.nd
     out = np.zeros((grid.height, grid.width), np.uint8)
     todo = np.ones(out.shape, bool)
     for href in hrefs:
-        data, valid = with_retries(
-            lambda: read_onto_grid(cache.get(href), grid, "label", [1], NODATA), href, cache.retries, cache.backoff
-        )
+        data, valid = cache.read(href, lambda src: read_onto_grid(src, grid, "label", [1], NODATA))
         take = todo & valid
         out[take] = data[0][take]
         todo &= ~take
@@ -119,10 +117,7 @@ def cut_chunk(
     image = None
     if scene.image is not None:
         href = scene.image
-        rgb, valid = with_retries(
-            lambda: read_onto_grid(cache.get(href), cgrid, "image", list(scene.image_bands), NODATA),
-            href, cache.retries, cache.backoff,
-        )  # fmt: skip
+        rgb, valid = cache.read(href, lambda src: read_onto_grid(src, cgrid, "image", list(scene.image_bands), NODATA))
         labels[~valid] = NODATA  # no imagery there: the pair is unlabelled, never a guessed label
         image = np.moveaxis(rgb, 0, -1)  # (H, W, 3)
     tiles = []

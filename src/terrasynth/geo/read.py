@@ -10,6 +10,8 @@ past GDAL (dropped connections, a server down for longer than GDAL waits).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import re
 import time
@@ -73,8 +75,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (RasterioError, OSError)) and bool(TRANSIENT.search(str(exc)))
 
 
-def with_retries(fn: Callable[[], T], what: str, retries: int = 4, backoff: float = 0.5) -> T:
-    """Call ``fn``; on a transient I/O error wait ``backoff * 2**k`` seconds and try again."""
+def with_retries(
+    fn: Callable[[], T], what: str, retries: int = 4, backoff: float = 0.5, on_retry: Callable[[], None] | None = None
+) -> T:
+    """Call ``fn``; on a transient I/O error wait ``backoff * 2**k`` seconds and try again.
+
+    ``on_retry`` runs before each new attempt (e.g. to drop a handle and GDAL's cache).
+    """
     for attempt in range(retries + 1):
         try:
             return fn()
@@ -84,7 +91,36 @@ def with_retries(fn: Callable[[], T], what: str, retries: int = 4, backoff: floa
             delay = backoff * 2**attempt
             log.warning("%s: transient error (%s); retry %d/%d in %.1fs", what, exc, attempt + 1, retries, delay)
             time.sleep(delay)
+            if on_retry is not None:
+                on_retry()
     raise AssertionError("unreachable")
+
+
+@functools.cache
+def _libgdal() -> ctypes.CDLL | None:
+    """The GDAL library rasterio loaded (the same instance, so its caches are the ones cleared)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libgdal" in line and line.rstrip().endswith(tuple("0123456789o"))}
+        for path in sorted(paths):
+            lib = ctypes.CDLL(path)
+            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            return lib
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def clear_http_cache(href: str) -> None:
+    """Forget what GDAL cached about a remote file: after a failure it would otherwise keep
+    answering from its cache ("HTTP 503") without asking the server again."""
+    if not is_remote(href):
+        return
+    lib = _libgdal()
+    if lib is None:
+        log.debug("cannot reach GDAL's VSICurlPartialClearCache; retries may reuse a cached failure")
+        return
+    lib.VSICurlPartialClearCache(gdal_path(href).encode())
 
 
 def open_raster(href: str, retries: int = 4, backoff: float = 0.5) -> DatasetReader:
@@ -93,7 +129,7 @@ def open_raster(href: str, retries: int = 4, backoff: float = 0.5) -> DatasetRea
     if not is_remote(href) and not Path(path).is_file():
         raise UserError(f"{href}: raster file not found; check the path or glob")
     try:
-        src = with_retries(lambda: rasterio.open(path), href, retries, backoff)
+        src = with_retries(lambda: rasterio.open(path), href, retries, backoff, lambda: clear_http_cache(href))
     except RasterioIOError as exc:
         raise UserError(f"{href}: cannot be opened as a raster ({exc}); check that it is a valid GeoTIFF/COG") from exc
     if src.crs is None:
@@ -114,12 +150,15 @@ class RasterCache:
             self._open[href] = open_raster(href, self.retries, self.backoff)
         return self._open[href]
 
-    def reopen(self, href: str) -> DatasetReader:
-        """Drop and reopen ``href`` (after a failed read, GDAL's handle may hold a bad state)."""
+    def read(self, href: str, fn: Callable[[DatasetReader], T]) -> T:
+        """``fn(dataset)`` with retries; a failed attempt drops the handle and GDAL's cache first."""
+        return with_retries(lambda: fn(self.get(href)), href, self.retries, self.backoff, lambda: self.reset(href))
+
+    def reset(self, href: str) -> None:
         old = self._open.pop(href, None)
         if old is not None:
             old.close()
-        return self.get(href)
+        clear_http_cache(href)
 
     def close(self) -> None:
         for src in self._open.values():
