@@ -66,7 +66,7 @@ class AcquireConfig(StrictModel):
     imagery: list[str] = Field(default_factory=list)
     # STAC sources
     catalog: str | None = None  # static catalog (catalog.json / collection.json) for source=static
-    stac_url: str | None = None  # any STAC API for source=stac
+    stac_url: str | None = None  # any STAC API for source=stac (default for planetary-computer: its API)
     imagery_collection: str = "naip"
     imagery_asset: str = "image"
     landcover_collection: str = "esa-worldcover"
@@ -194,7 +194,8 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
             raise UserError("--source static needs --catalog PATH (a STAC catalog.json or collection.json)")
         search: stac.ItemSearcher = stac.StaticCatalog(cfg.catalog)
     else:
-        url = stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else cfg.stac_url
+        # --stac-url also overrides the Planetary Computer's address (mirrors, tests)
+        url = cfg.stac_url or (stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else None)
         if not url:
             raise UserError("--source stac needs --stac-url URL (a STAC API root)")
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
