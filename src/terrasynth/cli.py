@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.data",
     "terrasynth.commands.synthesize",
     "terrasynth.commands.segment",
+    "terrasynth.commands.acquire",
 ]
 
 log = logging.getLogger("terrasynth")
