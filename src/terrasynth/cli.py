@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.synthesize",
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
+    "terrasynth.commands.landcover",
 ]
 
 log = logging.getLogger("terrasynth")
