@@ -115,3 +115,18 @@ def test_subset_nested_and_linked(tmp_path, rng):
     assert subset_dataset(src, tmp_path / "s25", splits=["train"], fraction=0.25, seed=3).records == small.records
     with pytest.raises(UserError):
         subset_dataset(src, tmp_path / "s25", splits=["train"], fraction=0.5, seed=3)
+
+
+def test_merge_prefixes_and_keeps_splits(tmp_path, rng):
+    from terrasynth.data.subset import merge_datasets
+
+    parts = []
+    for split in ("train", "test"):
+        with DatasetWriter(tmp_path / split, _info(has_images=False, h=split)) as w:
+            for i in range(3):
+                w.write(f"s{i}", split, _tile(rng)[0])
+            parts.append((f"{split}-", w.finalize()))
+    m = merge_datasets(parts, tmp_path / "m")
+    assert [r.id for r in m.records] == ["test-s0", "test-s1", "test-s2", "train-s0", "train-s1", "train-s2"]
+    assert {r.split for r in m.records if r.id.startswith("train")} == {"train"} and m.verify() == []
+    assert not m.info.has_images

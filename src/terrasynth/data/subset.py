@@ -84,3 +84,55 @@ def subset_dataset(
         shutil.rmtree(out)
     os.replace(tmp, out)
     return Dataset.open(out)
+
+
+def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str | Path, *, name: str | None = None) -> Dataset:
+    """One dataset from several with the same scheme and tile size; tile ids get each part's prefix.
+
+    ``parts`` is ``[(prefix, dataset), ...]``; tiles keep their split. Files are hard-linked.
+    """
+    dss = [(p, d if isinstance(d, Dataset) else Dataset.open(d)) for p, d in parts]
+    first = dss[0][1]
+    for _, d in dss[1:]:
+        if d.scheme.codes != first.scheme.codes or d.info.tile_size != first.info.tile_size:
+            raise UserError(f"{d.root}: cannot merge with {first.root}: scheme or tile size differ")
+    out = Path(out)
+    key = config_hash({"parts": [(p, str(d.root.resolve()), d.info.provenance.get("config_hash")) for p, d in dss]})
+    if (out / META_FILE).exists():
+        existing = Dataset.open(out)
+        if existing.info.provenance.get("merge_key") == key:
+            return existing
+        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ensure_dir(tmp / "labels")
+    has_images = all(d.info.has_images for _, d in dss)
+    if has_images:
+        ensure_dir(tmp / "images")
+    records = []
+    for prefix, d in dss:
+        for r in d.records:
+            new_id = f"{prefix}{r.id}"
+            label = f"labels/{new_id}.tif"
+            _link(d.root / r.label, tmp / label)
+            image = None
+            if has_images and r.image:
+                image = f"images/{new_id}.tif"
+                _link(d.root / r.image, tmp / image)
+            records.append(type(r)(**{**r.__dict__, "id": new_id, "label": label, "image": image}))
+    records.sort(key=lambda r: r.id)
+    if len({r.id for r in records}) != len(records):
+        raise UserError(f"{out}: tile ids collide when merging; give each part a distinct prefix")
+    prov = dict(first.info.provenance)
+    prov.update(merged_from=[str(d.root) for _, d in dss], merge_key=key)
+    info = DatasetInfo(
+        name=name or out.name, kind=first.info.kind, scheme=first.scheme, tile_size=first.info.tile_size,
+        gsd=first.info.gsd, has_images=has_images, provenance=prov, extra=first.info.extra,
+    )  # fmt: skip
+    write_text_atomic(tmp / INDEX_FILE, index_to_csv(records, first.scheme))
+    write_json_atomic(tmp / META_FILE, info.to_json(records))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return Dataset.open(out)
