@@ -183,3 +183,13 @@ def test_synthesize_keeps_georeference_and_split(run, pairs, tmp_path):
 def test_preview_grid(run, pairs, tmp_path):
     assert run_cli("spade", "preview", "--generator", run, "--data", pairs, "--out", tmp_path / "g.png", "-n", 3) == 0
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_shipped_config_tiny_twin(pairs, tmp_path):
+    """configs/spade.yaml loads and runs end to end with tiny sizes."""
+    from conftest import ROOT
+
+    out = tmp_path / "r"
+    assert run_cli("spade", "train", "--data", pairs, "--config", ROOT / "configs" / "spade.yaml", "--out", out,
+                   "--max-steps", 2, *TINY) == 0  # fmt: skip
+    assert json.loads((out / "generator.json").read_text())["step"] == 2
