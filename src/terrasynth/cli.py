@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.data",
     "terrasynth.commands.spade",
     "terrasynth.commands.synthesize",
+    "terrasynth.commands.segment",
 ]
 
 log = logging.getLogger("terrasynth")

@@ -271,6 +271,10 @@ def build_report(
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "img{max-width:100%;display:block;margin:1em 0}pre{background:#f5f5f5;padding:1em;overflow:auto}")  # fmt: skip
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>terrasynth report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    # After load, the page records how many of its images decoded (read by the browser test).
+    check = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+             "document.body.setAttribute('data-images-loaded',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length)});</script>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>terrasynth report</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}{check}</body></html>")
     write_text_atomic(html_path, page)
     return html_path, md_path
