@@ -106,8 +106,9 @@ def stage_segment(args) -> None:
     from terrasynth.train.segmentation import SegmentConfig, train_segmentation
 
     res = load_results(args.work)
-    seg_cfg = SegmentConfig(max_minutes=args.minutes, max_steps=100_000, seed=args.seed, val_every=10_000,
-                            checkpoint_every=200)  # fmt: skip
+    # A step budget with a matching cosine schedule; the minute cap only guards the shared machine.
+    seg_cfg = SegmentConfig(max_minutes=args.minutes, max_steps=args.seg_steps, seed=args.seed, val_every=150,
+                            checkpoint_every=150, threads=2)  # fmt: skip
     real_run = args.work / "seg" / "real"
     for v in args.variants:
         syn = make_flat(args.data, args.work / "syn" / "flat") if v == "flat" else args.work / "syn" / v
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--variants", type=lambda s: s.split(","), default=[])
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget per run")
+    ap.add_argument("--seg-steps", type=int, default=800, help="UNet training steps (segment stage)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", help="extra SPADE config overrides")
     args = ap.parse_args()
