@@ -20,6 +20,7 @@ from terrasynth.errors import UserError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "terrasynth.commands.data",
+    "terrasynth.commands.spade",
     "terrasynth.commands.synthesize",
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
