@@ -20,6 +20,7 @@ from terrasynth.errors import UserError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "terrasynth.commands.data",
+    "terrasynth.commands.controlnet",
 ]
 
 log = logging.getLogger("terrasynth")
