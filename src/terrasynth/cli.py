@@ -21,6 +21,7 @@ from terrasynth.errors import UserError
 COMMAND_MODULES = [
     "terrasynth.commands.data",
     "terrasynth.commands.spade",
+    "terrasynth.commands.controlnet",
     "terrasynth.commands.synthesize",
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
