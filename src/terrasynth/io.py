@@ -18,6 +18,12 @@ from terrasynth.errors import UserError
 
 TMP_PREFIX = ".tmp-"
 
+# mkstemp creates files 0600; finished outputs get the mode a plain open() would give them
+# (0666 minus the umask) so that datasets on shared machines are readable by the group.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -35,6 +41,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
