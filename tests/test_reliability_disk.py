@@ -71,3 +71,19 @@ def test_file_size_limit_efbig(tmp_path):
     r = _import(img, msk, tmp_path / "out", TS_FSIZE="1500")
     assert_user_error(r, "out", "no space left")
     assert_no_partial_output(tmp_path / "out", strict=False)
+
+
+def test_disk_full_in_any_library_write_is_one_line(tmp_path, monkeypatch, capsys):
+    """ENOSPC raised outside terrasynth's own writers (e.g. torch.save) still ends as one line, exit 2."""
+    import errno
+
+    from terrasynth import cli as cli_mod
+    from terrasynth.commands import data as data_cmd
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ckpt.pt"))
+
+    monkeypatch.setattr(data_cmd, "cmd_info", full)
+    assert cli_mod.main(["data", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt.pt" in err[0] and "no space left" in err[0]
