@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+
+from terrasynth.accel import make_accelerator
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from pydantic import Field
 from torch.utils.data import ConcatDataset
@@ -254,7 +256,7 @@ def latent_stats(vae: AutoencoderKL, tiles: ConcatDataset, n: int = 512, bs: int
 
 
 def _accelerator(mixed_precision: str) -> Accelerator:
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return make_accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _budget(max_minutes: float | None, t_start: float) -> float | None:

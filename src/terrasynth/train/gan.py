@@ -380,7 +380,7 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
     ``checkpoints/step_*.safetensors`` (best ``select.keep`` inference generators),
     ``scores.json``, ``generator.json`` (the selected checkpoint) and ``tb/``.
     """
-    from accelerate import Accelerator
+    from terrasynth.accel import make_accelerator
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
@@ -394,7 +394,7 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
     g_kwargs_check = generator_kwargs(cfg, k, tile)  # raises a UserError on a bad latent size
     del g_kwargs_check
 
-    acc = Accelerator()
+    acc = make_accelerator()
     main = acc.is_main_process
     ensure_dir(out / "checkpoints")
     rhash = resume_hash(cfg, data)

@@ -245,7 +245,7 @@ def train_segmentation(
     newest checkpoint (a finished one returns at once); ``resume=False`` refuses to touch a
     directory that already holds checkpoints.
     """
-    from accelerate import Accelerator
+    from terrasynth.accel import make_accelerator
     from accelerate.state import AcceleratorState
     from torch.utils.tensorboard import SummaryWriter
 
@@ -259,7 +259,7 @@ def train_segmentation(
     # experiment pipeline) with different precisions need it cleared. The distributed part
     # (PartialState: ranks, device) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.bf16))
+    accelerator = make_accelerator(mixed_precision=mixed_precision(cfg.bf16))
     main = accelerator.is_main_process
     ensure_dir(out)
     ckpts = Checkpoints(out, cfg.keep_checkpoints)
