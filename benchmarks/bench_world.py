@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from world_baselines import colour_bayes, confusion, load_split, nearest_colour, scores  # noqa: E402
 
-from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance  # noqa: E402
+from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.tile_sink import ThreadedWrites  # noqa: E402
 from terrasynth.data.world import WorldConfig, generate_world  # noqa: E402
 
 
@@ -49,8 +50,9 @@ def io_floor(ds, out: Path) -> float:
                        provenance=provenance("io floor", config_hash="floor"))  # fmt: skip
     t = time.perf_counter()
     with DatasetWriter(out, info) as w:
-        for r, lab, img in tiles:
-            w.write(r.id, r.split, lab, img)
+        with ThreadedWrites(w) as sink:
+            for r, lab, img in tiles:
+                sink.submit(r.id, r.split, lab, img)
         w.finalize()
     return time.perf_counter() - t
 
