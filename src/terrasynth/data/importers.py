@@ -342,6 +342,9 @@ def import_pairs(
         w, h = sizes[0]
         raise UserError(f"{pairs[0].image}: images ({w}x{h} px after resampling) are smaller than tile {cfg.tile}; "
                         "lower --tile")  # fmt: skip
+    small = [p.image.name for p, g in zip(pairs, grids) if not g]
+    if small:
+        log.warning("%d image(s) smaller than one %d px tile are skipped, e.g. %s", len(small), cfg.tile, small[0])
     # Split units: whole images, or (image, block) cells. Units without tiles are not drawn.
     if cfg.split_by == "image":
         units = [(i, 0) for i, g in enumerate(grids) if g]
