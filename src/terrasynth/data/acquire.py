@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from terrasynth.classes import WORLDCOVER
 from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
-from terrasynth.data.scene_tiler import ChunkResult, Scene, TileFilter, cut_chunk, lonlat_bounds
+from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
 from terrasynth.errors import UserError
 from terrasynth.geo import stac
 from terrasynth.geo.area import Area, Bounds, resolve_area
@@ -425,9 +425,31 @@ def run_chunks(
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Dataset:
-    """Build a dataset in ``out`` (resumable: rerun the same config to finish a killed run)."""
-    out = Path(out)
+@dataclass
+class Job:
+    """Everything fixed before any pixel is read: scenes, split blocks, filters, chunk order."""
+
+    cfg: AcquireConfig
+    plan: Plan
+    blocks: SpatialBlocks
+    keep: TileFilter
+    tasks: list[tuple[int, TileChunk]]
+    stride: int
+    env: dict[str, Any]
+
+    @property
+    def total(self) -> int:
+        return sum(len(ch) for _, ch in self.tasks)
+
+    def results(self) -> Iterator[ChunkResult]:
+        """Chunks read and cut, in task order."""
+        with rasterio.Env(**self.env):
+            yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
+                                  retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env)  # fmt: skip
+
+
+def prepare(cfg: AcquireConfig) -> Job:
+    """Resolve sources, plan scenes and split blocks (reads raster headers only)."""
     env = gdal_env()
     with rasterio.Env(**env):
         cache = RasterCache(cfg.retries, cfg.retry_backoff)
@@ -435,76 +457,95 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
             p = plan(cfg, cache)
         finally:
             cache.close()  # workers open their own handles
-        stride = cfg.stride or cfg.tile
-        block_m = cfg.block_size or DEFAULT_BLOCK_TILES * cfg.tile * p.gsd_m
-        blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed)
-        keep = tile_filter(cfg)
-        chash = config_hash({k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS})
-        info = DatasetInfo(
-            name=cfg.name or out.name,
-            kind="real",
-            scheme=WORLDCOVER,
-            tile_size=cfg.tile,
-            gsd=p.gsd_m,
-            has_images=cfg.product == "pairs",
-            provenance=provenance(f"acquire:{cfg.source}", config_hash=chash, seed=cfg.seed),
-        )
-        writer = DatasetWriter(out, info, overwrite=overwrite)
-        if writer.complete:
-            log.info("%s: already complete (same config); nothing to do", out)
-            return Dataset.open(out)
-        save_resolved(cfg, out)
-        tasks = [(i, ch) for i, s in enumerate(p.scenes)
-                 for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
-        # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
-        random.Random(cfg.seed).shuffle(tasks)
-        total = sum(len(ch) for _, ch in tasks)
-        stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "over_cap": 0}
-        resumed = len(writer.done_ids)
-        bar = tqdm(total=total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1)
-        try:
-            with writer:
-                for res in run_chunks(tasks, p.scenes, blocks, keep, workers=cfg.workers, retries=cfg.retries,
-                                      backoff=cfg.retry_backoff, env=env):  # fmt: skip
-                    stats["candidates"] += res.candidates
-                    for k, v in res.dropped.items():
-                        stats[k] += v
-                    scene = p.scenes[res.scene]
-                    for t in res.tiles:
-                        if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
-                            stats["over_cap"] += 1
-                            continue
-                        if not writer.has(t.id):
-                            writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                                         crs=scene.grid.crs, transform=t.transform)  # fmt: skip
-                        stats["kept"] += 1
-                    bar.update(res.candidates)
-                    bar.set_postfix(kept=stats["kept"], refresh=False)
+    stride = cfg.stride or cfg.tile
+    block_m = cfg.block_size or DEFAULT_BLOCK_TILES * cfg.tile * p.gsd_m
+    blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed)
+    tasks = [(i, ch) for i, s in enumerate(p.scenes)
+             for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
+    # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
+    random.Random(cfg.seed).shuffle(tasks)
+    return Job(cfg, p, blocks, tile_filter(cfg), tasks, stride, env)
+
+
+def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
+    """The tiles ``acquire`` would write, in memory: (scene, tile) with ``tile.label`` (H, W)
+    uint8 codes, ``tile.image`` (H, W, 3) uint8 or None, ``tile.transform`` in ``scene.grid.crs``."""
+    job = prepare(cfg)
+    n = 0
+    for res in job.results():
+        for t in res.tiles:
+            if cfg.max_tiles is not None and n >= cfg.max_tiles:
+                return
+            n += 1
+            yield job.plan.scenes[res.scene], t
+
+
+def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Dataset:
+    """Build a dataset in ``out`` (resumable: rerun the same config to finish a killed run)."""
+    out = Path(out)
+    job = prepare(cfg)
+    p, blocks, stride = job.plan, job.blocks, job.stride
+    chash = config_hash({k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS})
+    info = DatasetInfo(
+        name=cfg.name or out.name,
+        kind="real",
+        scheme=WORLDCOVER,
+        tile_size=cfg.tile,
+        gsd=p.gsd_m,
+        has_images=cfg.product == "pairs",
+        provenance=provenance(f"acquire:{cfg.source}", config_hash=chash, seed=cfg.seed),
+    )
+    writer = DatasetWriter(out, info, overwrite=overwrite)
+    if writer.complete:
+        log.info("%s: already complete (same config); nothing to do", out)
+        return Dataset.open(out)
+    save_resolved(cfg, out)
+    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "over_cap": 0}
+    resumed = len(writer.done_ids)
+    bar = tqdm(total=job.total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1)
+    try:
+        with writer:
+            for res in job.results():
+                stats["candidates"] += res.candidates
+                for k, v in res.dropped.items():
+                    stats[k] += v
+                scene = p.scenes[res.scene]
+                for t in res.tiles:
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
-                        break
-        finally:
-            bar.close()
-        if resumed:
-            log.info("resumed: %d tiles were already written", resumed)
-        writer.info.extra = {
-            "product": cfg.product,
-            "stac_items": p.items,
-            "scenes": [_scene_record(s) for s in p.scenes],
-            "skipped_scenes": p.skipped,
-            "tiling": {"tile": cfg.tile, "stride": stride, "edge": cfg.edge},
-            "splits": {"block_size_deg": blocks.block_deg, "block_origin": list(blocks.origin), "blocks": len(blocks.table), "fractions": list(cfg.split_fractions), "seed": cfg.seed,
-                       "rule": "blocks of a global lon/lat grid; tiles crossing a block edge are dropped"},
-            "filters": {"max_nodata": cfg.max_nodata, "max_class_fraction": cfg.max_class_fraction,
-                        "min_class_fraction": cfg.min_class_fraction, "max_tiles": cfg.max_tiles},
-            "stats": stats,
-        }  # fmt: skip
-        if stats["kept"] == 0:
-            raise UserError(
-                f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
-                f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "
-                "relax --max-nodata/--max-class-fraction, use a smaller --tile or a larger --block-size"
-            )
-        ds = writer.finalize()
+                        stats["over_cap"] += 1
+                        continue
+                    if not writer.has(t.id):
+                        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
+                                     crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+                    stats["kept"] += 1
+                bar.update(res.candidates)
+                bar.set_postfix(kept=stats["kept"], refresh=False)
+                if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
+                    break
+    finally:
+        bar.close()
+    if resumed:
+        log.info("resumed: %d tiles were already written", resumed)
+    writer.info.extra = {
+        "product": cfg.product,
+        "stac_items": p.items,
+        "scenes": [_scene_record(s) for s in p.scenes],
+        "skipped_scenes": p.skipped,
+        "tiling": {"tile": cfg.tile, "stride": stride, "edge": cfg.edge},
+        "splits": {"block_size_deg": blocks.block_deg, "block_origin": list(blocks.origin),
+                   "blocks": len(blocks.table), "fractions": list(cfg.split_fractions), "seed": cfg.seed,
+                   "rule": "blocks of a global lon/lat grid; tiles crossing a block edge are dropped"},
+        "filters": {"max_nodata": cfg.max_nodata, "max_class_fraction": cfg.max_class_fraction,
+                    "min_class_fraction": cfg.min_class_fraction, "max_tiles": cfg.max_tiles},
+        "stats": stats,
+    }  # fmt: skip
+    if stats["kept"] == 0:
+        raise UserError(
+            f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
+            f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "
+            "relax --max-nodata/--max-class-fraction, use a smaller --tile or a larger --block-size"
+        )
+    ds = writer.finalize()
     empty = [s for s in ("train", "val", "test") if not ds.split(s)]
     if empty:
         log.warning("splits %s are empty: the area holds few blocks; use a smaller --block-size", ", ".join(empty))
