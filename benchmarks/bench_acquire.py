@@ -8,7 +8,10 @@ WorldCover RasterDataset subclass) sampled with ``GridGeoSampler(size=256, strid
 each sample written as the same two GeoTIFFs terrasynth writes (identical output format).
 Each side runs in its own subprocess, so its peak RSS is its own.
 
-    flock /work/heavy.lock python benchmarks/bench_acquire.py [--size 6144] [--workdir DIR]
+    flock /work/heavy.lock python benchmarks/bench_acquire.py [--size 6144] [--workers 1 2]
+
+Two measurements: ``memory`` (aligned pairs as arrays: terrasynth's ``iter_pairs`` vs the
+torchgeo DataLoader) and ``disk`` (the same pairs written as GeoTIFF tiles by both).
 
 Needs the `bench` extra (torchgeo) and the shared data (``$TERRASYNTH_SHARED_DATA``).
 """
@@ -54,22 +57,36 @@ def make_naip(path: Path, size: int) -> None:
     write_cog(path, np.concatenate([np.moveaxis(rgb, -1, 0), nir[None]]), "EPSG:32632", tr)
 
 
-def run_terrasynth(naip: Path, out: Path, workers: int) -> dict:
-    from terrasynth.data.acquire import AcquireConfig, acquire
+def _cfg(naip: Path, workers: int):
+    from terrasynth.data.acquire import AcquireConfig
 
-    cfg = AcquireConfig(source="local", product="pairs", landcover=[str(WC)], imagery=[str(naip)], tile=TILE,
-                        gsd="native", max_nodata=1.0, block_size=1e7, workers=workers)  # fmt: skip
+    # block_size 1e7 m: one split block over the scene, so no tile is dropped at a block edge
+    # and both tools produce the same tile set; max_nodata 1: no filtering either.
+    return AcquireConfig(source="local", product="pairs", landcover=[str(WC)], imagery=[str(naip)], tile=TILE,
+                         gsd="native", max_nodata=1.0, block_size=1e7, workers=workers)  # fmt: skip
+
+
+def run_terrasynth(naip: Path, out: Path, workers: int, mode: str) -> dict:
+    from terrasynth.data.acquire import acquire, iter_pairs
+
     os.environ["TQDM_DISABLE"] = "1"
     t0 = time.perf_counter()
-    ds = acquire(cfg, out)
-    return {"tiles": len(ds), "seconds": time.perf_counter() - t0}
+    if mode == "disk":
+        n = len(acquire(_cfg(naip, workers), out))
+    else:
+        n = 0
+        for _scene, tile in iter_pairs(_cfg(naip, workers)):
+            assert tile.image.shape == (TILE, TILE, 3) and tile.label.shape == (TILE, TILE)
+            n += 1
+    return {"tiles": n, "seconds": time.perf_counter() - t0}
 
 
-def run_torchgeo(naip: Path, out: Path) -> dict:
+def run_torchgeo(naip: Path, out: Path, mode: str) -> dict:
     import numpy as np
     import torch
+    from rasterio.transform import from_origin
     from torch.utils.data import DataLoader
-    from torchgeo.datasets import NAIP, RasterDataset, stack_samples
+    from torchgeo.datasets import NAIP, RasterDataset
     from torchgeo.samplers import GridGeoSampler
 
     from terrasynth.classes import WORLDCOVER
@@ -84,19 +101,20 @@ def run_torchgeo(naip: Path, out: Path) -> dict:
     ds = NAIP(paths=[str(naip)], bands=("R", "G", "B")) & WorldCover(paths=[str(WC)])
     sampler = GridGeoSampler(ds, size=TILE, stride=TILE)
     loader = DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
+    if mode == "disk":
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "labels").mkdir(parents=True, exist_ok=True)
     n = 0
     for sample in loader:
-        x, y = sample["bounds"][0], sample["bounds"][1]
-        from rasterio.transform import from_origin
-
-        tr = from_origin(x.start, y.stop, 1.0, 1.0)
-        tid = f"{int(x.start)}_{int(y.stop)}"
         img = sample["image"].numpy().round().clip(0, 255).astype(np.uint8)
-        write_image_tif(out / "images" / f"{tid}.tif", np.moveaxis(img, 0, -1), "EPSG:32632", tr)
-        write_label_tif(out / "labels" / f"{tid}.tif", sample["mask"].numpy().astype(np.uint8), WORLDCOVER,
-                        "EPSG:32632", tr)  # fmt: skip
+        lab = sample["mask"].numpy().astype(np.uint8)
+        assert img.shape == (3, TILE, TILE) and lab.shape == (TILE, TILE)
+        if mode == "disk":  # the same files terrasynth writes
+            x, y = sample["bounds"][0], sample["bounds"][1]
+            tr = from_origin(x.start, y.stop, 1.0, 1.0)
+            tid = f"{int(x.start)}_{int(y.stop)}"
+            write_image_tif(out / "images" / f"{tid}.tif", np.moveaxis(img, 0, -1), "EPSG:32632", tr)
+            write_label_tif(out / "labels" / f"{tid}.tif", lab, WORLDCOVER, "EPSG:32632", tr)
         n += 1
     return {"tiles": n, "seconds": time.perf_counter() - t0}
 
@@ -130,7 +148,10 @@ def compare(ours: Path, theirs: Path) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     naip, out = Path(args.naip), Path(args.out)
-    res = run_torchgeo(naip, out) if args.child == "torchgeo" else run_terrasynth(naip, out, args.workers[0])
+    if args.child == "torchgeo":
+        res = run_torchgeo(naip, out, args.mode)
+    else:
+        res = run_terrasynth(naip, out, args.workers[0], args.mode)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
 
@@ -139,8 +160,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=6144, help="NAIP-like scene side in pixels (1 m)")
     ap.add_argument("--workdir", default="/tmp/terrasynth-bench-acquire")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="terrasynth worker counts to run")
     ap.add_argument("--child", choices=["torchgeo", "terrasynth"])
+    ap.add_argument("--mode", choices=["memory", "disk"], default="disk")
     ap.add_argument("--naip")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -159,25 +181,25 @@ def main() -> None:
     make_naip(naip, args.size)
     print(f"NAIP-like scene {args.size}x{args.size} px written in {time.perf_counter() - t0:.1f}s "
           f"({naip.stat().st_size / 2**20:.0f} MiB)", flush=True)  # fmt: skip
+    runs = [("torchgeo", "memory", 0), ("terrasynth", "memory", 1), ("torchgeo", "disk", 0)]
+    runs += [("terrasynth", "disk", w) for w in args.workers]
     results = {}
-    runs = [("torchgeo", "torchgeo", 0)] + [(f"terrasynth-w{w}", "terrasynth", w) for w in args.workers]
-    for name, kind, w in runs:
-        cmd = [sys.executable, __file__, "--child", kind, "--naip", str(naip), "--out", str(work / name),
-               "--workers", str(max(w, 1))]  # fmt: skip
+    for kind, mode, w in runs:
+        name = f"{kind}-{mode}" + (f"-w{w}" if kind == "terrasynth" else "")
+        cmd = [sys.executable, __file__, "--child", kind, "--mode", mode, "--naip", str(naip),
+               "--out", str(work / name), "--workers", str(max(w, 1))]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
         if r.returncode or not line:
             sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
-        results[name] = json.loads(line[0][7:])
-        res = results[name]
-        print(f"{name:16s} {res['tiles']:5d} tiles in {res['seconds']:6.1f}s = {res['tiles'] / res['seconds']:6.1f} "
-              f"tiles/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
-    base = results["torchgeo"]["tiles"] / results["torchgeo"]["seconds"]
-    for name, res in results.items():
+        res = results[name] = json.loads(line[0][7:])
         res["tiles_per_s"] = res["tiles"] / res["seconds"]
+        base = results[f"torchgeo-{mode}"]["tiles_per_s"]
         res["speedup_vs_torchgeo"] = res["tiles_per_s"] / base
-    cmp = compare(work / "terrasynth-w1", work / "torchgeo")
-    print("speedup vs torchgeo: " + ", ".join(f"{k} {v['speedup_vs_torchgeo']:.2f}x" for k, v in results.items()))
+        print(f"{name:22s} {res['tiles']:5d} tiles in {res['seconds']:6.1f}s = {res['tiles_per_s']:6.1f} tiles/s "
+              f"({res['speedup_vs_torchgeo']:.2f}x torchgeo {mode}), peak RSS {res['peak_rss_mb']:.0f} MB",
+              flush=True)  # fmt: skip
+    cmp = compare(work / "terrasynth-disk-w1", work / "torchgeo-disk")
     print("output check: " + json.dumps(cmp))
     print(json.dumps({"results": results, "compare": cmp, "size": args.size, "tile": TILE}, indent=1))
 

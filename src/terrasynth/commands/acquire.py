@@ -50,7 +50,7 @@ def register(cli: CLI) -> None:
     flt.add_argument("--min-class-fraction", action="append", metavar="CODES:F",
                      help="drop tiles where these codes are below share F, e.g. 50:0.05; repeatable")
     flt.add_argument("--max-tiles", type=int, metavar="N", help="stop after N tiles (sampled over the whole area)")
-    flt.add_argument("--block-size", type=float, metavar="M", help="split block side in metres (default 8 tile widths)")
+    flt.add_argument("--block-size", type=float, metavar="M", help="split block side in metres (default 4 tile widths on geographic grids, 10 on projected)")
     flt.add_argument("--split", metavar="TRAIN,VAL,TEST", help="split fractions (default 0.8,0.1,0.1)")
     flt.add_argument("--seed", type=int)
     run = p.add_argument_group("run")

@@ -36,6 +36,7 @@ import rasterio
 from pydantic import Field, field_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
+from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from tqdm.auto import tqdm
 
@@ -47,7 +48,7 @@ from terrasynth.errors import UserError
 from terrasynth.geo import stac
 from terrasynth.geo.area import Area, Bounds, resolve_area
 from terrasynth.geo.read import RasterCache, gdal_env
-from terrasynth.geo.reproject import Grid, bounds_in, grid_of, native_subgrid, snapped_grid, utm_crs
+from terrasynth.geo.reproject import Grid, bounds_in, grid_of, native_subgrid, read_preview, snapped_grid, utm_crs
 from terrasynth.geo.tiling import METRES_PER_DEGREE, EdgeRule, SpatialBlocks, TileChunk, tile_chunks, tile_offsets
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class AcquireConfig(StrictModel):
     min_class_fraction: dict[str, float] = Field(default_factory=dict)
     max_tiles: int | None = Field(None, gt=0)
     # splits
-    block_size: float | None = Field(None, gt=0)  # metres; default 8 tile widths
+    block_size: float | None = Field(None, gt=0)  # metres; default 4 (geographic grid) or 10 tile widths
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     # execution (not part of the result: excluded from the config hash)
@@ -349,16 +350,22 @@ def tile_filter(cfg: AcquireConfig) -> TileFilter:
     )
 
 
-DEFAULT_BLOCK_TILES = 10  # default split block side, in tile widths
+# Default split block side in tile widths. On geographic grids blocks fall between tiles
+# (no loss) and small blocks keep val/test possible on small areas; on projected grids a
+# tile crossing a block edge is dropped, so blocks are larger (about 81% of tiles kept).
+DEFAULT_BLOCK_TILES = {"geographic": 4, "projected": 10}
 
 
 def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edge: EdgeRule,
-                fractions: tuple[float, float, float], seed: int) -> SpatialBlocks:  # fmt: skip
-    """Split blocks fitted to the tiles of ``scenes``.
+                fractions: tuple[float, float, float], seed: int, keep: TileFilter | None = None,
+                cache: RasterCache | None = None) -> SpatialBlocks:  # fmt: skip
+    """Split blocks fitted to the tiles of ``scenes`` that will probably pass ``keep``.
 
     On geographic grids the block side is rounded to whole tile widths so that the block
     edges fall between tiles and no tile is lost; on projected grids tiles that cross a
-    block edge are dropped.
+    block edge are dropped. Blocks are dealt out among the blocks whose tiles pass the
+    filters on a coarse preview of the labels (overviews; a few reads), so that ocean or
+    nodata blocks do not take the val/test share.
     """
     block_deg, origin = block_m / METRES_PER_DEGREE, (-180.0, -90.0)
     if all(s.grid.crs.is_geographic for s in scenes) and len({s.grid.res for s in scenes}) == 1:
@@ -368,17 +375,46 @@ def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edg
         origin = (t.c, t.f)
     blocks = SpatialBlocks(block_deg, fractions, seed, origin)
     cells: set[tuple[int, int]] = set()
+    likely: set[tuple[int, int]] = set()
     for s in scenes:
         rows = tile_offsets(s.grid.height, tile, stride, edge)
         cols = tile_offsets(s.grid.width, tile, stride, edge)
         if not rows or not cols:
             continue
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        cells.update(c for c in blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile)) if c is not None)
-    return blocks.fit(cells)
+        tile_cells = blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))
+        cells.update(c for c in tile_cells if c is not None)
+        if keep is not None and cache is not None:
+            ok = _likely_kept(cache, s, rr.ravel(), cc.ravel(), tile, keep)
+            likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
+    return blocks.fit(likely or cells)
 
 
-# ---- running ----------------------------------------------------------------------------
+PREVIEW_PX = 8  # preview pixels per tile side when guessing which tiles pass the filters
+
+
+def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarray, tile: int,
+                 keep: TileFilter) -> list[bool]:  # fmt: skip
+    """Whether each tile passes ``keep`` on a coarse preview of its labels (imagery not read)."""
+    f = max(1, tile // PREVIEW_PX)
+    g = s.grid
+    preview = Grid(g.crs, g.transform @ Affine.scale(f), -(-g.width // f), -(-g.height // f))
+    codes = np.zeros((preview.height, preview.width), np.uint8)
+    todo = np.ones(codes.shape, bool)
+    for href in s.labels:
+        data, valid = cache.read(href, lambda src: read_preview(src, preview))
+        take = todo & valid
+        codes[take] = data[take]
+        todo &= ~take
+    out = []
+    n = max(1, tile // f)
+    for r, c in zip(rows, cols):
+        win = codes[r // f : r // f + n, c // f : c // f + n]
+        out.append(win.size > 0 and keep.reason(np.bincount(win.ravel(), minlength=256), win.size) is None)
+    return out
+
+
+# ---- running ----# ---- running ----------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
@@ -451,20 +487,23 @@ class Job:
 def prepare(cfg: AcquireConfig) -> Job:
     """Resolve sources, plan scenes and split blocks (reads raster headers only)."""
     env = gdal_env()
+    stride = cfg.stride or cfg.tile
+    keep = tile_filter(cfg)
     with rasterio.Env(**env):
         cache = RasterCache(cfg.retries, cfg.retry_backoff)
         try:
             p = plan(cfg, cache)
+            kind = "geographic" if all(sc.grid.crs.is_geographic for sc in p.scenes) else "projected"
+            block_m = cfg.block_size or DEFAULT_BLOCK_TILES[kind] * stride * p.gsd_m
+            blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed,
+                                 keep, cache)  # fmt: skip
         finally:
             cache.close()  # workers open their own handles
-    stride = cfg.stride or cfg.tile
-    block_m = cfg.block_size or DEFAULT_BLOCK_TILES * cfg.tile * p.gsd_m
-    blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed)
     tasks = [(i, ch) for i, s in enumerate(p.scenes)
              for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
     # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
     random.Random(cfg.seed).shuffle(tasks)
-    return Job(cfg, p, blocks, tile_filter(cfg), tasks, stride, env)
+    return Job(cfg, p, blocks, keep, tasks, stride, env)
 
 
 def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:

@@ -175,3 +175,27 @@ def _warp_image(src: DatasetReader, grid: Grid, bands: list[int], nodata: float)
     reproject(data, out, **common)
     reproject(inside, cover, **common)
     return out, cover > 0.999  # valid only where the whole kernel lies on real source pixels
+
+
+def read_preview(src: DatasetReader, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Labels on a coarse ``grid``, cheaply: a decimated read (GDAL serves it from the
+    overviews) warped with nearest neighbour. For estimates only (e.g. which tiles are
+    mostly nodata); returns ((H, W) codes, (H, W) valid)."""
+    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
+    w = from_bounds(left, bottom, right, top, transform=src.transform)
+    c0, r0 = max(0, math.floor(w.col_off)), max(0, math.floor(w.row_off))
+    c1 = min(src.width, math.ceil(w.col_off + w.width))
+    r1 = min(src.height, math.ceil(w.row_off + w.height))
+    out = np.zeros((grid.height, grid.width), src.dtypes[0])
+    if c1 <= c0 or r1 <= r0:
+        return out, np.zeros(out.shape, bool)
+    # a source pixel at most as large as a preview pixel, in both directions
+    scale = max(1.0, min((c1 - c0) / (2 * grid.width), (r1 - r0) / (2 * grid.height)))
+    h, wd = max(1, round((r1 - r0) / scale)), max(1, round((c1 - c0) / scale))
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    data = src.read(1, window=win, out_shape=(h, wd), resampling=Resampling.nearest)
+    tr = src.window_transform(win) @ Affine.scale((c1 - c0) / wd, (r1 - r0) / h)
+    nod = src.nodata if src.nodata is not None else 0
+    reproject(data, out, src_transform=tr, src_crs=src.crs, dst_transform=grid.transform, dst_crs=grid.crs,
+              resampling=Resampling.nearest, src_nodata=nod, dst_nodata=nod)  # fmt: skip
+    return out, out != nod
