@@ -22,6 +22,7 @@ import glob
 import logging
 import math
 import multiprocessing as mp
+import os
 import random
 import re
 from collections import deque
@@ -40,7 +41,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from tqdm.auto import tqdm
 
-from terrasynth.classes import WORLDCOVER
+from terrasynth.classes import WORLDCOVER, Remap, load_remap
 from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
@@ -73,6 +74,7 @@ class AcquireConfig(StrictModel):
     landcover_collection: str = "esa-worldcover"
     landcover_asset: str = "map"
     landcover_version: str | None = "2.0.0"  # esa_worldcover:product_version; 2.0.0 is the 2021 map
+    remap: str | None = None  # land cover in another scheme: a remap (name or YAML) onto WorldCover
     datetime: str | None = None  # imagery date range, e.g. 2021-01-01/2022-12-31
     state: str | None = None  # NAIP state filter (naip:state), e.g. ny
     max_items: int | None = Field(None, gt=0)
@@ -187,18 +189,18 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
         lc = [stac.SourceItem(h, _stem(h)) for h in _expand(cfg.landcover, "--landcover")]
         im = [stac.SourceItem(h, _stem(h)) for h in _expand(cfg.imagery, "--imagery")] if need_imagery else []
         return im, lc
+    if cfg.source == "static" and not cfg.catalog:
+        raise UserError("--source static needs --catalog PATH (a STAC catalog.json or collection.json)")
+    # --stac-url also overrides the Planetary Computer's address (mirrors, tests)
+    url = cfg.stac_url or (stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else None)
+    if cfg.source == "stac" and not url:
+        raise UserError("--source stac needs --stac-url URL (a STAC API root)")
     if area is None:
         raise UserError(f"--source {cfg.source} needs an area: --bbox W,S,E,N, --area-file GEOJSON or --area NAME")
     state = cfg.state or area.naip_state
     if cfg.source == "static":
-        if not cfg.catalog:
-            raise UserError("--source static needs --catalog PATH (a STAC catalog.json or collection.json)")
         search: stac.ItemSearcher = stac.StaticCatalog(cfg.catalog)
     else:
-        # --stac-url also overrides the Planetary Computer's address (mirrors, tests)
-        url = cfg.stac_url or (stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else None)
-        if not url:
-            raise UserError("--source stac needs --stac-url URL (a STAC API root)")
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
     lc_filter = {"esa_worldcover:product_version": cfg.landcover_version} if cfg.landcover_version else {}
     lc = search.items(cfg.landcover_collection, cfg.landcover_asset, area, None, lc_filter, cfg.max_items)
@@ -358,7 +360,7 @@ DEFAULT_BLOCK_TILES = {"geographic": 4, "projected": 10}
 
 def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edge: EdgeRule,
                 fractions: tuple[float, float, float], seed: int, keep: TileFilter | None = None,
-                cache: RasterCache | None = None) -> SpatialBlocks:  # fmt: skip
+                cache: RasterCache | None = None, remap: Remap | None = None) -> SpatialBlocks:  # fmt: skip
     """Split blocks fitted to the tiles of ``scenes`` that will probably pass ``keep``.
 
     On geographic grids the block side is rounded to whole tile widths so that the block
@@ -385,7 +387,7 @@ def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edg
         tile_cells = blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))
         cells.update(c for c in tile_cells if c is not None)
         if keep is not None and cache is not None:
-            ok = _likely_kept(cache, s, rr.ravel(), cc.ravel(), tile, keep)
+            ok = _likely_kept(cache, s, rr.ravel(), cc.ravel(), tile, keep, remap)
             likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
     return blocks.fit(likely or cells)
 
@@ -394,7 +396,7 @@ PREVIEW_PX = 8  # preview pixels per tile side when guessing which tiles pass th
 
 
 def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarray, tile: int,
-                 keep: TileFilter) -> list[bool]:  # fmt: skip
+                 keep: TileFilter, remap: Remap | None = None) -> list[bool]:  # fmt: skip
     """Whether each tile passes ``keep`` on a coarse preview of its labels (imagery not read)."""
     f = max(1, tile // PREVIEW_PX)
     g = s.grid
@@ -406,6 +408,8 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
         take = todo & valid
         codes[take] = data[take]
         todo &= ~take
+    if remap is not None:
+        codes = np.where(todo, 0, remap.lut[codes]).astype(np.uint8)
     out = []
     n = max(1, tile // f)
     for r, c in zip(rows, cols):
@@ -419,34 +423,35 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scenes, blocks, keep, retries, backoff, env) -> None:
+def _init_worker(scenes, blocks, keep, remap, retries, backoff, env) -> None:
     env_ctx = rasterio.Env(**env)
     env_ctx.__enter__()  # held for the worker's lifetime
-    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, cache=RasterCache(retries, backoff), env=env_ctx)
+    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, remap=remap, cache=RasterCache(retries, backoff),
+                   env=env_ctx)  # fmt: skip
 
 
 def _work(task: tuple[int, TileChunk]) -> ChunkResult:
     i, chunk = task
     w = _WORKER
-    return cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"])
+    return cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
 
 
 def run_chunks(
     tasks: list[tuple[int, TileChunk]], scenes: list[Scene], blocks: SpatialBlocks, keep: TileFilter,
-    *, workers: int, retries: int, backoff: float, env: dict[str, Any],
+    *, workers: int, retries: int, backoff: float, env: dict[str, Any], remap: Remap | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """Results in task order (so a tile cap is deterministic); at most 2 chunks per worker in flight."""
     if workers <= 1:
         cache = RasterCache(retries, backoff)
         try:
             for i, chunk in tasks:
-                yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep)
+                yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep, remap)
         finally:
             cache.close()
         return
     ex = ProcessPoolExecutor(
         workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-        initargs=(scenes, blocks, keep, retries, backoff, env),
+        initargs=(scenes, blocks, keep, remap, retries, backoff, env),
     )  # fmt: skip
     try:
         it = iter(tasks)
@@ -472,6 +477,7 @@ class Job:
     tasks: list[tuple[int, TileChunk]]
     stride: int
     env: dict[str, Any]
+    remap: Remap | None = None
 
     @property
     def total(self) -> int:
@@ -481,7 +487,8 @@ class Job:
         """Chunks read and cut, in task order."""
         with rasterio.Env(**self.env):
             yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
-                                  retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env)  # fmt: skip
+                                  retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env,
+                                  remap=self.remap)  # fmt: skip
 
 
 def prepare(cfg: AcquireConfig) -> Job:
@@ -489,6 +496,9 @@ def prepare(cfg: AcquireConfig) -> Job:
     env = gdal_env()
     stride = cfg.stride or cfg.tile
     keep = tile_filter(cfg)
+    remap = load_remap(cfg.remap) if cfg.remap else None
+    if remap is not None and remap.target.name != WORLDCOVER.name:
+        raise UserError(f"--remap {cfg.remap}: maps onto '{remap.target.name}'; acquire needs a remap onto worldcover")
     with rasterio.Env(**env):
         cache = RasterCache(cfg.retries, cfg.retry_backoff)
         try:
@@ -496,14 +506,14 @@ def prepare(cfg: AcquireConfig) -> Job:
             kind = "geographic" if all(sc.grid.crs.is_geographic for sc in p.scenes) else "projected"
             block_m = cfg.block_size or DEFAULT_BLOCK_TILES[kind] * stride * p.gsd_m
             blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed,
-                                 keep, cache)  # fmt: skip
+                                 keep, cache, remap)  # fmt: skip
         finally:
             cache.close()  # workers open their own handles
     tasks = [(i, ch) for i, s in enumerate(p.scenes)
              for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
     # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
     random.Random(cfg.seed).shuffle(tasks)
-    return Job(cfg, p, blocks, keep, tasks, stride, env)
+    return Job(cfg, p, blocks, keep, tasks, stride, env, remap)
 
 
 def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
@@ -541,7 +551,10 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
     save_resolved(cfg, out)
     stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "over_cap": 0}
     resumed = len(writer.done_ids)
-    bar = tqdm(total=job.total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1)
+    # TQDM_DISABLE is read here, not at tqdm's import: `terrasynth -q` sets it after tqdm may be loaded
+    quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    bar = tqdm(total=job.total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1,
+               disable=quiet)  # fmt: skip
     try:
         with writer:
             for res in job.results():
