@@ -102,3 +102,18 @@ def test_no_overlap_between_imagery_and_landcover_is_a_one_line_error(shared_dat
                  "--out", tmp_path / "x")  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "no overlap" in err
+
+
+def test_overlapping_scenes_share_a_tile_lattice_and_yield_each_tile_once(sao_tome, tmp_path):
+    lc, img, _ = sao_tome
+    east = tmp_path / "naip_like_east.tif"  # overlaps the first scene by 1.8 km
+    naip_like(lc, east, UTM32N, origin=(245200.5, 37000.25), res=2.0, shape=(1500, 1500))
+    cfg = _cfg(lc, img, gsd=4.0, tile=64, max_nodata=0.0, block_size=1e6)
+    both = acquire(cfg.model_copy(update={"imagery": [str(img), str(east)]}), tmp_path / "both")
+    one = acquire(cfg, tmp_path / "one")
+    corners = [(r.bounds[0], r.bounds[3]) for r in both.records]
+    assert len(corners) == len(set(corners))  # no tile twice
+    assert all(c[0] % 256 == 0 and c[1] % 256 == 0 for c in corners)  # on the 64 px x 4 m lattice
+    assert {(r.bounds[0], r.bounds[3]) for r in one.records} < set(corners)
+    meta = json.loads((tmp_path / "both" / "dataset.json").read_text())
+    assert meta["extra"]["stats"]["duplicate"] > 0

@@ -296,7 +296,7 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             res_m.append(_res_metres(full))
         else:
             gsd = float(cfg.gsd or 1.0)
-            grid = snapped_grid(src.crs, region, gsd)
+            grid = snapped_grid(src.crs, region, gsd, origin_step=(cfg.stride or cfg.tile) * gsd)
             origin = (-round(grid.transform.f / gsd), round(grid.transform.c / gsd))
             res_m.append(gsd)
         name = _unique(_safe(it.id), names)
@@ -521,12 +521,16 @@ def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
     uint8 codes, ``tile.image`` (H, W, 3) uint8 or None, ``tile.transform`` in ``scene.grid.crs``."""
     job = prepare(cfg)
     n = 0
+    seen: set[tuple[str, float, float]] = set()
     for res in job.results():
+        scene = job.plan.scenes[res.scene]
         for t in res.tiles:
+            if _seen(seen, scene, t):
+                continue
             if cfg.max_tiles is not None and n >= cfg.max_tiles:
                 return
             n += 1
-            yield job.plan.scenes[res.scene], t
+            yield scene, t
 
 
 def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Dataset:
@@ -549,7 +553,9 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
         log.info("%s: already complete (same config); nothing to do", out)
         return Dataset.open(out)
     save_resolved(cfg, out)
-    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "over_cap": 0}
+    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0,
+             "over_cap": 0}  # fmt: skip
+    seen: set[tuple[str, float, float]] = set()
     resumed = len(writer.done_ids)
     # TQDM_DISABLE is read here, not at tqdm's import: `terrasynth -q` sets it after tqdm may be loaded
     quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
@@ -563,6 +569,9 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
                     stats[k] += v
                 scene = p.scenes[res.scene]
                 for t in res.tiles:
+                    if _seen(seen, scene, t):
+                        stats["duplicate"] += 1  # the same tile from an overlapping scene in the same CRS
+                        continue
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
                         stats["over_cap"] += 1
                         continue
@@ -602,6 +611,15 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
     if empty:
         log.warning("splits %s are empty: the area holds few blocks; use a smaller --block-size", ", ".join(empty))
     return ds
+
+
+def _seen(seen: set[tuple[str, float, float]], scene: Scene, t: Tile) -> bool:
+    """Whether a tile at this CRS position was already taken (adjacent NAIP scenes overlap)."""
+    key = (scene.grid.crs.to_wkt(), round(t.transform.c, 6), round(t.transform.f, 6))
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
 
 
 def _scene_record(s: Scene) -> dict[str, Any]:

@@ -57,13 +57,17 @@ def grid_of(src: DatasetReader) -> Grid:
     return Grid(src.crs, src.transform, src.width, src.height)
 
 
-def snapped_grid(crs: CRS, bounds: tuple[float, float, float, float], res: float) -> Grid:
-    """A grid at ``res`` covering ``bounds`` whose origin is a multiple of ``res``.
+def snapped_grid(crs: CRS, bounds: tuple[float, float, float, float], res: float, origin_step: float | None = None) -> Grid:
+    """A grid at ``res`` covering ``bounds`` whose origin is a multiple of ``origin_step``
+    (default ``res``).
 
-    Snapping to a global lattice makes grids of neighbouring scenes in one CRS line up.
+    Snapping to a global lattice makes grids of neighbouring scenes in one CRS line up; with
+    ``origin_step`` = stride x res their tiles line up too, so overlapping scenes yield the
+    same tiles (and duplicates can be recognised).
     """
+    step = origin_step or res
     left, bottom, right, top = bounds
-    x0, y1 = math.floor(left / res) * res, math.ceil(top / res) * res
+    x0, y1 = math.floor(left / step) * step, math.ceil(top / step) * step
     x1, y0 = math.ceil(right / res) * res, math.floor(bottom / res) * res
     return Grid(CRS.from_user_input(crs), from_origin(x0, y1, res, res), round((x1 - x0) / res), round((y1 - y0) / res))
 
