@@ -18,6 +18,7 @@ the STAC items used are recorded in ``dataset.json`` ``extra``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import math
@@ -30,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import rasterio
@@ -204,10 +205,15 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
     lc_filter = {"esa_worldcover:product_version": cfg.landcover_version} if cfg.landcover_version else {}
     lc = search.items(cfg.landcover_collection, cfg.landcover_asset, area, None, lc_filter, cfg.max_items)
+    if cfg.source == "planetary-computer":
+        # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
+        lc = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in lc]
     im: list[stac.SourceItem] = []
     if need_imagery:
         im_filter = {"naip:state": state} if state and cfg.imagery_collection == "naip" else {}
         im = search.items(cfg.imagery_collection, cfg.imagery_asset, area, cfg.datetime, im_filter, cfg.max_items)
+        if cfg.source == "planetary-computer":
+            im = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in im]
         if not im:
             raise UserError(
                 f"no '{cfg.imagery_collection}' items for area {area.bbox}"
@@ -423,10 +429,10 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scenes, blocks, keep, remap, retries, backoff, env) -> None:
+def _init_worker(scenes, blocks, keep, remap, retries, backoff, env, sign) -> None:
     env_ctx = rasterio.Env(**env)
     env_ctx.__enter__()  # held for the worker's lifetime
-    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, remap=remap, cache=RasterCache(retries, backoff),
+    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, remap=remap, cache=RasterCache(retries, backoff, sign),
                    env=env_ctx)  # fmt: skip
 
 
@@ -439,10 +445,11 @@ def _work(task: tuple[int, TileChunk]) -> ChunkResult:
 def run_chunks(
     tasks: list[tuple[int, TileChunk]], scenes: list[Scene], blocks: SpatialBlocks, keep: TileFilter,
     *, workers: int, retries: int, backoff: float, env: dict[str, Any], remap: Remap | None = None,
+    sign: Callable[[str], str] | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """Results in task order (so a tile cap is deterministic); at most 2 chunks per worker in flight."""
     if workers <= 1:
-        cache = RasterCache(retries, backoff)
+        cache = RasterCache(retries, backoff, sign)
         try:
             for i, chunk in tasks:
                 yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep, remap)
@@ -451,7 +458,7 @@ def run_chunks(
         return
     ex = ProcessPoolExecutor(
         workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-        initargs=(scenes, blocks, keep, remap, retries, backoff, env),
+        initargs=(scenes, blocks, keep, remap, retries, backoff, env, sign),
     )  # fmt: skip
     try:
         it = iter(tasks)
@@ -478,6 +485,7 @@ class Job:
     stride: int
     env: dict[str, Any]
     remap: Remap | None = None
+    sign: Callable[[str], str] | None = None  # Planetary Computer: hrefs signed at open, renewed on retry
 
     @property
     def total(self) -> int:
@@ -488,7 +496,7 @@ class Job:
         with rasterio.Env(**self.env):
             yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
                                   retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env,
-                                  remap=self.remap)  # fmt: skip
+                                  remap=self.remap, sign=self.sign)  # fmt: skip
 
 
 def prepare(cfg: AcquireConfig) -> Job:
@@ -499,8 +507,9 @@ def prepare(cfg: AcquireConfig) -> Job:
     remap = load_remap(cfg.remap) if cfg.remap else None
     if remap is not None and remap.target.name != WORLDCOVER.name:
         raise UserError(f"--remap {cfg.remap}: maps onto '{remap.target.name}'; acquire needs a remap onto worldcover")
+    sign = stac.pc_sign if cfg.source == "planetary-computer" else None
     with rasterio.Env(**env):
-        cache = RasterCache(cfg.retries, cfg.retry_backoff)
+        cache = RasterCache(cfg.retries, cfg.retry_backoff, sign)
         try:
             p = plan(cfg, cache)
             kind = "geographic" if all(sc.grid.crs.is_geographic for sc in p.scenes) else "projected"
@@ -513,7 +522,7 @@ def prepare(cfg: AcquireConfig) -> Job:
              for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
     # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
     random.Random(cfg.seed).shuffle(tasks)
-    return Job(cfg, p, blocks, keep, tasks, stride, env, remap)
+    return Job(cfg, p, blocks, keep, tasks, stride, env, remap, sign)
 
 
 def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
