@@ -233,9 +233,8 @@ def plan(cfg: AcquireConfig, cache: RasterCache) -> Plan:
     area = resolve_area(cfg.bbox and ",".join(map(str, cfg.bbox)), cfg.area_file, cfg.area)
     im_items, lc_items = find_sources(cfg, area)
     lc_bounds = {}
-    for it in lc_items:
-        src = cache.get(it.href)
-        lc_bounds[it.href] = _bounds4326(src)
+    for it in lc_items:  # STAC items carry their bbox: no request needed
+        lc_bounds[it.href] = tuple(it.bbox) if it.bbox else _bounds4326(cache.get(it.href))
     area_bbox = area.bbox if area else None
     items = {"landcover": [it.record() for it in lc_items], "imagery": [it.record() for it in im_items]}
     if cfg.product == "landcover":
@@ -279,10 +278,15 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
         raise UserError("--crs applies to --product landcover only; pairs are tiled in each scene's own CRS")
     scenes, names, skipped, res_m = [], set(), [], []
     for it in im_items:
-        src = cache.get(it.href)
-        if src.count < 3:
-            raise UserError(f"{it.href}: has {src.count} band(s); imagery needs RGB in bands 1-3 (NAIP RGBN)")
-        sb = _bounds4326(src)
+        # STAC items with the projection extension (NAIP on the Planetary Computer) give the
+        # grid without opening the file: thousands of scenes are planned without a request.
+        full = _item_grid(it)
+        if full is None:
+            src = cache.get(it.href)
+            if src.count < 3:
+                raise UserError(f"{it.href}: has {src.count} band(s); imagery needs RGB in bands 1-3 (NAIP RGBN)")
+            full = grid_of(src)
+        sb = transform_bounds(full.crs, "EPSG:4326", *full.bounds, densify_pts=21)
         if area_bbox is not None and not _intersects(sb, area_bbox):
             skipped.append(f"{it.id}: outside the area")
             continue
@@ -290,9 +294,8 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
         if not labels:
             skipped.append(f"{it.id}: no land cover overlaps it")
             continue
-        full = grid_of(src)
-        region = bounds_in(src.crs, _intersection(sb, area_bbox)) if area_bbox else src.bounds
-        region = _intersection(tuple(region), tuple(src.bounds))
+        region = bounds_in(full.crs, _intersection(sb, area_bbox)) if area_bbox else full.bounds
+        region = _intersection(tuple(region), tuple(full.bounds))
         if cfg.gsd == "native":
             grid = native_subgrid(full, region)
             if grid is None:
@@ -302,7 +305,7 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             res_m.append(_res_metres(full))
         else:
             gsd = float(cfg.gsd or 1.0)
-            grid = snapped_grid(src.crs, region, gsd, origin_step=(cfg.stride or cfg.tile) * gsd)
+            grid = snapped_grid(full.crs, region, gsd, origin_step=(cfg.stride or cfg.tile) * gsd)
             origin = (-round(grid.transform.f / gsd), round(grid.transform.c / gsd))
             res_m.append(gsd)
         name = _unique(_safe(it.id), names)
@@ -313,6 +316,19 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
     for s in skipped:
         log.warning("skipping imagery %s", s)
     return Plan(scenes, round(sum(res_m) / len(res_m), 3), items, skipped)
+
+
+def _item_grid(it: stac.SourceItem) -> Grid | None:
+    """The pixel grid from a STAC item's projection extension (proj:epsg|code, transform, shape)."""
+    p = it.properties
+    code = p.get("proj:code") or (f"EPSG:{p['proj:epsg']}" if p.get("proj:epsg") else None)
+    tr, shape = p.get("proj:transform"), p.get("proj:shape")
+    if not (code and tr and shape) or len(tr) < 6:
+        return None
+    try:
+        return Grid(CRS.from_user_input(code), Affine(*tr[:6]), int(shape[1]), int(shape[0]))
+    except (CRSError, TypeError, ValueError):
+        return None
 
 
 def _snap_to_stride(full: Grid, sub: Grid, stride: int) -> tuple[Grid, int, int]:
