@@ -117,3 +117,12 @@ def test_overlapping_scenes_share_a_tile_lattice_and_yield_each_tile_once(sao_to
     assert {(r.bounds[0], r.bounds[3]) for r in one.records} < set(corners)
     meta = json.loads((tmp_path / "both" / "dataset.json").read_text())
     assert meta["extra"]["stats"]["duplicate"] > 0
+
+
+def test_two_workers_write_the_same_pairs(sao_tome, tmp_path):
+    lc, img, _ = sao_tome
+    one = acquire(_cfg(lc, img, gsd=4.0, tile=64), tmp_path / "w1")
+    two = acquire(_cfg(lc, img, gsd=4.0, tile=64, workers=2), tmp_path / "w2")
+    assert (tmp_path / "w1" / "index.csv").read_text() == (tmp_path / "w2" / "index.csv").read_text()
+    for a, b in zip(one.records[::7], two.records[::7]):
+        np.testing.assert_array_equal(one.read_image(a), two.read_image(b))
