@@ -137,8 +137,7 @@ def cut_chunk(
             dropped[why] += 1
             continue
         tid = f"{scene.name}_{scene.id_origin[0] + r:06d}_{scene.id_origin[1] + c:06d}"
-        tiles.append(
-            Tile(tid, split, np.ascontiguousarray(lab), None if image is None else np.ascontiguousarray(image[rs, cs]),
-                 scene.grid.transform @ Affine.translation(c, r))
-        )  # fmt: skip
+        # views into the chunk: no copy here (pickling to the main process or writing copies anyway)
+        tiles.append(Tile(tid, split, lab, None if image is None else image[rs, cs],
+                          scene.grid.transform @ Affine.translation(c, r)))  # fmt: skip
     return ChunkResult(scene_index, tiles, len(pos), dropped)
