@@ -146,13 +146,25 @@ def compare(ours: Path, theirs: Path) -> dict:
     return {"tiles_matched": matched, "images_identical": img_equal, "label_pixel_agreement": lab_eq / max(lab_px, 1)}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM belongs to the image after exec; ru_maxrss would also
+    count the pages of the forked parent (which held the rendered scene)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     naip, out = Path(args.naip), Path(args.out)
     if args.child == "torchgeo":
         res = run_torchgeo(naip, out, args.mode)
     else:
         res = run_terrasynth(naip, out, args.workers[0], args.mode)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(res))
 
 
