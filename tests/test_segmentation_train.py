@@ -160,3 +160,9 @@ def test_shipped_config_runs_end_to_end(data: Path, tmp_path: Path):
 
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["max_steps"] == 2 and resolved["encoder"] == ENC and resolved["max_minutes"] == 3
+
+
+def test_tile_size_not_multiple_of_32_is_refused(tmp_path: Path):
+    odd = make_dataset(tmp_path / "odd", n=2, size=40, splits=("train",), name="odd")
+    with pytest.raises(UserError, match="not a multiple of 32"):
+        train_segmentation(SegmentConfig(encoder=ENC, max_steps=1), [(odd, 1.0)], tmp_path / "run")

@@ -113,7 +113,6 @@ def evaluate_segmentation(
     tiles = TileDataset(ds, split if split != "all" else None, augment=False, cache=False)
     loader = DataLoader(tiles, batch_size=batch_size, shuffle=False)
     metrics = SegmentationMetrics(scheme.num_classes)
-    torch.manual_seed(0)
     t0 = time.time()
     for batch in tqdm(loader, desc=f"evaluate {data.name}/{split}", unit="batch", leave=False):
         metrics.update(predict(model, batch["image"]), batch["mask"])

@@ -230,6 +230,11 @@ def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
                 "mix only datasets with the same scheme (remap one on import)"
             )
     for ds in datasets:
+        if ds.info.tile_size % 32:
+            raise UserError(
+                f"{ds.root}: tile size {ds.info.tile_size} px is not a multiple of 32, which the encoders' "
+                "downsampling needs for training; re-import with --tile 32, 64, 128, ..."
+            )
         if not ds.info.has_images:
             raise UserError(f"{ds.root}: label-only dataset; segmentation training needs image/label pairs")
     return datasets
