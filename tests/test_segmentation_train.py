@@ -166,3 +166,16 @@ def test_tile_size_not_multiple_of_32_is_refused(tmp_path: Path):
     odd = make_dataset(tmp_path / "odd", n=2, size=40, splits=("train",), name="odd")
     with pytest.raises(UserError, match="not a multiple of 32"):
         train_segmentation(SegmentConfig(encoder=ENC, max_steps=1), [(odd, 1.0)], tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_through_accelerate(data: Path, tmp_path: Path):
+    # DDP on CPU (gloo): torchrun starts the ranks, Accelerate picks them up.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TQDM_DISABLE="1", ACCELERATE_USE_CPU="true")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "terrasynth", "segment", "train", "--data", str(data),
+           "--arch", "unet", "--max-steps", "4", "--out", str(tmp_path / "ddp"), *FAST]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    info = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["processes"] == 2
+    assert json.loads((tmp_path / "ddp" / "last.json").read_text())["step"] == 4
