@@ -97,3 +97,36 @@ def test_one_hot_ignores_nodata():
     m = torch.tensor([[[0, 255], [2, 1]]])
     oh = one_hot(m, 3)
     assert oh.shape == (1, 3, 2, 2) and oh[0, :, 0, 1].sum() == 0 and oh[0, 2, 1, 0] == 1
+
+
+def test_subset_nested_and_linked(tmp_path, rng):
+    from terrasynth.data.subset import subset_dataset
+
+    with DatasetWriter(tmp_path / "src", _info()) as w:
+        for i in range(20):
+            lab, img = _tile(rng)
+            w.write(f"t{i:02d}", "test" if i < 5 else "train", lab, img)
+        src = w.finalize()
+    small = subset_dataset(src, tmp_path / "s25", splits=["train"], fraction=0.25, seed=3)
+    big = subset_dataset(src, tmp_path / "s50", splits=["train"], fraction=0.5, seed=3)
+    assert len(small) == 4 and len(big) == 8 and {r.split for r in big.records} == {"train"}
+    assert {r.id for r in small.records} <= {r.id for r in big.records}
+    assert small.verify() == [] and (tmp_path / "s25" / small.records[0].label).stat().st_nlink >= 2
+    assert subset_dataset(src, tmp_path / "s25", splits=["train"], fraction=0.25, seed=3).records == small.records
+    with pytest.raises(UserError):
+        subset_dataset(src, tmp_path / "s25", splits=["train"], fraction=0.5, seed=3)
+
+
+def test_merge_prefixes_and_keeps_splits(tmp_path, rng):
+    from terrasynth.data.subset import merge_datasets
+
+    parts = []
+    for split in ("train", "test"):
+        with DatasetWriter(tmp_path / split, _info(has_images=False, h=split)) as w:
+            for i in range(3):
+                w.write(f"s{i}", split, _tile(rng)[0])
+            parts.append((f"{split}-", w.finalize()))
+    m = merge_datasets(parts, tmp_path / "m")
+    assert [r.id for r in m.records] == ["test-s0", "test-s1", "test-s2", "train-s0", "train-s1", "train-s2"]
+    assert {r.split for r in m.records if r.id.startswith("train")} == {"train"} and m.verify() == []
+    assert not m.info.has_images

@@ -8,6 +8,7 @@ one line and exit with code 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -16,10 +17,16 @@ from typing import Sequence
 
 import terrasynth
 from terrasynth.errors import UserError
+from terrasynth.io import os_user_error
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "terrasynth.commands.data",
+    "terrasynth.commands.spade",
+    "terrasynth.commands.controlnet",
+    "terrasynth.commands.synthesize",
+    "terrasynth.commands.segment",
+    "terrasynth.commands.acquire",
     "terrasynth.commands.landcover",
 ]
 
@@ -83,6 +90,10 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("rasterio", "matplotlib", "PIL", "urllib3", "fsspec", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # GDAL reports damaged files as warnings first ("Bogus StripByteCounts ...") and then fails;
+    # the error line already names the file, so its warnings only break the one-line contract.
+    if verbose < 2:
+        logging.getLogger("rasterio").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A full disk or quota can strike in any library's write (torch.save, tensorboard, ...).
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"terrasynth: error: {os_user_error(exc.filename or 'output', exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("terrasynth: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -18,6 +18,12 @@ from terrasynth.errors import UserError
 
 TMP_PREFIX = ".tmp-"
 
+# mkstemp creates files 0600; finished outputs get the mode a plain open() would give them
+# (0666 minus the umask) so that datasets on shared machines are readable by the group.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -30,15 +36,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.stem + "-", suffix=suffix, dir=path.parent)
     except OSError as exc:
-        raise _os_user_error(path, exc) from exc
+        raise os_user_error(path, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise _os_user_error(path, exc) from exc
+        raise os_user_error(path, exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -66,7 +73,7 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_user_error(path, exc) from exc
+        raise os_user_error(path, exc) from exc
     if not os.access(path, os.W_OK):
         raise UserError(f"{path}: output directory is not writable; choose another --out or fix its permissions")
     return path
@@ -82,9 +89,10 @@ def remove_stale_tmp(directory: str | os.PathLike) -> int:
     return n
 
 
-def _os_user_error(path: Path, exc: OSError) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"{path}: no space left on device; free space or choose another --out")
+def os_user_error(path: str | os.PathLike, exc: OSError) -> UserError:
+    """A one-line error for an OS failure on ``path`` (full disk, quota, permissions, bad path)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return UserError(f"{path}: no space left on device ({exc.strerror}); free space or choose another --out, then rerun to resume")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"{path}: permission denied ({exc.strerror}); choose a writable --out")
     return UserError(f"{path}: {exc.strerror or exc}; check the path")

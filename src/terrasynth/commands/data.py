@@ -1,10 +1,10 @@
-"""``terrasynth data ...``: dataset inspection (and, as they land, creation)."""
+"""``terrasynth data ...``: create (import pairs, procedural world) and inspect datasets."""
 
 from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI
+from terrasynth.cli import CLI, add_config_args
 
 
 def register(cli: CLI) -> None:
@@ -13,6 +13,29 @@ def register(cli: CLI) -> None:
     p.add_argument("dataset", metavar="DIR")
     p.add_argument("--verify", action="store_true", help="also check that every indexed file exists and reads")
     p.set_defaults(func=cmd_info)
+
+    p = data.add_parser(
+        "import-pairs",
+        help="import image/mask pairs (PNG, JPEG, TIFF) into a tiled dataset",
+        description="Import image/mask pairs matched by file stem, tile them and assign splits per source image "
+        "(or per spatial block) so that no two splits share pixels. Resumable: rerun to continue.",
+    )
+    p.add_argument("images", metavar="IMAGES", help="directory or glob of RGB images")
+    p.add_argument("masks", metavar="MASKS", help="directory or glob of masks (single-band codes or RGB colours)")
+    p.add_argument("--scheme", help="class scheme of the masks: name (worldcover, dronedeploy, loveda, flair) or YAML path")
+    p.add_argument("--remap", help="remap onto another scheme, e.g. flair_to_worldcover (name or YAML path)")
+    p.add_argument("--tile", type=int, help="tile size in pixels (default 64)")
+    p.add_argument("--stride", type=int, help="step between tiles in pixels (default: the tile size)")
+    p.add_argument("--gsd", type=float, help="ground sample distance of the source images, m/px")
+    p.add_argument("--resize-to-gsd", dest="resize_to_gsd", type=float, help="resample to this GSD (needs --gsd)")
+    p.add_argument("--split-by", dest="split_by", choices=["image", "block"], help="split unit (default image)")
+    p.add_argument("--block-size", dest="block_size", type=int, help="block side in pixels for --split-by block")
+    p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")
+    p.add_argument("--seed", type=int, help="seed of the split shuffle (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_config_args(p)
+    p.set_defaults(func=cmd_import_pairs)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -26,4 +49,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         if problems:
             raise UserError(f"{ds.root}: {len(problems)} problem(s), first: {problems[0]}; rebuild the dataset")
         print(f"verified  {len(ds)} tiles: index and files agree")
+    return 0
+
+
+def cmd_import_pairs(args: argparse.Namespace) -> int:
+    from terrasynth.config import load_config
+    from terrasynth.data.dataset import describe
+    from terrasynth.data.importers import PairImportConfig, import_pairs
+
+    flags = {k: getattr(args, k) for k in ("scheme", "remap", "tile", "stride", "gsd", "resize_to_gsd", "split_by",
+                                           "block_size", "mask_format", "seed")}  # fmt: skip
+    cfg = load_config(PairImportConfig, args.config, flags, args.sets)
+    ds = import_pairs(args.images, args.masks, cfg, args.out, overwrite=args.overwrite)
+    print(describe(ds))
     return 0

@@ -32,15 +32,17 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 import terrasynth
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.io import (
-    atomic_path,
     ensure_dir,
+    os_user_error,
     remove_stale_tmp,
+    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -196,10 +198,11 @@ def write_label_tif(
         profile.update(crs=CRS.from_user_input(crs), transform=transform)
     if scheme.nodata is not None:
         profile["nodata"] = scheme.nodata
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
             dst.write(codes.astype(np.uint8, copy=False), 1)
             dst.write_colormap(1, scheme.colormap())
+        _commit_tif(path, mem)
 
 
 def write_image_tif(path: Path, rgb: np.ndarray, crs: CRS | str | None = None, transform: Affine | None = None) -> None:
@@ -210,9 +213,23 @@ def write_image_tif(path: Path, rgb: np.ndarray, crs: CRS | str | None = None, t
     profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", compress="deflate", photometric="RGB")
     if crs is not None:
         profile.update(crs=CRS.from_user_input(crs), transform=transform)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
             dst.write(np.moveaxis(rgb, -1, 0))
+        _commit_tif(path, mem)
+
+
+def _commit_tif(path: Path, mem: MemoryFile) -> None:
+    """Write an encoded tile atomically and durably.
+
+    Tiles are encoded in memory and written by Python, not by GDAL straight to disk: GDAL only
+    logs failed writes (a full disk left 0-byte tiles that were renamed into place and journaled
+    as done), while Python raises, and the bytes are fsynced before the rename.
+    """
+    data = mem.read()
+    if not data:
+        raise UserError(f"{path}: GDAL produced an empty GeoTIFF; check free memory and rerun")
+    write_bytes_atomic(path, data)
 
 
 def read_label_tif(path: Path) -> np.ndarray:
@@ -371,18 +388,24 @@ class DatasetWriter:
         return rec
 
     def _append(self, rec: TileRecord) -> None:
-        if self._journal is None:
-            self._journal = open(self._journal_path, "a", encoding="utf-8")
-        self._journal.write(json.dumps(rec.to_json()) + "\n")
-        self._journal.flush()
+        try:
+            if self._journal is None:
+                self._journal = open(self._journal_path, "a", encoding="utf-8")
+            self._journal.write(json.dumps(rec.to_json()) + "\n")
+            self._journal.flush()
+        except OSError as exc:  # a full disk must read as one line, not a traceback
+            raise os_user_error(self._journal_path, exc) from exc
         self._done[rec.id] = rec
 
     def close(self) -> None:
         if self._journal is not None:
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-            self._journal.close()
-            self._journal = None
+            journal, self._journal = self._journal, None
+            try:
+                journal.flush()
+                os.fsync(journal.fileno())
+                journal.close()
+            except OSError as exc:
+                raise os_user_error(self._journal_path, exc) from exc
 
     def finalize(self) -> "Dataset":
         """Write ``index.csv`` and ``dataset.json`` (last), drop the journals; return the dataset."""

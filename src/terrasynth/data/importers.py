@@ -1,0 +1,430 @@
+"""Import image/mask pairs (PNG, JPEG, TIFF) into a terrasynth dataset.
+
+Partners are matched by file stem (``a.png`` in IMAGES with ``a.png`` in MASKS; common
+``_mask``/``_label``/``_image`` style suffixes and prefixes are tolerated when that
+matching is unambiguous). Masks are single-band class codes or RGB colour-coded with the
+scheme's legend. Each pair is optionally resampled to a target ground sample distance,
+cut into ``tile`` x ``tile`` tiles (edge tiles that do not fit are dropped), and every
+tile is given a split so that no two splits share pixels: either per source image, or
+per spatial block of ``block_size`` pixels for large scenes (tiles never cross blocks).
+
+Everything the user can get wrong (no images, a missing partner, a size mismatch, an
+unreadable file, unknown codes or colours) is checked before the first tile is written.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import rasterio
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field, model_validator
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from tqdm import tqdm
+
+from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
+from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.splits import SplitRatios, assign_splits
+from terrasynth.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Decorations that image/mask file names commonly carry; stripped only to pair files.
+_DECORATION = re.compile(
+    r"(^(mask|masks|label|labels|gt|img|image|images|rgb)[_\-.])|([_\-.](mask|masks|label|labels|lbl|gt|seg|"
+    r"segmentation|img|image|rgb|sat|ortho)$)",
+    re.IGNORECASE,
+)
+
+
+class PairImportConfig(StrictModel):
+    """How ``terrasynth data import-pairs`` turns image/mask pairs into a dataset."""
+
+    scheme: str = Field("worldcover", description="scheme of the masks: built-in/shipped name or YAML path")
+    remap: str | None = Field(None, description="remap onto another scheme (e.g. flair_to_worldcover); its "
+                                                "target becomes the dataset's scheme")  # fmt: skip
+    tile: int = Field(64, ge=8, le=4096, description="tile size in pixels (after resampling)")
+    stride: int | None = Field(None, ge=1, description="step between tiles; default = tile (no overlap)")
+    gsd: float | None = Field(None, gt=0, description="ground sample distance of the source images, m/px")
+    resize_to_gsd: float | None = Field(None, gt=0, description="resample to this GSD (m/px); needs gsd")
+    split_by: Literal["image", "block"] = "image"
+    block_size: int = Field(512, ge=8, description="side of a split block in pixels (split_by=block)")
+    ratios: SplitRatios = Field(default_factory=SplitRatios)
+    seed: int = 0
+    max_nodata: float = Field(1.0, ge=0.0, le=1.0, description="drop tiles whose nodata share exceeds this")
+    mask_format: Literal["auto", "index", "rgb"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "PairImportConfig":
+        if self.resize_to_gsd is not None and self.gsd is None:
+            raise ValueError("resize_to_gsd needs gsd (the source images' GSD in m/px); pass --gsd")
+        if self.split_by == "block" and self.block_size < self.tile:
+            raise ValueError(f"block_size {self.block_size} is smaller than tile {self.tile}; raise block_size")
+        return self
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.tile
+
+    @property
+    def scale(self) -> float:
+        """Resampling factor applied to the source pixels (1.0 = none)."""
+        if self.resize_to_gsd is None or self.gsd is None:
+            return 1.0
+        return self.gsd / self.resize_to_gsd
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str  # tile-id prefix, unique
+    image: Path
+    mask: Path
+
+
+# ---- finding and pairing files --------------------------------------------------------
+
+
+def list_images(spec: str | Path, what: str) -> list[Path]:
+    """Files of a directory (non-recursive) or a glob pattern, sorted; only image suffixes."""
+    spec = str(spec)
+    p = Path(spec)
+    if p.is_dir():
+        files = [f for f in p.iterdir() if f.is_file()]
+    elif any(ch in spec for ch in "*?["):
+        files = [Path(f) for f in glob.glob(spec) if Path(f).is_file()]
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UserError(f"{spec}: {what} not found; pass a directory or a glob such as '{spec}/*.png'")
+    files = sorted(f for f in files if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{spec}: no {what} found (looked for {', '.join(IMAGE_SUFFIXES)}); check the path")
+    return files
+
+
+def _strip(stem: str) -> str:
+    prev = None
+    while prev != stem:
+        prev, stem = stem, _DECORATION.sub("", stem)
+    return stem
+
+
+def pair_files(images: list[Path], masks: list[Path]) -> list[Pair]:
+    """Match every image to its mask by stem; tolerated decorations only when unambiguous."""
+    by_stem = {}
+    for m in masks:
+        if m.stem in by_stem:
+            raise UserError(f"{m}: two masks share the stem '{m.stem}' ({by_stem[m.stem].name}); keep one")
+        by_stem[m.stem] = m
+    by_key: dict[str, list[Path]] = {}
+    for m in masks:
+        by_key.setdefault(_strip(m.stem), []).append(m)
+    pairs, used = [], set()
+    for im in images:
+        mask = by_stem.get(im.stem)
+        if mask is None:
+            cands = by_key.get(_strip(im.stem), [])
+            if len(cands) > 1:
+                raise UserError(
+                    f"{im}: several masks could be its partner ({', '.join(c.name for c in cands)}); "
+                    "rename them so stems match"
+                )
+            mask = cands[0] if cands else None
+        if mask is None:
+            raise UserError(
+                f"{im}: no mask with the stem '{im.stem}' in {masks[0].parent}; add it or remove the image"
+            )
+        if mask in used:
+            raise UserError(f"{mask}: matched by two images; rename the files so each stem is unique")
+        used.add(mask)
+        pairs.append(Pair(_safe_id(im.stem), im, mask))
+    names = [p.name for p in pairs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"{images[0].parent}: image names {dup[:5]} collide after sanitising; rename them")
+    return pairs
+
+
+def _safe_id(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+
+@dataclass
+class Raster:
+    array: np.ndarray  # (H, W) or (H, W, C)
+    crs: object | None = None
+    transform: Affine | None = None
+
+
+def raster_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, without decoding pixels."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                return src.width, src.height
+        with Image.open(path) as im:
+            return im.size
+    except (RasterioIOError, UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path}: unreadable ({_why(exc)}); replace or remove this file") from exc
+
+
+def read_raster(path: Path) -> Raster:
+    """Pixels (H, W) or (H, W, C) plus georeference when the file has one (TIFF via rasterio)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                arr = src.read()
+                geo = src.crs is not None and not src.transform.is_identity
+                arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+                return Raster(arr, src.crs if geo else None, src.transform if geo else None)
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I", "F"):
+                return Raster(np.array(im))
+            if im.mode == "P":  # palette indices are the class codes
+                return Raster(np.array(im))
+            if im.mode not in ("L", "RGB", "RGBA", "LA"):
+                im = im.convert("RGB")
+            return Raster(np.array(im))
+    except (RasterioIOError, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({_why(exc)}); replace or remove this file") from exc
+
+
+def _why(exc: Exception) -> str:
+    return str(exc).split("\n")[0][:120] or type(exc).__name__
+
+
+def to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Image pixels -> (H, W, 3) uint8: grey is repeated, alpha and extra bands (NIR) dropped."""
+    if arr.dtype != np.uint8:
+        raise UserError(f"{path}: image dtype {arr.dtype} is not uint8; convert it to 8-bit RGB first")
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if arr.shape[-1] == 2:  # LA
+        return np.repeat(arr[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def decode_mask(arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path) -> np.ndarray:
+    """Mask pixels -> (H, W) uint8 codes of ``scheme``; unknown codes or colours raise."""
+    where = str(path)
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # drop alpha
+        arr = arr[..., : arr.shape[-1] - 1]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if fmt == "index" and arr.ndim == 3:
+        if not (arr == arr[..., :1]).all():
+            raise UserError(f"{path}: mask_format=index but the mask has differing RGB channels; use mask_format=rgb")
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        if fmt == "rgb":
+            raise UserError(f"{path}: mask_format=rgb but the mask is single-band; use mask_format=index or auto")
+        if arr.dtype != np.uint8:
+            if arr.min() < 0 or arr.max() > 254:
+                raise UserError(f"{path}: mask values {int(arr.min())}..{int(arr.max())} do not fit class codes 0..254")
+            arr = arr.astype(np.uint8)
+        scheme.check_codes(arr, where)
+        return arr
+    rgb = arr[..., :3].astype(np.uint8, copy=False)
+    if fmt == "auto" and (rgb == rgb[..., :1]).all():
+        # Grey RGB: indices saved as RGB, unless every grey is a legend colour (e.g. black/white).
+        greys = set(np.unique(rgb[..., 0]).tolist())
+        legend = {c[0] for c in scheme.colours if c[0] == c[1] == c[2]}
+        if not greys <= legend:
+            scheme.check_codes(rgb[..., 0], where)
+            return np.ascontiguousarray(rgb[..., 0])
+    return scheme.colours_to_codes(rgb, where)
+
+
+def resample(arr: np.ndarray, size: tuple[int, int], role: Literal["image", "label"]) -> np.ndarray:
+    """Resample to ``size`` (W, H): nearest for labels (codes never mix), area/bilinear for imagery."""
+    if (arr.shape[1], arr.shape[0]) == size:
+        return arr
+    if role == "label":
+        return np.array(Image.fromarray(arr).resize(size, Image.Resampling.NEAREST))
+    down = size[0] < arr.shape[1]
+    return np.array(Image.fromarray(arr).resize(size, Image.Resampling.BOX if down else Image.Resampling.BILINEAR))
+
+
+# ---- tiling and splits ---------------------------------------------------------------------
+
+
+def tile_origins(width: int, height: int, tile: int, step: int, block: int | None = None) -> list[tuple[int, int, int]]:
+    """(block_id, row, col) of every tile that fits; with ``block``, tiles stay inside their block."""
+    out = []
+    if block is None:
+        for r in range(0, height - tile + 1, step):
+            for c in range(0, width - tile + 1, step):
+                out.append((0, r, c))
+        return out
+    nbx = -(-width // block)
+    for br in range(0, height, block):
+        for bc in range(0, width, block):
+            bid = (br // block) * nbx + bc // block
+            bh, bw = min(block, height - br), min(block, width - bc)
+            for r in range(0, bh - tile + 1, step):
+                for c in range(0, bw - tile + 1, step):
+                    out.append((bid, br + r, bc + c))
+    return out
+
+
+def _scaled_size(w: int, h: int, scale: float) -> tuple[int, int]:
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _tile_id(pair: Pair, r: int, c: int) -> str:
+    return f"{pair.name}_r{r:05d}_c{c:05d}"
+
+
+# ---- the importer ----------------------------------------------------------------------------
+
+
+def resolve_schemes(cfg: PairImportConfig) -> tuple[ClassScheme, Remap | None, ClassScheme]:
+    """(mask scheme, remap or None, dataset scheme)."""
+    src = load_scheme(cfg.scheme)
+    if cfg.remap is None:
+        return src, None, src
+    remap = load_remap(cfg.remap)
+    if remap.source.name != src.name:
+        raise UserError(
+            f"remap {cfg.remap!r} maps scheme '{remap.source.name}' but --scheme is '{src.name}'; "
+            f"pass --scheme {remap.source.name} or another remap"
+        )
+    return src, remap, remap.target
+
+
+def import_pairs(
+    images: str | Path,
+    masks: str | Path,
+    cfg: PairImportConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+) -> Dataset:
+    """Import image/mask pairs into a dataset of kind ``real`` at ``out``; resumable.
+
+    ``images`` and ``masks`` are directories or glob patterns. Returns the finished dataset.
+    """
+    out = Path(out)
+    src_scheme, remap, scheme = resolve_schemes(cfg)
+    pairs = pair_files(list_images(images, "images"), list_images(masks, "masks"))
+
+    # Headers first: sizes and readability of every file before anything is written.
+    sizes = []
+    for p in pairs:
+        wi, hi = raster_size(p.image)
+        wm, hm = raster_size(p.mask)
+        if (wi, hi) != (wm, hm):
+            raise UserError(
+                f"{p.mask}: mask is {wm}x{hm} but its image {p.image.name} is {wi}x{hi}; they must match pixel for pixel"
+            )
+        sizes.append(_scaled_size(wi, hi, cfg.scale))
+
+    block = cfg.block_size if cfg.split_by == "block" else None
+    grids = [tile_origins(w, h, cfg.tile, cfg.step, block) for (w, h) in sizes]
+    if not any(grids):
+        w, h = sizes[0]
+        raise UserError(f"{pairs[0].image}: images ({w}x{h} px after resampling) are smaller than tile {cfg.tile}; "
+                        "lower --tile")  # fmt: skip
+    # Split units: whole images, or (image, block) cells. Units without tiles are not drawn.
+    if cfg.split_by == "image":
+        units = [(i, 0) for i, g in enumerate(grids) if g]
+    else:
+        units = sorted({(i, b) for i, g in enumerate(grids) for (b, _, _) in g})
+    unit_split = dict(zip(units, assign_splits(len(units), cfg.ratios, cfg.seed)))
+
+    h = config_hash(cfg, str(Path(images).resolve()), str(Path(masks).resolve()), [p.name for p in pairs])
+    info = DatasetInfo(
+        name=out.name,
+        kind="real",
+        scheme=scheme,
+        tile_size=cfg.tile,
+        gsd=cfg.resize_to_gsd or cfg.gsd,
+        provenance=provenance(str(images), config_hash=h, seed=cfg.seed, masks=str(masks)),
+        extra={
+            "importer": "pairs",
+            "pairs": len(pairs),
+            "mask_scheme": src_scheme.name,
+            "remap": cfg.remap,
+            "split_by": cfg.split_by,
+            "split_units": len(units),
+        },
+    )
+    total = sum(len(g) for g in grids)
+    with DatasetWriter(out, info, overwrite=overwrite) as writer:
+        save_resolved(cfg, out)
+        todo = [i for i, g in enumerate(grids) if any(not writer.has(_tile_id(pairs[i], r, c)) for _, r, c in g)]
+        # Check every remaining mask before writing, so bad input leaves no partial dataset.
+        for i in todo:
+            _load_mask(pairs[i], src_scheme, remap, cfg)
+        t0, written, dropped = time.perf_counter(), 0, 0
+        bar = tqdm(total=total, initial=total - sum(len(grids[i]) for i in todo), unit="tile", desc="import",
+                   dynamic_ncols=True)  # fmt: skip
+        for i in todo:
+            pair = pairs[i]
+            for tid, split, img, lab, crs, tf in _tiles(pair, grids[i], unit_split, i, src_scheme, remap, scheme, cfg):
+                if lab is None:
+                    dropped += 1
+                elif not writer.has(tid):
+                    writer.write(tid, split, lab, img, source=pair.image.name, crs=crs, transform=tf)
+                    written += 1
+                bar.update(1)
+        bar.close()
+        ds = writer.finalize()
+    dt = time.perf_counter() - t0
+    log.info("imported %d tiles (%d dropped for nodata) in %.1f s, %.1f tiles/s -> %s",
+             written, dropped, dt, written / max(dt, 1e-9), out)  # fmt: skip
+    return ds
+
+
+def _load_mask(pair: Pair, src: ClassScheme, remap: Remap | None, cfg: PairImportConfig) -> np.ndarray:
+    raw = read_raster(pair.mask)
+    codes = decode_mask(raw.array, src, cfg.mask_format, pair.mask)
+    return remap.apply(codes, str(pair.mask)) if remap else codes
+
+
+def _tiles(
+    pair: Pair,
+    grid: list[tuple[int, int, int]],
+    unit_split: dict[tuple[int, int], str],
+    index: int,
+    src: ClassScheme,
+    remap: Remap | None,
+    scheme: ClassScheme,
+    cfg: PairImportConfig,
+) -> Iterator[tuple[str, str, np.ndarray | None, np.ndarray | None, object, Affine | None]]:
+    """Yield (id, split, image, label, crs, transform) per tile; label None when dropped for nodata."""
+    codes = _load_mask(pair, src, remap, cfg)
+    img = read_raster(pair.image)
+    rgb = to_rgb(img.array, pair.image)
+    size = _scaled_size(codes.shape[1], codes.shape[0], cfg.scale)
+    codes, rgb = resample(codes, size, "label"), resample(rgb, size, "image")
+    transform = img.transform
+    if transform is not None and cfg.scale != 1.0:
+        transform = transform @ Affine.scale(img.array.shape[1] / size[0], img.array.shape[0] / size[1])
+    t = cfg.tile
+    for b, r, c in grid:
+        split = unit_split[(index, b if cfg.split_by == "block" else 0)]
+        lab = codes[r : r + t, c : c + t]
+        if scheme.nodata is not None:
+            frac = float((lab == scheme.nodata).mean())
+            if frac >= 1.0 or frac > cfg.max_nodata:
+                yield _tile_id(pair, r, c), split, None, None, None, None
+                continue
+        tf = window_transform(Window(c, r, t, t), transform) if transform is not None else None
+        yield _tile_id(pair, r, c), split, rgb[r : r + t, c : c + t], lab, img.crs, tf

@@ -1,0 +1,138 @@
+"""Subsets of a dataset (some splits, a fraction of tiles) without copying pixels.
+
+Files are hard-linked where the filesystem allows (copied otherwise), and the subset is
+assembled in a temporary directory that is renamed into place, so it is never half-made.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from terrasynth.config import config_hash
+from terrasynth.data.dataset import (
+    INDEX_FILE,
+    META_FILE,
+    Dataset,
+    DatasetInfo,
+    index_to_csv,
+)
+from terrasynth.errors import UserError
+from terrasynth.io import ensure_dir, write_json_atomic, write_text_atomic
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def subset_dataset(
+    src: Dataset | str | Path,
+    out: str | Path,
+    *,
+    splits: Sequence[str] | None = None,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> Dataset:
+    """A new dataset at ``out`` with the tiles of ``splits`` (all when None), keeping ``fraction`` of them.
+
+    The choice of tiles is random but fixed by ``seed``, and nested: for one seed, the
+    tiles of a smaller fraction are a subset of those of a larger one (so a mixing sweep
+    adds data rather than swapping it). Reusing ``out`` with the same arguments is a no-op.
+    """
+    ds = src if isinstance(src, Dataset) else Dataset.open(src)
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"subset of {ds.root}: fraction {fraction} must be in (0, 1]")
+    out = Path(out)
+    key = config_hash({"src": str(ds.root.resolve()), "cfg": ds.info.provenance.get("config_hash"),
+                       "splits": sorted(splits) if splits else None, "fraction": fraction, "seed": seed})  # fmt: skip
+    if (out / META_FILE).exists():
+        existing = Dataset.open(out)
+        if existing.info.provenance.get("subset_key") == key:
+            return existing
+        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
+    records = ds.split(*(splits or ()))
+    order = sorted(records, key=lambda r: r.id)
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[: max(1, round(fraction * len(order)))], key=lambda r: r.id)
+    if not keep:
+        raise UserError(f"{ds.root}: no tiles in split(s) {list(splits or [])} to take a subset from")
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ensure_dir(tmp / "labels")
+    if ds.info.has_images:
+        ensure_dir(tmp / "images")
+    for r in keep:
+        _link(ds.root / r.label, tmp / r.label)
+        if r.image:
+            _link(ds.root / r.image, tmp / r.image)
+    prov = dict(ds.info.provenance)
+    prov.update(subset_of=str(ds.root), subset_key=key, subset_fraction=fraction, subset_splits=list(splits or []))
+    info = DatasetInfo(
+        name=out.name, kind=ds.info.kind, scheme=ds.scheme, tile_size=ds.info.tile_size, gsd=ds.info.gsd,
+        has_images=ds.info.has_images, provenance=prov, extra=ds.info.extra,
+    )  # fmt: skip
+    write_text_atomic(tmp / INDEX_FILE, index_to_csv(keep, ds.scheme))
+    write_json_atomic(tmp / META_FILE, info.to_json(keep))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return Dataset.open(out)
+
+
+def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str | Path, *, name: str | None = None) -> Dataset:
+    """One dataset from several with the same scheme and tile size; tile ids get each part's prefix.
+
+    ``parts`` is ``[(prefix, dataset), ...]``; tiles keep their split. Files are hard-linked.
+    """
+    dss = [(p, d if isinstance(d, Dataset) else Dataset.open(d)) for p, d in parts]
+    first = dss[0][1]
+    for _, d in dss[1:]:
+        if d.scheme.codes != first.scheme.codes or d.info.tile_size != first.info.tile_size:
+            raise UserError(f"{d.root}: cannot merge with {first.root}: scheme or tile size differ")
+    out = Path(out)
+    key = config_hash({"parts": [(p, str(d.root.resolve()), d.info.provenance.get("config_hash")) for p, d in dss]})
+    if (out / META_FILE).exists():
+        existing = Dataset.open(out)
+        if existing.info.provenance.get("merge_key") == key:
+            return existing
+        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ensure_dir(tmp / "labels")
+    has_images = all(d.info.has_images for _, d in dss)
+    if has_images:
+        ensure_dir(tmp / "images")
+    records = []
+    for prefix, d in dss:
+        for r in d.records:
+            new_id = f"{prefix}{r.id}"
+            label = f"labels/{new_id}.tif"
+            _link(d.root / r.label, tmp / label)
+            image = None
+            if has_images and r.image:
+                image = f"images/{new_id}.tif"
+                _link(d.root / r.image, tmp / image)
+            records.append(type(r)(**{**r.__dict__, "id": new_id, "label": label, "image": image}))
+    records.sort(key=lambda r: r.id)
+    if len({r.id for r in records}) != len(records):
+        raise UserError(f"{out}: tile ids collide when merging; give each part a distinct prefix")
+    prov = dict(first.info.provenance)
+    prov.update(merged_from=[str(d.root) for _, d in dss], merge_key=key)
+    info = DatasetInfo(
+        name=name or out.name, kind=first.info.kind, scheme=first.scheme, tile_size=first.info.tile_size,
+        gsd=first.info.gsd, has_images=has_images, provenance=prov, extra=first.info.extra,
+    )  # fmt: skip
+    write_text_atomic(tmp / INDEX_FILE, index_to_csv(records, first.scheme))
+    write_json_atomic(tmp / META_FILE, info.to_json(records))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return Dataset.open(out)

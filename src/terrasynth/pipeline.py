@@ -1,0 +1,423 @@
+"""The staged experiment: data -> generators -> four datasets -> cross-tested segmentation -> report.
+
+Each stage writes into ``RUN/stages/<stage>-<key>/`` where ``key`` hashes the stage's own
+config sections and the keys of the stages it reads. A stage that finished leaves
+``done.json`` (its outputs and wall time) and is skipped on a rerun; a changed config value
+changes the key of exactly the stages that depend on it. A killed run resumes: finished
+stages are skipped and the stage in flight resumes from its own checkpoints and journals.
+``from_stage`` reruns a stage and everything after it; ``only`` runs one stage whose
+inputs are already cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field, model_validator
+
+from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
+from terrasynth.data.acquire import AcquireConfig
+from terrasynth.data.dataset import Dataset
+from terrasynth.data.importers import PairImportConfig
+from terrasynth.data.world import WorldConfig
+from terrasynth.errors import UserError
+from terrasynth.experiments.matrix import DATASETS, Matrix
+from terrasynth.io import ensure_dir, write_json_atomic
+from terrasynth.train.diffusion import ControlNetBaseConfig, ControlNetConfig
+from terrasynth.train.gan import SpadeConfig
+from terrasynth.train.landcover import LandcoverConfig
+from terrasynth.train.segmentation import SegmentConfig
+
+log = logging.getLogger(__name__)
+
+Arch = Literal["unet", "unetplusplus", "deeplabv3plus"]
+SyntheticSet = Literal["fakergbreallc", "fakergbreallcspade", "fakergbfakelc"]
+
+
+# ---- configuration -----------------------------------------------------------------------
+
+
+class PairsSource(StrictModel):
+    images: str
+    masks: str
+    options: PairImportConfig = Field(default_factory=PairImportConfig)
+
+
+class DataStage(StrictModel):
+    """Where the real (or procedural) paired data comes from."""
+
+    source: Literal["world", "pairs", "acquire", "dataset"] = "world"
+    world: WorldConfig = Field(default_factory=lambda: WorldConfig(tiles=500))
+    pairs: PairsSource | None = None
+    acquire: AcquireConfig | None = None
+    path: str | None = None  # an existing terrasynth dataset (source: dataset)
+
+    @model_validator(mode="after")
+    def _source_present(self) -> "DataStage":
+        need = {"pairs": self.pairs, "acquire": self.acquire, "dataset": self.path}
+        if self.source in need and need[self.source] is None:
+            raise ValueError(f"data.source is {self.source!r} but data.{'path' if self.source == 'dataset' else self.source} is not set")
+        return self
+
+
+class DatasetsStage(StrictModel):
+    synth_batch_size: int = Field(32, ge=1)
+    # Generated land-cover maps for fakergbfakelc; None = as many as the real train / test splits.
+    fake_lc_train: int | None = Field(None, ge=1)
+    fake_lc_test: int | None = Field(None, ge=1)
+
+
+class SegmentStage(StrictModel):
+    archs: list[Arch] = ["unet", "unetplusplus", "deeplabv3plus"]
+    train_sets: list[str] = list(DATASETS)
+    test_sets: list[str] = list(DATASETS)
+    seeds: list[int] = [0]
+    train: SegmentConfig = Field(default_factory=SegmentConfig)
+    per_arch: dict[Arch, dict[str, Any]] = {}  # e.g. {unetplusplus: {encoder: mobilenet_v2}}
+
+    @model_validator(mode="after")
+    def _known_sets(self) -> "SegmentStage":
+        bad = sorted(set(self.train_sets + self.test_sets) - set(DATASETS))
+        if bad:
+            raise ValueError(f"unknown dataset names {bad}; use {list(DATASETS)}")
+        return self
+
+    def config_for(self, arch: str, seed: int) -> SegmentConfig:
+        return SegmentConfig.model_validate({**config_dict(self.train), **self.per_arch.get(arch, {}), "arch": arch, "seed": seed})
+
+
+class MixingStage(StrictModel):
+    enabled: bool = True
+    fractions: list[float] = [0.0, 0.1, 0.25, 0.5, 1.0]
+    synthetic_sets: list[SyntheticSet] = ["fakergbreallc", "fakergbreallcspade", "fakergbfakelc"]
+    arch: Arch = "unet"
+    seeds: list[int] = [0]
+    train: SegmentConfig | None = None  # None: the segment stage's training config
+
+
+class ReportStage(StrictModel):
+    sample_rows: int = Field(6, ge=1)
+    realism_samples: int = Field(200, ge=2)
+
+
+class PipelineConfig(StrictModel):
+    name: str = "terrasynth"
+    seed: int = 0
+    data: DataStage = Field(default_factory=DataStage)
+    landcover: LandcoverConfig = Field(default_factory=LandcoverConfig)
+    spade: SpadeConfig = Field(default_factory=SpadeConfig)
+    controlnet_base: ControlNetBaseConfig = Field(default_factory=ControlNetBaseConfig)
+    controlnet: ControlNetConfig = Field(default_factory=ControlNetConfig)
+    datasets: DatasetsStage = Field(default_factory=DatasetsStage)
+    segment: SegmentStage = Field(default_factory=SegmentStage)
+    mixing: MixingStage = Field(default_factory=MixingStage)
+    report: ReportStage = Field(default_factory=ReportStage)
+
+
+# ---- stages ------------------------------------------------------------------------------
+
+STAGES = ("data", "landcover", "spade", "controlnet_base", "controlnet", "datasets", "segment", "evaluate", "mixing", "report")
+# stage -> (config sections it reads, stages whose outputs it reads)
+GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "data": (("data", "seed"), ()),
+    "landcover": (("landcover",), ("data",)),
+    "spade": (("spade",), ("data",)),
+    "controlnet_base": (("controlnet_base",), ("data",)),
+    "controlnet": (("controlnet",), ("data", "controlnet_base")),
+    "datasets": (("datasets", "seed"), ("data", "landcover", "spade", "controlnet")),
+    "segment": (("segment",), ("datasets",)),
+    "evaluate": (("segment",), ("datasets", "segment")),
+    "mixing": (("mixing", "segment", "seed"), ("datasets",)),
+    "report": (("report",), ("data", "landcover", "datasets", "evaluate", "mixing")),
+}
+
+
+def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
+    """Cache key per stage: its config sections plus the keys of its inputs."""
+    full = config_dict(cfg)
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        sections, deps = GRAPH[stage]
+        keys[stage] = config_hash({s: full[s] for s in sections}, stage, [keys[d] for d in deps])
+    return keys
+
+
+class Context:
+    """What a stage sees: the config, its own directory, and finished stages' outputs."""
+
+    def __init__(self, cfg: PipelineConfig, run: Path, keys: dict[str, str]):
+        self.cfg, self.run, self.keys = cfg, run, keys
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def dir(self, stage: str) -> Path:
+        return self.run / "stages" / f"{stage}-{self.keys[stage]}"
+
+    def out(self, stage: str, name: str) -> Any:
+        return self.outputs[stage][name]
+
+
+def _data(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.data.subset import subset_dataset
+
+    c = ctx.cfg.data
+    real = d / "real"
+    if c.source == "world":
+        from terrasynth.data.world import generate_world
+
+        generate_world(c.world, real)
+    elif c.source == "pairs":
+        from terrasynth.data.importers import import_pairs
+
+        import_pairs(c.pairs.images, c.pairs.masks, c.pairs.options, real)
+    elif c.source == "acquire":
+        from terrasynth.data.acquire import acquire
+
+        acquire(c.acquire, real)
+    else:
+        real = Path(c.path)
+    ds = Dataset.open(real)
+    if not ds.info.has_images:
+        raise UserError(f"{real}: the pipeline needs a paired dataset (images + labels); this one is label-only")
+    splits = {r.split for r in ds.records}
+    if not {"train", "test"} <= splits:
+        raise UserError(f"{real}: the pipeline needs train and test splits, found {sorted(splits)}; re-import with test ratio > 0")
+    # Generators learn from train (+val) only: the test split stays unseen by every generator.
+    train = subset_dataset(ds, d / "generator-train", splits=[s for s in ("train", "val") if s in splits])
+    return {"real": str(real), "generator_train": str(train.root)}
+
+
+def _landcover(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.train.landcover import train_landcover
+
+    return {"run": str(train_landcover(ctx.cfg.landcover, Path(ctx.out("data", "generator_train")), d / "run"))}
+
+
+def _spade(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.train.gan import train_spade
+
+    return {"run": str(train_spade(ctx.cfg.spade, Path(ctx.out("data", "generator_train")), d / "run"))}
+
+
+def _controlnet_base(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.train.diffusion import train_controlnet_base
+
+    return {"run": str(train_controlnet_base(ctx.cfg.controlnet_base, Path(ctx.out("data", "generator_train")), d / "run"))}
+
+
+def _controlnet(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.train.diffusion import train_controlnet
+
+    run = train_controlnet(ctx.cfg.controlnet, Path(ctx.out("data", "generator_train")),
+                           Path(ctx.out("controlnet_base", "run")), d / "run")  # fmt: skip
+    return {"run": str(run)}
+
+
+def _datasets(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.data.subset import merge_datasets
+    from terrasynth.synthesize import synthesize
+    from terrasynth.train.landcover import sample_landcover
+
+    c, seed = ctx.cfg.datasets, ctx.cfg.seed
+    real = Dataset.open(ctx.out("data", "real"))
+    n_train = c.fake_lc_train or len(real.split("train"))
+    n_test = c.fake_lc_test or len(real.split("test"))
+    lc_run = Path(ctx.out("landcover", "run"))
+    # Generated land cover: separate draws (different seeds) for the train and test splits.
+    lc_train = sample_landcover(lc_run, n_train, d / "fakelc-train", seed=seed, split="train")
+    lc_test = sample_landcover(lc_run, n_test, d / "fakelc-test", seed=seed + 1, split="test")
+    fakelc = merge_datasets([("train-", lc_train), ("test-", lc_test)], d / "fakelc")
+    bs = c.synth_batch_size
+    cn, sp = ctx.out("controlnet", "run"), ctx.out("spade", "run")
+    synthesize(cn, real, d / "fakergbreallc", seed=seed, batch_size=bs, splits=["train", "test"])
+    synthesize(sp, real, d / "fakergbreallcspade", seed=seed, batch_size=bs, splits=["train", "test"])
+    synthesize(cn, fakelc, d / "fakergbfakelc", seed=seed, batch_size=bs)
+    return {
+        "realrgbreallc": str(real.root),
+        "fakergbreallc": str(d / "fakergbreallc"),
+        "fakergbreallcspade": str(d / "fakergbreallcspade"),
+        "fakergbfakelc": str(d / "fakergbfakelc"),
+        "fakelc": str(fakelc.root),
+    }
+
+
+def _segment(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.train.segmentation import train_segmentation
+
+    s = ctx.cfg.segment
+    models = []
+    for train_set in s.train_sets:
+        for arch in s.archs:
+            for seed in s.seeds:
+                run = d / f"{train_set}-{arch}-s{seed}"
+                log.info("segment: training %s on %s (seed %d)", arch, train_set, seed)
+                train_segmentation(s.config_for(arch, seed), [(Path(ctx.out("datasets", train_set)), 1.0)], run)
+                models.append({"train_set": train_set, "arch": arch, "seed": seed, "run": str(run)})
+    return {"models": models}
+
+
+def _evaluate_cached(run: Path, data: Path, out: Path) -> dict[str, Any]:
+    from terrasynth.evaluate.segmentation import evaluate_segmentation
+
+    if out.exists():
+        return json.loads(out.read_text())
+    res = evaluate_segmentation(run, data, split="test")
+    write_json_atomic(out, res)
+    return res
+
+
+def _evaluate(ctx: Context, d: Path) -> dict[str, Any]:
+    s = ctx.cfg.segment
+    ensure_dir(d / "evals")
+    results = []
+    for m in ctx.out("segment", "models"):
+        for test_set in s.test_sets:
+            res = _evaluate_cached(Path(m["run"]), Path(ctx.out("datasets", test_set)),
+                                   d / "evals" / f"{m['train_set']}-{m['arch']}-s{m['seed']}--{test_set}.json")  # fmt: skip
+            results.append({**{k: m[k] for k in ("train_set", "arch", "seed")}, "test_set": test_set,
+                            "micro_iou": res["micro_iou"], "macro_miou": res["macro_miou"]})  # fmt: skip
+    matrix = Matrix.from_results(results, s.train_sets, s.archs, s.test_sets)
+    missing = matrix.missing()
+    if missing:
+        raise RuntimeError(f"cross-test matrix is missing cells {missing[:3]}")
+    write_json_atomic(d / "matrix.json", {**matrix.to_json(), "transfer_ratios": matrix.transfer_ratios()})
+    (d / "matrix.csv").write_text(matrix.to_csv())
+    (d / "matrix.md").write_text(
+        "## micro IoU\n\n" + matrix.to_markdown("micro_iou") + "\n\n## macro mIoU\n\n" + matrix.to_markdown("macro_miou") + "\n"
+    )
+    return {"matrix": str(d / "matrix.json"), "results": results}
+
+
+def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.data.subset import subset_dataset
+    from terrasynth.train.segmentation import train_segmentation
+
+    mx = ctx.cfg.mixing
+    if not mx.enabled:
+        return {"curves": []}
+    real = Dataset.open(ctx.out("datasets", "realrgbreallc"))
+    base = mx.train or ctx.cfg.segment.train
+    curves = []
+    for seed in mx.seeds:
+        cfg = SegmentConfig.model_validate({**config_dict(base), **ctx.cfg.segment.per_arch.get(mx.arch, {}),
+                                            "arch": mx.arch, "seed": seed})  # fmt: skip
+        for r in mx.fractions:
+            real_r = subset_dataset(real, d / f"real-r{r:g}-s{seed}", splits=["train"], fraction=r, seed=seed) if r > 0 else None
+            for added in [None, *mx.synthetic_sets]:
+                if real_r is None and added is None:
+                    continue
+                parts: list[tuple[Path, float]] = []
+                if real_r is not None:
+                    parts.append((real_r.root, float(len(real_r))))
+                if added is not None:
+                    syn = Dataset.open(ctx.out("datasets", added))
+                    parts.append((syn.root, float(len(syn.split("train")))))
+                tot = sum(w for _, w in parts)
+                parts = [(p, w / tot) for p, w in parts]  # per-batch share = share of tiles
+                name = f"r{r:g}-{added or 'real'}-s{seed}"
+                run = d / name
+                log.info("mixing: %s", name)
+                train_segmentation(cfg, parts, run)
+                res = _evaluate_cached(run, real.root, d / f"{name}.eval.json")
+                curves.append({"fraction": r, "added": added or "none", "seed": seed,
+                               "micro_iou": res["micro_iou"], "macro_miou": res["macro_miou"]})  # fmt: skip
+    write_json_atomic(d / "mixing.json", {"arch": mx.arch, "points": curves})
+    return {"curves": curves, "mixing": str(d / "mixing.json")}
+
+
+def _report(ctx: Context, d: Path) -> dict[str, Any]:
+    from terrasynth.report.build import build_report
+
+    html, md = build_report(ctx.run, d, sample_rows=ctx.cfg.report.sample_rows,
+                            realism_samples=ctx.cfg.report.realism_samples)
+    return {"html": str(html), "markdown": str(md)}
+
+
+STAGE_FUNCS: dict[str, Callable[[Context, Path], dict[str, Any]]] = {
+    "data": _data,
+    "landcover": _landcover,
+    "spade": _spade,
+    "controlnet_base": _controlnet_base,
+    "controlnet": _controlnet,
+    "datasets": _datasets,
+    "segment": _segment,
+    "evaluate": _evaluate,
+    "mixing": _mixing,
+    "report": _report,
+}
+
+
+# ---- running -----------------------------------------------------------------------------
+
+DONE = "done.json"
+STATE = "pipeline.json"
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    run: str | Path,
+    *,
+    from_stage: str | None = None,
+    only: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the pipeline into ``run``; returns the state written to ``RUN/pipeline.json``."""
+    from tqdm.auto import tqdm
+
+    for name, val in (("--from", from_stage), ("--only", only)):
+        if val is not None and val not in STAGES:
+            raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
+    run = ensure_dir(run)
+    save_resolved(cfg, run)
+    keys = stage_keys(cfg)
+    ctx = Context(cfg, run, keys)
+    state: dict[str, Any] = {"name": cfg.name, "config_hash": config_hash(cfg), "stages": {}}
+    redo = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
+    todo = [only] if only else list(STAGES)
+    bar = tqdm(STAGES, desc="pipeline", unit="stage", disable=not progress, position=0, leave=True)
+    t_run = time.perf_counter()
+    for i, stage in enumerate(STAGES):
+        d = ctx.dir(stage)
+        done = d / DONE
+        if stage in redo and done.exists():
+            shutil.rmtree(d)
+        if done.exists():
+            rec = json.loads(done.read_text())
+            ctx.outputs[stage] = rec["outputs"]
+            state["stages"][stage] = {"dir": str(d), "status": "cached", "seconds": rec["seconds"]}
+            bar.update(1)
+            continue
+        if stage not in todo:
+            if only and STAGES.index(stage) < STAGES.index(only):
+                raise UserError(f"--only {only}: input stage '{stage}' has not finished for this config; run without --only first")
+            bar.update(1)
+            continue
+        bar.set_postfix_str(stage)
+        log.info("[%d/%d] %s: running in %s", i + 1, len(STAGES), stage, d)
+        ensure_dir(d)
+        t0 = time.perf_counter()
+        outputs = STAGE_FUNCS[stage](ctx, d)
+        secs = time.perf_counter() - t0
+        write_json_atomic(done, {"stage": stage, "key": keys[stage], "outputs": outputs, "seconds": secs})
+        ctx.outputs[stage] = outputs
+        state["stages"][stage] = {"dir": str(d), "status": "ran", "seconds": secs}
+        log.info("[%d/%d] %s: done in %.1f s", i + 1, len(STAGES), stage, secs)
+        write_json_atomic(run / STATE, {**state, "outputs": ctx.outputs})
+        bar.update(1)
+    bar.close()
+    state["seconds_this_invocation"] = time.perf_counter() - t_run
+    state["outputs"] = ctx.outputs
+    write_json_atomic(run / STATE, state)
+    return state
+
+
+def timing_table(state: dict[str, Any]) -> str:
+    rows = [f"{'stage':<16} {'status':<7} {'seconds':>8}"]
+    for stage, s in state["stages"].items():
+        rows.append(f"{stage:<16} {s['status']:<7} {s['seconds']:>8.1f}")
+    rows.append(f"{'total':<16} {'':<7} {sum(s['seconds'] for s in state['stages'].values()):>8.1f}")
+    return "\n".join(rows)
