@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--grid", required=True)
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -51,15 +51,14 @@ def main() -> None:
 
     gen, spm = generate_maps(model, args.n, seed=0, batch_size=64)
     res["sampling"] = {"sampler": model.default_sampler, "steps": model.default_steps, "seconds_per_map": spm}
-    _, spm_ddim = generate_maps(model, 64, seed=1, batch_size=64, sampler="ddim", steps=50)
+    _, spm_ddim = generate_maps(model, 32, seed=1, batch_size=32, sampler="ddim", steps=50)
     res["sampling"]["baseline_ddim50_seconds_per_map"] = spm_ddim
     res["sampling"]["speedup_vs_ddim50"] = spm_ddim / spm
     res["realism"] = realism_metrics(real_val, gen, ds.scheme, train=train, res=ds.info.gsd or 10.0)
     if model.conditional:
-        null, _ = generate_maps(model, 128, seed=2, batch_size=64, guidance=None)
         res["control"] = {}
         for name, comp in {"built30_water20": {50: 0.3, 80: 0.2}, "grass40": {30: 0.4}, "wetland10": {90: 0.1}}.items():
-            maps, spm_c = generate_maps(model, 64, seed=3, batch_size=64, composition=comp, guidance=cfg.sampling.guidance)
+            maps, spm_c = generate_maps(model, 32, seed=3, batch_size=32, composition=comp, guidance=cfg.sampling.guidance)
             res["control"][name] = {**composition_error(maps, comp, ds.scheme), "seconds_per_map": spm_c,
                                     "guidance": cfg.sampling.guidance}  # fmt: skip
     write_json_atomic(Path(args.out), res)
