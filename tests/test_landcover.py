@@ -63,6 +63,8 @@ def test_rerun_resumes_and_other_config_is_refused(tiny_run, tiny_data, capsys):
     st = torch.load(tiny_run / "checkpoints" / "diffusion.pt", weights_only=False)
     assert st["step"] == 12  # nothing retrained past the bound
     assert (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns == before
+    curve = json.loads((tiny_run / "metrics.json").read_text())["diffusion"]["loss_curve"]
+    assert len(curve) >= 2  # the loss history survives a resume
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY, "--set", "seed=5") == 2
     assert "another config" in capsys.readouterr().err
 
