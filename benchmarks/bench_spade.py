@@ -59,7 +59,9 @@ def stage_spade(args) -> None:
 
     res = load_results(args.work)
     for v in args.variants:
-        sets = VARIANTS[v] + [f"max_minutes={args.minutes}", f"seed={args.seed}"] + list(args.set or [])
+        # One judge (checkpoint-selection segmenter) shared by all variants: same data and seed.
+        sets = VARIANTS[v] + [f"max_minutes={args.minutes}", f"seed={args.seed}",
+                              f"select.judge_cache={args.work / 'judges'}"] + list(args.set or [])  # fmt: skip
         cfg = load_config(SpadeConfig, None, None, sets)
         run = args.work / "runs" / v
         t0 = time.monotonic()
