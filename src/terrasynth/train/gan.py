@@ -280,7 +280,8 @@ class SpadeTrainer:
                 batch.append(mixed)
             out = self.D(torch.cat(batch))
             w = oasis_class_weights(m_d, self.k)
-            d_loss = oasis_loss(out[b : 2 * b], m_d, real=True, weights=w) + oasis_loss(out[:b], m_d, real=False, weights=w)
+            d_loss = oasis_loss(out[b : 2 * b], m_d, real=True, weights=w)
+            d_loss = d_loss + oasis_loss(out[:b], m_d, real=False, weights=w)
             if cfg.remedies.labelmix:
                 lm_loss = labelmix_loss(out[2 * b :], out[b : 2 * b], out[:b], lm)
                 logs["d_labelmix"] = lm_loss.item()
@@ -450,7 +451,9 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
             judge.load_state_dict(load_file(str(jpath)))
             judge.to(acc.device).eval()
         else:
-            train_judge(judge, tr_img, tr_mask, steps=cfg.select.judge_steps, batch_size=8, seed=cfg.seed, device=acc.device)
+            train_judge(
+                judge, tr_img, tr_mask, steps=cfg.select.judge_steps, batch_size=8, seed=cfg.seed, device=acc.device
+            )
             if main:
                 with atomic_path(jpath) as tmp:
                     save_file(judge.state_dict(), str(tmp))
