@@ -70,7 +70,7 @@ def stage_spade(args) -> None:
         meta = json.loads((run / "generator.json").read_text())
         scores = json.loads((run / "scores.json").read_text())
         t0 = time.monotonic()
-        synthesize(run, args.data, args.work / "syn" / v, seed=args.seed, batch_size=32, overwrite=True)
+        synthesize(run, args.data, args.work / "syn" / v, seed=args.seed, batch_size=32)
         t_syn = time.monotonic() - t0
         res.setdefault(v, {}).update(
             spade={"sets": sets, "train_s": round(t_train, 1), "synth_s": round(t_syn, 1),
