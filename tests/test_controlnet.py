@@ -1,0 +1,151 @@
+"""ControlNet generator: CLI end to end, zero-convolution identity, conditioning, save/load,
+determinism, exact resume, and the local pretrained (Stable-Diffusion-layout) base path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from controlnet_fixtures import TINY_BASE, TINY_CONTROLNET, tiny_sd_checkpoint, toy_pairs
+from diffusers import ControlNetModel
+
+from conftest import run_cli
+from terrasynth.classes import load_scheme
+from terrasynth.errors import UserError
+from terrasynth.models.controlnet import ControlNetGenerator, build_controlnet, make_scheduler
+from terrasynth.models.generator import ImageGenerator, load_generator
+from terrasynth.models.latent_base import load_base
+
+
+def _sets(items):
+    return [a for s in items for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A toy dataset, a tiny base and a tiny ControlNet, all through the CLI."""
+    d = tmp_path_factory.mktemp("cn")
+    toy_pairs(d / "data")
+    assert run_cli("controlnet", "train-base", "--data", d / "data", "--out", d / "base", *_sets(TINY_BASE)) == 0
+    assert run_cli(
+        "controlnet", "train", "--data", d / "data", "--base", d / "base", "--out", d / "run", *_sets(TINY_CONTROLNET)
+    ) == 0
+    return d
+
+
+def test_cli_writes_base_and_generator_runs(trained):
+    base, run = trained / "base", trained / "run"
+    for f in ("base.json", "vae/config.json", "unet/config.json", "scheduler/scheduler_config.json",
+              "context.safetensors", "latents.json", "config.yaml", "provenance.json"):  # fmt: skip
+        assert (base / f).is_file(), f
+    meta = json.loads((run / "generator.json").read_text())
+    assert meta["family"] == "controlnet" and meta["base"] == str(base.resolve())
+    assert (run / "controlnet" / "config.json").is_file() and (run / "preview.png").is_file()
+    assert any((run / "tb").rglob("events.out.tfevents.*"))
+    gen = load_generator(run)
+    assert isinstance(gen, ImageGenerator)
+    masks = torch.full((2, 32, 32), 2, dtype=torch.long)
+    masks[1, :, 16:] = 255  # nodata is allowed in masks
+    img = gen.generate(masks, torch.Generator().manual_seed(0))
+    assert img.shape == (2, 3, 32, 32) and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
+    d = gen.describe()
+    assert d["family"] == "controlnet" and d["run"] == str(run.resolve()) and d["checkpoint"]
+
+
+def test_same_seed_same_images_other_seed_differs(trained):
+    gen = load_generator(trained / "run")
+    masks = torch.randint(0, 6, (3, 32, 32))
+    a = gen.generate(masks, torch.Generator().manual_seed(5))
+    b = gen.generate(masks, torch.Generator().manual_seed(5))
+    c = gen.generate(masks, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_fresh_controlnet_leaves_base_prediction_unchanged(trained):
+    base = load_base(trained / "base")
+    gen = ControlNetGenerator(base, build_controlnet(base, 6), load_scheme("dronedeploy"))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    cond = torch.nn.functional.one_hot(torch.randint(0, 6, (2, 32, 32)), 6).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        assert torch.equal(gen.predict(x, t, cond), gen.predict(x, t, None))
+
+
+def test_condition_changes_output_after_training(trained):
+    # A fresh ControlNet's zero convolutions make every mask give the same image; the trained one must not.
+    gen = load_generator(trained / "run")
+    fresh = ControlNetGenerator(gen.base, build_controlnet(gen.base, 6), gen.scheme, steps=3)
+    veg, bld = torch.full((1, 32, 32), 2), torch.full((1, 32, 32), 0)
+
+    def pair(g):
+        return [g.generate(m, torch.Generator().manual_seed(0)) for m in (veg, bld)]
+
+    a, b = pair(fresh)
+    assert torch.equal(a, b)
+    a, b = pair(gen)
+    assert (a - b).abs().mean() > 1e-3
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    gen = load_generator(trained / "run")
+    gen.controlnet.save_pretrained(tmp_path / "cn")
+    again = ControlNetGenerator(gen.base, ControlNetModel.from_pretrained(tmp_path / "cn"), gen.scheme, steps=gen.steps)
+    masks = torch.randint(0, 6, (2, 32, 32))
+    assert torch.equal(gen.generate(masks, torch.Generator().manual_seed(1)),
+                       again.generate(masks, torch.Generator().manual_seed(1)))  # fmt: skip
+
+
+def test_rerun_resumes_and_finished_stages_are_kept(trained):
+    ckpt = trained / "run" / "checkpoints" / "controlnet.pt"
+    before = ckpt.stat().st_mtime_ns
+    assert run_cli(
+        "controlnet", "train", "--data", trained / "data", "--base", trained / "base", "--out", trained / "run",
+        *_sets(TINY_CONTROLNET),
+    ) == 0  # fmt: skip
+    assert ckpt.stat().st_mtime_ns == before  # done: not retrained
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
+
+
+def test_schedulers_by_name_and_bad_inputs(trained):
+    gen = load_generator(trained / "run", scheduler="DDIMScheduler", steps=2)
+    assert gen.scheduler.config.clip_sample is False  # inherited True from DDPM would clip latents
+    assert gen.generate(torch.zeros(1, 32, 32, dtype=torch.long), torch.Generator().manual_seed(0)).shape[1] == 3
+    with pytest.raises(UserError, match="not a diffusers scheduler"):
+        make_scheduler("NoSuchScheduler", gen.base.noise_scheduler.config)
+    with pytest.raises(UserError, match="autoencoder factor is 4"):
+        build_controlnet(gen.base, 6, (16, 32))
+    with pytest.raises(UserError, match="not a multiple"):
+        gen.generate(torch.zeros(1, 30, 30, dtype=torch.long), torch.Generator())
+    with pytest.raises(UserError, match="not a base model"):
+        load_base(trained / "data")
+
+
+def test_init_from_continues_on_new_data(trained, tmp_path):
+    toy_pairs(tmp_path / "target", n=6, seed=3)
+    sets = [s for s in TINY_BASE if not s.startswith("vae.steps")] + ["vae.steps=0", "unet.steps=2"]
+    assert run_cli("controlnet", "train-base", "--data", tmp_path / "target", "--out", tmp_path / "b2",
+                   "--init-from", trained / "base", *_sets(sets)) == 0  # fmt: skip
+    old, new = load_base(trained / "base"), load_base(tmp_path / "b2")
+    assert torch.equal(old.shift, new.shift)  # same autoencoder, same latent normalisation
+    assert run_cli("controlnet", "train", "--data", tmp_path / "target", "--base", tmp_path / "b2", "--out",
+                   tmp_path / "r2", "--init-from", trained / "run", *_sets(TINY_CONTROLNET)) == 0  # fmt: skip
+    a = ControlNetModel.from_pretrained(trained / "run" / "controlnet")
+    b = ControlNetModel.from_pretrained(tmp_path / "r2" / "controlnet")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and any(not torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_local_pretrained_sd_layout_base(tmp_path):
+    sd = tiny_sd_checkpoint(tmp_path / "sd")
+    toy_pairs(tmp_path / "data", n=6)
+    assert run_cli(
+        "controlnet", "train", "--data", tmp_path / "data", "--base", sd, "--out", tmp_path / "run",
+        "--prompt", "aerial photograph", *_sets(TINY_CONTROLNET),
+    ) == 0  # fmt: skip
+    gen = load_generator(tmp_path / "run")
+    assert gen.base.source == "pretrained" and gen.base.factor == 8 and gen.base.context.shape == (1, 8, 16)
+    img = gen.generate(torch.randint(0, 6, (2, 32, 32)), torch.Generator().manual_seed(0))
+    assert img.shape == (2, 3, 32, 32)
+    other = load_base(sd, prompt="a b c")
+    assert not torch.allclose(other.context, gen.base.context)  # the prompt reaches the context
