@@ -9,6 +9,8 @@ Two phases, each one heavy job under /work/heavy.lock (<= 20 minutes each):
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase train --work /tmp/bench_cn
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase evaluate --work /tmp/bench_cn
 
+or both in one job with shorter budgets (``--phase all --base-minutes 7 --controlnet-minutes 5``).
+
 Results land in WORK/results.json and docs/controlnet_grid.png.
 """
 
@@ -33,8 +35,12 @@ from terrasynth.train.diffusion import ControlNetRunConfig, train_controlnet, tr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def phase_train(work: Path, data: Path, config: Path) -> dict:
+def phase_train(work: Path, data: Path, config: Path, base_minutes: float | None, cn_minutes: float | None) -> dict:
     cfg = load_config(ControlNetRunConfig, config)
+    if base_minutes:
+        cfg.base.max_minutes = base_minutes
+    if cn_minutes:
+        cfg.controlnet.max_minutes = cn_minutes
     t0 = time.monotonic()
     train_controlnet_base(cfg.base, data, work / "base")
     t1 = time.monotonic()
@@ -138,7 +144,9 @@ def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_max_s: float, n_t
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["train", "evaluate"], required=True)
+    ap.add_argument("--phase", choices=["train", "evaluate", "all"], required=True)
+    ap.add_argument("--base-minutes", type=float, help="override base.max_minutes of the config")
+    ap.add_argument("--controlnet-minutes", type=float, help="override controlnet.max_minutes of the config")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_cn"))
     ap.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "pairs" / "dronedeploy")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "controlnet-cpu.yaml")
@@ -151,12 +159,13 @@ def main() -> None:
     import_dronedeploy(args.pairs, data)
     res_path = args.work / "results.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {}
-    if args.phase == "train":
-        res["train"] = phase_train(args.work, data, args.config)
-    else:
+    if args.phase in ("train", "all"):
+        res["train"] = phase_train(args.work, data, args.config, args.base_minutes, args.controlnet_minutes)
+        res_path.write_text(json.dumps(res, indent=2))
+    if args.phase in ("evaluate", "all"):
         res["evaluate"] = phase_evaluate(args.work, data, args.seg_steps, args.seg_max_seconds, args.n_train)
-    res_path.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res[args.phase], indent=2))
+        res_path.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":
