@@ -10,14 +10,15 @@ import torch
 from controlnet_fixtures import TINY_BASE, TINY_CONTROLNET, tiny_sd_checkpoint, toy_pairs
 from diffusers import ControlNetModel
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from terrasynth.classes import load_scheme
+from terrasynth.config import load_config
 from terrasynth.errors import UserError
 from terrasynth.models.controlnet import ControlNetGenerator, build_controlnet, make_scheduler
 from terrasynth.models.controlnet import load_generator as load_controlnet
 from terrasynth.models.generator import ImageGenerator, load_generator
 from terrasynth.models.latent_base import load_base
-from terrasynth.train.diffusion import ControlNetConfig, train_controlnet
+from terrasynth.train.diffusion import ControlNetConfig, ControlNetRunConfig, train_controlnet
 
 
 def _sets(items):
@@ -29,10 +30,13 @@ def trained(tmp_path_factory):
     """A toy dataset, a tiny base and a tiny ControlNet, all through the CLI."""
     d = tmp_path_factory.mktemp("cn")
     toy_pairs(d / "data")
-    assert run_cli("controlnet", "train-base", "--data", d / "data", "--out", d / "base", *_sets(TINY_BASE)) == 0
+    cfg = ("--config", ROOT / "configs" / "controlnet-cpu.yaml")  # the shipped config, shrunk by --set
+    tiny_base = [*TINY_BASE, "splits=[train]"]
+    assert run_cli("controlnet", "train-base", "--data", d / "data", "--out", d / "base", *cfg, *_sets(tiny_base)) == 0
     assert run_cli(
-        "controlnet", "train", "--data", d / "data", "--base", d / "base", "--out", d / "run", *_sets(TINY_CONTROLNET)
-    ) == 0
+        "controlnet", "train", "--data", d / "data", "--base", d / "base", "--out", d / "run", *cfg,
+        *_sets(TINY_CONTROLNET),
+    ) == 0  # fmt: skip
     return d
 
 
@@ -158,3 +162,17 @@ def test_local_pretrained_sd_layout_base(tmp_path):
     assert img.shape == (2, 3, 32, 32)
     other = load_base(sd, prompt="a b c")
     assert not torch.allclose(other.context, gen.base.context)  # the prompt reaches the context
+
+
+@pytest.mark.parametrize("name", ["controlnet-cpu.yaml", "controlnet-gpu.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ControlNetRunConfig, ROOT / "configs" / name)
+    assert len(cfg.base.vae.block_out_channels) == 3  # f = 4: the ControlNet embedding needs 3 stages
+    assert len(cfg.base.unet.cross_attention) == len(cfg.base.unet.block_out_channels)
+
+
+def test_unknown_config_key_is_one_line_error(tmp_path):
+    toy_pairs(tmp_path / "data", n=4)
+    assert run_cli("controlnet", "train-base", "--data", tmp_path / "data", "--out", tmp_path / "b",
+                   "--set", "vae.nope=1") == 2  # fmt: skip
+    assert not (tmp_path / "b").exists()
