@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import shlex
 import sys
@@ -249,12 +250,37 @@ def read_image_tif(path: Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable image tile ({exc}); rerun the command that wrote this dataset") from exc
 
 
+class _GDALWarnings(logging.Handler):
+    """Collects what GDAL reports through rasterio's logger while a file is checked."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _valid_tif(path: Path) -> bool:
+    """Opens *and decodes* the tile. A tile cut short may keep its header and pixels and lose its
+    tail (colour table, metadata): GDAL then only warns ("IO error during reading"), so warnings
+    count as damage too."""
+    log = logging.getLogger("rasterio._env")
+    seen, level, propagate = _GDALWarnings(), log.level, log.propagate
+    log.addHandler(seen)
+    log.setLevel(logging.WARNING)  # the CLI raises rasterio's level to ERROR; here we want to hear
+    log.propagate = False  # ... but not to print
     try:
         with rasterio.open(path) as src:
-            return src.width > 0
+            src.read()
+            ok = src.width > 0
     except Exception:
         return False
+    finally:
+        log.removeHandler(seen)
+        log.setLevel(level)
+        log.propagate = propagate
+    return ok and not any("error" in m.lower() for m in seen.messages)
 
 
 # ---- writing --------------------------------------------------------------------------
@@ -474,7 +500,7 @@ def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecor
                     counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
                 )
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:  # TypeError: a short row yields None fields
             raise UserError(f"{where}: row {i + 2} is malformed ({exc!r}); rebuild the dataset") from exc
     return out
 
