@@ -22,7 +22,12 @@ from terrasynth.io import os_user_error
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "terrasynth.commands.data",
+    "terrasynth.commands.spade",
+    "terrasynth.commands.controlnet",
     "terrasynth.commands.synthesize",
+    "terrasynth.commands.segment",
+    "terrasynth.commands.acquire",
+    "terrasynth.commands.landcover",
 ]
 
 log = logging.getLogger("terrasynth")

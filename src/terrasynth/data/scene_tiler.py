@@ -1,0 +1,138 @@
+"""Cutting one scene into filtered, split, aligned tiles, a chunk at a time.
+
+A :class:`Scene` is one output pixel grid (a NAIP scene's UTM grid, or a land-cover grid)
+plus the rasters read onto it: optional imagery (RGB bands) and land-cover labels
+(a mosaic: the first source with data wins). Workers call :func:`cut_chunk`; it reads a
+chunk of tiles at once, so memory is bounded by the chunk, never by the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from rasterio.warp import transform as transform_points
+
+from terrasynth.geo.read import RasterCache
+from terrasynth.geo.reproject import Grid, read_onto_grid
+from terrasynth.geo.tiling import SpatialBlocks, TileChunk, iter_tiles
+
+NODATA = 0  # WorldCover's nodata code, and the fill of imagery outside a scene
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One output grid and what is read onto it. ``name`` prefixes tile ids."""
+
+    name: str
+    grid: Grid
+    labels: tuple[str, ...]  # land-cover hrefs overlapping the grid, in priority order
+    image: str | None = None  # imagery href (RGB = ``image_bands``)
+    image_bands: tuple[int, ...] = (1, 2, 3)
+    id_origin: tuple[int, int] = (0, 0)  # (row, col) of the grid's origin on its lattice; makes ids global
+
+
+@dataclass(frozen=True)
+class TileFilter:
+    """Which tiles are kept. Fractions are of all tile pixels.
+
+    ``max_class`` / ``min_class`` map a group of codes to a bound on their summed share,
+    e.g. ``{(80,): 0.5}`` in ``max_class`` drops tiles that are more than half water.
+    """
+
+    max_nodata: float = 0.0
+    max_class: dict[tuple[int, ...], float] = field(default_factory=dict)
+    min_class: dict[tuple[int, ...], float] = field(default_factory=dict)
+
+    def reason(self, counts: np.ndarray, npix: int) -> str | None:
+        """Why a tile with per-code ``counts`` (256,) is dropped, or None to keep it."""
+        if counts[NODATA] / npix > self.max_nodata:
+            return "nodata"
+        for codes, hi in self.max_class.items():
+            if counts[list(codes)].sum() / npix > hi:
+                return "class_fraction"
+        for codes, lo in self.min_class.items():
+            if counts[list(codes)].sum() / npix < lo:
+                return "class_fraction"
+        return None
+
+
+@dataclass
+class Tile:
+    id: str
+    split: str
+    label: np.ndarray  # (H, W) uint8 codes
+    image: np.ndarray | None  # (H, W, 3) uint8
+    transform: Affine
+
+
+@dataclass
+class ChunkResult:
+    scene: int
+    tiles: list[Tile]
+    candidates: int
+    dropped: dict[str, int]
+
+
+def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tuple[np.ndarray, ...]:
+    """(west, south, east, north) arrays in EPSG:4326 of tiles at pixel offsets (rows[i], cols[i])."""
+    r = np.asarray(rows, dtype=np.float64)[:, None] + np.array([0, 0, 0, 0.5, 0.5, 1, 1, 1]) * tile
+    c = np.asarray(cols, dtype=np.float64)[:, None] + np.array([0, 0.5, 1, 0, 1, 0, 0.5, 1]) * tile
+    t = grid.transform
+    xs, ys = t.c + t.a * c, t.f + t.e * r
+    if grid.crs != CRS.from_epsg(4326):
+        lon, lat = transform_points(grid.crs, "EPSG:4326", xs.ravel(), ys.ravel())
+        xs, ys = np.asarray(lon).reshape(xs.shape), np.asarray(lat).reshape(ys.shape)
+    return xs.min(1), ys.min(1), xs.max(1), ys.max(1)
+
+
+def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid) -> np.ndarray:
+    """(H, W) uint8 codes on ``grid``: a mosaic of ``hrefs``, the first with data wins."""
+    out = np.zeros((grid.height, grid.width), np.uint8)
+    todo = np.ones(out.shape, bool)
+    for href in hrefs:
+        data, valid = cache.read(href, lambda src: read_onto_grid(src, grid, "label", [1], NODATA))
+        take = todo & valid
+        out[take] = data[0][take]
+        todo &= ~take
+        if not todo.any():
+            break
+    return out
+
+
+def cut_chunk(
+    cache: RasterCache, scene: Scene, scene_index: int, chunk: TileChunk, blocks: SpatialBlocks, keep: TileFilter
+) -> ChunkResult:
+    """Read ``chunk`` of ``scene`` and return its kept tiles, with the reasons others were dropped."""
+    cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
+    pos = [(r, c) for r in chunk.rows for c in chunk.cols]
+    splits = blocks.assign(*lonlat_bounds(scene.grid, [p[0] for p in pos], [p[1] for p in pos], chunk.tile))
+    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0}
+    dropped["block_edge"] = sum(s is None for s in splits)
+    if dropped["block_edge"] == len(pos):
+        return ChunkResult(scene_index, [], len(pos), dropped)
+    labels = read_labels(cache, scene.labels, cgrid)
+    image = None
+    if scene.image is not None:
+        href = scene.image
+        rgb, valid = cache.read(href, lambda src: read_onto_grid(src, cgrid, "image", list(scene.image_bands), NODATA))
+        labels[~valid] = NODATA  # no imagery there: the pair is unlabelled, never a guessed label
+        image = np.moveaxis(rgb, 0, -1)  # (H, W, 3)
+    tiles = []
+    npix = chunk.tile * chunk.tile
+    for (r, c, rs, cs), split in zip(iter_tiles(chunk), splits):
+        if split is None:
+            continue
+        lab = labels[rs, cs]
+        why = keep.reason(np.bincount(lab.ravel(), minlength=256), npix)
+        if why:
+            dropped[why] += 1
+            continue
+        tid = f"{scene.name}_{scene.id_origin[0] + r:06d}_{scene.id_origin[1] + c:06d}"
+        tiles.append(
+            Tile(tid, split, np.ascontiguousarray(lab), None if image is None else np.ascontiguousarray(image[rs, cs]),
+                 scene.grid.transform @ Affine.translation(c, r))
+        )  # fmt: skip
+    return ChunkResult(scene_index, tiles, len(pos), dropped)

@@ -1,0 +1,139 @@
+"""A latent-diffusion *base model*: autoencoder + denoising UNet + a fixed context.
+
+Two sources, one interface (:class:`LatentBase`):
+
+* a run of ``terrasynth controlnet train-base`` (trained here): ``vae/``, ``unet/``,
+  ``scheduler/`` (diffusers ``save_pretrained`` layouts), ``context.safetensors`` (the
+  learned constant cross-attention context, (1, L, D)) and ``latents.json`` (per-channel
+  latent mean/std used to normalise latents to unit variance);
+* any Stable-Diffusion-layout directory on local disk (``vae/``, ``unet/``,
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/``): the context is the CLIP encoding of
+  a prompt such as ``"aerial photograph"``, computed once, and latents are normalised
+  with the VAE's ``shift_factor``/``scaling_factor``.
+
+Latent normalisation is always ``z_norm = (z - shift) * scale`` with per-channel
+``shift``/``scale`` of shape (C,).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from terrasynth.errors import UserError
+from terrasynth.io import atomic_path, write_json_atomic
+
+BASE_FILE = "base.json"
+CONTEXT_FILE = "context.safetensors"
+LATENTS_FILE = "latents.json"
+
+
+@dataclass
+class LatentBase:
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+    context: torch.Tensor  # (1, L, D) cross-attention context shared by every sample
+    shift: torch.Tensor  # (C,)
+    scale: torch.Tensor  # (C,)
+    source: str  # "trained" or "pretrained"
+    path: str
+
+    @property
+    def factor(self) -> int:
+        """Spatial downsampling of the autoencoder (4 for three blocks, 8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device: torch.device | str) -> "LatentBase":
+        self.vae.to(device)
+        self.unet.to(device)
+        self.context = self.context.to(device)
+        self.shift, self.scale = self.shift.to(device), self.scale.to(device)
+        return self
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> normalised latents (B, C, H/f, W/f)."""
+        z = self.vae.encode(images * 2 - 1).latent_dist.sample(generator=generator)
+        return (z - self.shift.view(1, -1, 1, 1)) * self.scale.view(1, -1, 1, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, h, w) -> (B, 3, h*f, w*f) in [0, 1]."""
+        z = latents / self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+        return ((self.vae.decode(z).sample + 1) / 2).clamp(0, 1)
+
+    def contexts(self, batch: int) -> torch.Tensor:
+        return self.context.expand(batch, -1, -1)
+
+
+def is_trained_base(path: Path) -> bool:
+    return (path / BASE_FILE).is_file()
+
+
+def is_pretrained_base(path: Path) -> bool:
+    return all((path / d).is_dir() for d in ("vae", "unet", "text_encoder", "tokenizer"))
+
+
+def save_trained_base(
+    out: Path,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    noise_scheduler: DDPMScheduler,
+    context: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> None:
+    """Write a trained base in its directory layout; ``base.json`` last marks it complete."""
+    vae.save_pretrained(out / "vae")
+    unet.save_pretrained(out / "unet")
+    noise_scheduler.save_pretrained(out / "scheduler")
+    with atomic_path(out / CONTEXT_FILE) as tmp:
+        save_file({"context": context.detach().cpu().contiguous()}, str(tmp))
+    write_json_atomic(out / LATENTS_FILE, {"mean": mean.tolist(), "std": std.tolist()})
+    write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": 2 ** (len(vae.config.block_out_channels) - 1)})
+
+
+def encode_prompt(path: Path, prompt: str) -> torch.Tensor:
+    """CLIP text encoding of ``prompt`` with the checkpoint's own encoder: (1, L, D)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    enc = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
+    ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return enc(ids.input_ids)[0]
+
+
+def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase:
+    """Load a base model from a train-base run or a local Stable-Diffusion-layout directory."""
+    path = Path(path)
+    if is_trained_base(path):
+        vae = AutoencoderKL.from_pretrained(path / "vae")
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        sched = DDPMScheduler.from_pretrained(path / "scheduler")
+        context = load_file(str(path / CONTEXT_FILE))["context"]
+        stats = json.loads((path / LATENTS_FILE).read_text())
+        shift = torch.tensor(stats["mean"], dtype=torch.float32)
+        scale = 1.0 / torch.tensor(stats["std"], dtype=torch.float32)
+        source = "trained"
+    elif is_pretrained_base(path):
+        vae = AutoencoderKL.from_pretrained(path / "vae")
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        sched = DDPMScheduler.from_pretrained(path / "scheduler")
+        context = encode_prompt(path, prompt)
+        c = vae.config.latent_channels
+        shift = torch.full((c,), float(getattr(vae.config, "shift_factor", None) or 0.0))
+        scale = torch.full((c,), float(vae.config.scaling_factor))
+        source = "pretrained"
+    else:
+        raise UserError(
+            f"{path}: not a base model; pass the --out of 'terrasynth controlnet train-base' or a local "
+            "Stable-Diffusion-layout directory (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    vae.requires_grad_(False).eval()
+    unet.requires_grad_(False).eval()
+    return LatentBase(vae, unet, sched, context, shift, scale, source, str(path.resolve()))

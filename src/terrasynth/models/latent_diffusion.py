@@ -1,0 +1,346 @@
+"""Latent diffusion for land-cover maps: a diffusers UNet on normalised autoencoder latents.
+
+Three pieces kept apart, as in diffusers: the network (:func:`build_denoiser`: a
+``UNet2DModel``, or a ``UNet2DConditionModel`` whose ``class_embed_type="projection"``
+embeds a K-vector of class fractions when composition control is on), the noise process
+used for training (:func:`training_scheduler`, :func:`p_losses`) and the samplers
+(:data:`SAMPLERS`, chosen by name with a step count). :class:`LandcoverLDM` bundles them
+with the autoencoder and the per-channel latent normalisation, and saves/loads with
+``save_pretrained``/``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
+
+from terrasynth.classes import ClassScheme
+from terrasynth.io import write_json_atomic
+from terrasynth.models.autoencoder import decode_indices
+
+Denoiser = UNet2DModel | UNet2DConditionModel
+PredictionType = Literal["epsilon", "v_prediction"]
+SamplerName = Literal["ddim", "dpmsolver++", "dpmsolver++-sde", "unipc", "euler", "euler-ancestral", "ddpm"]
+
+# name -> (scheduler class, overrides on top of the training scheduler's config). clip_sample
+# must be off: DDIM/DDPM inherit clip_sample=True otherwise, which clips latents to [-1, 1].
+SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmsolver++-sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {"clip_sample": False}),
+}
+
+
+def build_denoiser(
+    latent_channels: int,
+    sample_size: int,
+    *,
+    block_out_channels: tuple[int, ...] = (64, 128, 128),
+    layers_per_block: int = 2,
+    attention: tuple[bool, ...] = (False, False, True),
+    attention_head_dim: int = 8,
+    norm_num_groups: int = 32,
+    composition_classes: int | None = None,
+) -> Denoiser:
+    """A UNet on (B, C, h, w) latents; ``attention[i]`` puts self-attention in level ``i``.
+
+    With ``composition_classes = K`` the UNet takes ``class_labels`` (B, K) of class
+    fractions, projected into the timestep embedding (all zeros = unconditional).
+    """
+    if len(attention) != len(block_out_channels):
+        raise ValueError(f"attention {attention} needs one flag per level of {block_out_channels}")
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    common = dict(
+        sample_size=sample_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=norm_num_groups,
+    )
+    if composition_classes is None:
+        return UNet2DModel(**common, attention_head_dim=attention_head_dim)
+    return UNet2DConditionModel(
+        **common,
+        attention_head_dim=attention_head_dim,
+        mid_block_type="UNetMidBlock2D",  # self-attention only: there is no text to cross-attend to
+        cross_attention_dim=block_out_channels[-1],  # unused (no cross-attention blocks), but required
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=composition_classes,
+    )
+
+
+def denoise(unet: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """The network's prediction for noisy latents ``x`` (B, C, h, w) at timesteps ``t`` (B,)."""
+    if isinstance(unet, UNet2DConditionModel):
+        if cond is None:
+            cond = x.new_zeros(x.shape[0], unet.config.projection_class_embeddings_input_dim)
+        return unet(x, t, encoder_hidden_states=None, class_labels=cond).sample
+    return unet(x, t).sample
+
+
+def training_scheduler(prediction_type: PredictionType = "v_prediction", num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The forward (noising) process: cosine schedule, no clipping (latents are not in [-1, 1])."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+
+
+def p_losses(
+    unet: Denoiser,
+    z0: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    scheduler: DDPMScheduler,
+    snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Denoising loss on clean normalised latents ``z0`` (B, C, h, w).
+
+    The target follows ``scheduler.config.prediction_type`` (noise or velocity);
+    ``snr_gamma`` applies min-SNR-gamma weighting (Hang et al. 2023), else plain MSE.
+    """
+    b = z0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(z0.device)
+    noise = torch.randn(z0.shape, generator=generator).to(z0)
+    xt = scheduler.add_noise(z0, noise, t)
+    v = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(z0, noise, t) if v else noise
+    per_sample = F.mse_loss(denoise(unet, xt, t, cond), target, reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is None:
+        return per_sample.mean()
+    ac = scheduler.alphas_cumprod.to(z0.device)[t]
+    snr = ac / (1 - ac)
+    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr)
+    return (weight * per_sample).mean()
+
+
+def make_sampler(name: str, train_config: dict[str, Any]):
+    """A sampling scheduler by name, sharing the training noise schedule."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    cls, over = SAMPLERS[name]
+    return cls.from_config({**dict(train_config), **over})
+
+
+@torch.no_grad()
+def sample_latents(
+    unet: Denoiser,
+    sampler,
+    shape: tuple[int, int, int, int],
+    *,
+    steps: int,
+    generator: torch.Generator,
+    cond: torch.Tensor | None = None,
+    guidance: float = 1.0,
+) -> torch.Tensor:
+    """Run the reverse process from N(0, I) noise; returns normalised latents ``shape`` (B, C, h, w).
+
+    With ``cond`` (B, K) and ``guidance != 1`` classifier-free guidance mixes the
+    conditional and unconditional (all-zero condition) predictions.
+    """
+    device = next(unet.parameters()).device
+    sampler.set_timesteps(steps)
+    x = torch.randn(shape, generator=generator).to(device) * sampler.init_noise_sigma
+    guided = cond is not None and guidance != 1.0
+    for t in sampler.timesteps:
+        xin = sampler.scale_model_input(x, t)
+        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        if guided:
+            both = denoise(unet, torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)]))
+            c, u = both.chunk(2)
+            pred = u + guidance * (c - u)
+        else:
+            pred = denoise(unet, xin, tt, cond)
+        kwargs = {"generator": generator} if "generator" in inspect.signature(sampler.step).parameters else {}
+        x = sampler.step(pred, t, x, **kwargs).prev_sample
+    return x
+
+
+@dataclass
+class LatentNorm:
+    """Per-channel affine normalisation of autoencoder latents to unit variance."""
+
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, z: torch.Tensor) -> "LatentNorm":
+        """From encoded latents (N, C, h, w)."""
+        return cls(z.mean(dim=(0, 2, 3)).tolist(), z.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+
+    def _view(self, v: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self._view(self.mean, z)) / self._view(self.std, z)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self._view(self.std, z) + self._view(self.mean, z)
+
+
+MODEL_FILE = "landcover_ldm.json"
+COMPOSITIONS_FILE = "train_compositions.safetensors"
+
+
+class LandcoverLDM:
+    """Autoencoder + denoiser + noise schedule + latent normalisation: a land-cover map generator.
+
+    ``generate`` returns (B, H, W) training indices of ``scheme``. ``class_frequencies`` are
+    the training pixel shares, used to complete a partly specified composition.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: Denoiser,
+        train_scheduler_config: dict[str, Any],
+        norm: LatentNorm,
+        scheme: ClassScheme,
+        *,
+        class_frequencies: list[float] | None = None,
+        default_sampler: str = "dpmsolver++",
+        default_steps: int = 25,
+        default_guidance: float = 1.0,
+        train_compositions: torch.Tensor | None = None,
+    ):
+        self.vae, self.unet, self.norm, self.scheme = vae, unet, norm, scheme
+        self.train_scheduler_config = dict(train_scheduler_config)
+        self.class_frequencies = class_frequencies or [1.0 / scheme.num_classes] * scheme.num_classes
+        self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance
+        # (N, K) compositions of the training maps: a conditional model asked for no particular
+        # composition draws one of these per map (ancestral sampling of p(composition) p(map | composition)).
+        self.train_compositions = train_compositions
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.unet, UNet2DConditionModel)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.unet.config
+        return (c.in_channels, c.sample_size, c.sample_size)
+
+    def composition_vector(self, composition: dict[int, float]) -> torch.Tensor:
+        """Class codes -> fractions (partial is fine) as a (K,) vector summing to 1.
+
+        Unspecified classes share the remaining mass in proportion to their training frequency.
+        """
+        k = self.scheme.num_classes
+        lut = {c: i for i, c in enumerate(self.scheme.codes)}
+        vec = torch.zeros(k)
+        given = torch.zeros(k, dtype=torch.bool)
+        for code, frac in composition.items():
+            vec[lut[code]] = frac
+            given[lut[code]] = True
+        rest = 1.0 - float(vec.sum())
+        prior = torch.tensor(self.class_frequencies) * (~given)
+        if prior.sum() > 0 and rest > 0:
+            vec += rest * prior / prior.sum()
+        return vec / vec.sum().clamp_min(1e-8)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator,
+        *,
+        composition: torch.Tensor | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        """``n`` maps (n, H, W) int64 training indices.
+
+        ``composition`` (K,) fractions, or None: then a conditional model draws each map's
+        composition from the training maps' and samples without guidance.
+        """
+        if composition is not None and not self.conditional:
+            raise ValueError("this model was trained without composition control")
+        sched = make_sampler(sampler or self.default_sampler, self.train_scheduler_config)
+        cond = composition.to(torch.float32).expand(n, -1).contiguous() if composition is not None else None
+        if cond is None and self.conditional and self.train_compositions is not None:
+            pick = torch.randint(0, len(self.train_compositions), (n,), generator=generator)
+            cond = self.train_compositions[pick].to(torch.float32)
+            guidance = 1.0 if guidance is None else guidance
+        z = sample_latents(
+            self.unet,
+            sched,
+            (n, *self.latent_shape),
+            steps=steps or self.default_steps,
+            generator=generator,
+            cond=cond,
+            guidance=self.default_guidance if guidance is None else guidance,
+        )
+        return decode_indices(self.vae, self.norm.denormalize(z))
+
+    def eval(self) -> "LandcoverLDM":
+        self.vae.eval()
+        self.unet.eval()
+        return self
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.vae.save_pretrained(path / "autoencoder")
+        self.unet.save_pretrained(path / "unet")
+        write_json_atomic(
+            path / MODEL_FILE,
+            {
+                "unet_class": type(self.unet).__name__,
+                "train_scheduler": self.train_scheduler_config,
+                "latent_norm": {"mean": self.norm.mean, "std": self.norm.std},
+                "scheme": self.scheme.to_dict(),
+                "class_frequencies": self.class_frequencies,
+                "default_sampler": self.default_sampler,
+                "default_steps": self.default_steps,
+                "default_guidance": self.default_guidance,
+            },
+        )
+        if self.train_compositions is not None:
+            save_file({"compositions": self.train_compositions.contiguous()}, path / COMPOSITIONS_FILE)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LandcoverLDM":
+        path = Path(path)
+        meta = json.loads((path / MODEL_FILE).read_text())
+        unet_cls = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}[meta["unet_class"]]
+        return cls(
+            AutoencoderKL.from_pretrained(path / "autoencoder").to(device),
+            unet_cls.from_pretrained(path / "unet").to(device),
+            meta["train_scheduler"],
+            LatentNorm(**meta["latent_norm"]),
+            ClassScheme.from_dict(meta["scheme"], where=str(path / MODEL_FILE)),
+            class_frequencies=meta["class_frequencies"],
+            default_sampler=meta["default_sampler"],
+            default_steps=meta["default_steps"],
+            default_guidance=meta["default_guidance"],
+            train_compositions=load_file(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
+        ).eval()

@@ -1,0 +1,142 @@
+"""Segmentation models: UNet, UNet++ and DeepLabV3+ from segmentation_models_pytorch.
+
+A saved segmenter is two files in a run directory::
+
+    segmenter.json          constructor arguments + the class scheme it predicts
+    best.safetensors        weights selected by validation score
+    last.safetensors        weights at the end of training
+
+``build_segmenter`` takes explicit arguments (no config object); ``load_segmenter``
+rebuilds the network from ``segmenter.json`` and loads the chosen weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import segmentation_models_pytorch as smp
+from safetensors.torch import load_file, save_file
+
+from terrasynth.classes import ClassScheme
+from terrasynth.errors import UserError
+from terrasynth.io import atomic_path, write_json_atomic
+
+Arch = Literal["unet", "unetplusplus", "deeplabv3plus"]
+ARCHS: dict[str, type[torch.nn.Module]] = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+}
+SEGMENTER_FILE = "segmenter.json"
+Which = Literal["best", "last"]
+
+
+def build_segmenter(
+    arch: Arch,
+    encoder: str,
+    in_channels: int,
+    num_classes: int,
+    encoder_weights: str | Path | None = None,
+) -> torch.nn.Module:
+    """An smp model mapping images (B, in_channels, H, W) to logits (B, num_classes, H, W).
+
+    H and W must be multiples of 32 (16 for DeepLabV3+); :func:`predict` pads for you.
+    ``encoder`` is any smp encoder name or ``tu-<timm name>``. ``encoder_weights`` is None
+    (random init: nothing can be downloaded) or the path of a local state dict for the
+    encoder (``.safetensors``, or a ``torch.save`` file).
+    """
+    if arch not in ARCHS:
+        raise UserError(f"arch {arch!r} is not known; choose one of {sorted(ARCHS)}")
+    try:
+        # encoder_weights=None (Python None, not a string) keeps smp from downloading.
+        model = ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"encoder {encoder!r} cannot be built for {arch} ({str(exc).splitlines()[0][:160]}); "
+            "use an smp encoder name (e.g. resnet18, mobilenet_v2) or tu-<timm model name>"
+        ) from exc
+    if encoder_weights is not None:
+        load_encoder_weights(model, Path(encoder_weights))
+    return model
+
+
+def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a local encoder state dict into ``model.encoder``; key mismatches are an error."""
+    if not path.is_file():
+        raise UserError(f"{path}: encoder weights file not found; pass an existing --encoder-weights file")
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"{path}: cannot read encoder weights ({exc.__class__.__name__}); pass a state dict file") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if missing:
+        raise UserError(
+            f"{path}: encoder weights lack {len(missing)} key(s) of this encoder (first: {missing[0]}); "
+            "pass weights saved from the same encoder"
+        )
+    if unexpected and set(unexpected) != {"fc.weight", "fc.bias"}:  # a classifier head is fine to drop
+        raise UserError(f"{path}: encoder weights hold unknown key(s) (first: {unexpected[0]}); wrong encoder?")
+
+
+def segmenter_spec(arch: str, encoder: str, in_channels: int, num_classes: int, scheme: ClassScheme) -> dict[str, Any]:
+    """The constructor arguments (and scheme) written to ``segmenter.json``."""
+    return {
+        "family": "smp",
+        "arch": arch,
+        "encoder": encoder,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "scheme": scheme.to_dict(),
+    }
+
+
+def write_spec(run: Path, spec: dict[str, Any]) -> None:
+    write_json_atomic(run / SEGMENTER_FILE, spec)
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Weights to a safetensors file, atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_segmenter(run: str | Path, which: Which = "best") -> tuple[torch.nn.Module, ClassScheme]:
+    """Rebuild a trained segmenter (eval mode, CPU) and the scheme its outputs index into."""
+    run = Path(run)
+    spec_path = run / SEGMENTER_FILE
+    if not spec_path.is_file():
+        raise UserError(f"{run}: not a segmentation run (no {SEGMENTER_FILE}); pass the --out of 'terrasynth segment train'")
+    if which not in ("best", "last"):
+        raise UserError(f"which={which!r}: choose 'best' or 'last'")
+    weights = run / f"{which}.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{weights}: no {which} weights yet; finish training (rerun the train command to resume)")
+    spec = json.loads(spec_path.read_text())
+    scheme = ClassScheme.from_dict(spec["scheme"], where=str(spec_path))
+    model = build_segmenter(spec["arch"], spec["encoder"], spec["in_channels"], spec["num_classes"])
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    return model, scheme
+
+
+def pad_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad (B, C, H, W) on the bottom/right to multiples of ``multiple``; returns the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) float in [0, 1] -> training indices (B, H, W) int64 (argmax)."""
+    x, (h, w) = pad_multiple(images)
+    return model(x)[..., :h, :w].argmax(1)

@@ -1,0 +1,32 @@
+"""Sample grids for eyes and docs: mask | real | generated (two noise draws)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from terrasynth.data.dataset import Dataset
+from terrasynth.data.preview import grid, save_png
+from terrasynth.models.generator import load_generator
+
+
+def preview_grid(run: str | Path, data: str | Path, out: str | Path, *, split: str = "test", n: int = 8, seed: int = 0) -> Path:
+    """One row per tile of ``split`` (evenly spaced): label colours, real image, two generated images."""
+    gen_model = load_generator(run)
+    ds = Dataset.open(data)
+    recs = ds.split(split) or ds.records
+    recs = recs[:: max(1, len(recs) // n)][:n]
+    codes = [ds.read_label(r) for r in recs]
+    masks = torch.from_numpy(np.stack([ds.scheme.to_indices(c) for c in codes]).astype(np.int64))
+    g = torch.Generator().manual_seed(seed)
+    draws = [gen_model.generate(masks, g) for _ in range(2)]
+    rows = []
+    for i, (rec, c) in enumerate(zip(recs, codes)):
+        row = [ds.scheme.colourize(c)]
+        if rec.image:
+            row.append(ds.read_image(rec))
+        row += [(d[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for d in draws]
+        rows.append(row)
+    return save_png(out, grid(rows, scale=max(1, 128 // ds.info.tile_size)))

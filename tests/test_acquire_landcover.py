@@ -1,0 +1,123 @@
+"""`data acquire --product landcover` on the real WorldCover tile (windowed reads only)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import from_bounds
+
+from conftest import run_cli
+from terrasynth.data.acquire import AcquireConfig, acquire
+from terrasynth.data.dataset import Dataset, DatasetWriter
+from terrasynth.geo.tiling import SpatialBlocks
+
+WC2021 = "worldcover/ESA_WorldCover_10m_2021_v200_N00E006_Map.tif"
+BBOX = (6.70, 0.28, 6.76, 0.34)  # 720 x 720 px of the east coast of São Tomé: forest, town, ocean
+
+
+def _cfg(shared_data, **kw) -> AcquireConfig:
+    base = dict(source="local", product="landcover", landcover=[str(shared_data / WC2021)], bbox=BBOX, tile=64,
+                block_size=2000.0, max_nodata=0.0)  # fmt: skip
+    return AcquireConfig(**{**base, **kw})
+
+
+def test_native_tiles_equal_windowed_source_reads_and_splits_are_block_disjoint(shared_data, tmp_path):
+    ds = acquire(_cfg(shared_data), tmp_path / "lc")
+    assert ds.info.kind == "real" and ds.info.has_images is False and ds.info.scheme.name == "worldcover"
+    stats = json.loads((tmp_path / "lc" / "dataset.json").read_text())["extra"]["stats"]
+    assert len(ds) == stats["candidates"] >= 121, "native tiles on a geographic grid line up with the blocks"
+    assert {r.split for r in ds.records} == {"train", "val", "test"}
+    assert ds.verify() == []
+    sp = json.loads((tmp_path / "lc" / "dataset.json").read_text())["extra"]["splits"]
+    blocks = SpatialBlocks(sp["block_size_deg"], origin=tuple(sp["block_origin"]))
+    block_split: dict[tuple[int, int], set[str]] = defaultdict(set)
+    with rasterio.open(shared_data / WC2021) as src:
+        for rec in ds.records[::5]:
+            lab = ds.read_label(rec)
+            win = from_bounds(*rec.bounds, transform=src.transform)
+            assert win.col_off == pytest.approx(round(win.col_off), abs=1e-6)  # native lattice, no resampling
+            ref = src.read(1, window=win.round_offsets().round_lengths())
+            np.testing.assert_array_equal(lab, ref)
+            counts = np.bincount(lab.ravel(), minlength=256)
+            assert all(rec.counts[c] == counts[c] for c in rec.counts)
+    for rec in ds.records:
+        bx = blocks.cell(np.array([rec.bounds[0] + 1e-9, rec.bounds[2] - 1e-9]), np.array([rec.bounds[1] + 1e-9, rec.bounds[3] - 1e-9]))
+        assert bx[0][0] == bx[0][1] and bx[1][0] == bx[1][1], "a tile crosses a block edge"
+        block_split[(int(bx[0][0]), int(bx[1][0]))].add(rec.split)
+    assert all(len(s) == 1 for s in block_split.values()), "a block holds tiles of two splits"
+    meta = json.loads((tmp_path / "lc" / "dataset.json").read_text())
+    assert meta["extra"]["stac_items"]["landcover"][0]["href"].endswith(WC2021.split("/")[1])
+    assert meta["extra"]["stats"]["kept"] == len(ds)
+
+
+def test_class_fraction_filter_drops_ocean_tiles(shared_data, tmp_path):
+    ds = acquire(_cfg(shared_data, max_class_fraction={"0+80": 0.5}), tmp_path / "land")
+    full = acquire(_cfg(shared_data), tmp_path / "all")
+    assert 0 < len(ds) < len(full)
+    for rec in ds.records:
+        assert (rec.counts[80] + rec.nodata_pixels) / 64**2 <= 0.5
+    assert any(r.counts[80] / 64**2 > 0.5 for r in full.records)
+
+
+def test_killed_run_resumes_to_the_same_dataset(shared_data, tmp_path, monkeypatch):
+    clean = acquire(_cfg(shared_data), tmp_path / "clean")
+    real_write, calls = DatasetWriter.write, {"n": 0}
+
+    def dying_write(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(DatasetWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        acquire(_cfg(shared_data), tmp_path / "killed")
+    monkeypatch.setattr(DatasetWriter, "write", real_write)
+    with pytest.raises(Exception):
+        Dataset.open(tmp_path / "killed")  # unfinished: readers refuse it
+    resumed = acquire(_cfg(shared_data, workers=1), tmp_path / "killed")
+    assert (tmp_path / "killed" / "index.csv").read_text() == (tmp_path / "clean" / "index.csv").read_text()
+    for a, b in zip(clean.records, resumed.records):
+        np.testing.assert_array_equal(clean.read_label(a), resumed.read_label(b))
+
+
+def test_reprojected_utm_grid_keeps_only_source_codes(shared_data, tmp_path):
+    ds = acquire(_cfg(shared_data, gsd=20.0, tile=32, block_size=1500.0, max_nodata=1.0), tmp_path / "utm")
+    assert {r.crs for r in ds.records} == {"EPSG:32632"}  # UTM zone of lon 6.6
+    with rasterio.open(shared_data / WC2021) as src:
+        w = from_bounds(*BBOX, transform=src.transform).round_offsets().round_lengths()
+        src_codes = set(np.unique(src.read(1, window=w)).tolist())
+    for rec in ds.records:
+        lab = ds.read_label(rec)
+        assert set(np.unique(lab).tolist()) <= src_codes | {0}
+        crs, tr = ds.georef(rec)
+        assert tr.a == 20.0 and tr.c % 20 == 0 and tr.f % 20 == 0  # snapped to the global 20 m lattice
+
+
+def test_tile_cap_and_workers_give_the_same_tiles(shared_data, tmp_path):
+    one = acquire(_cfg(shared_data, max_tiles=12), tmp_path / "one")
+    two = acquire(_cfg(shared_data, max_tiles=12, workers=2), tmp_path / "two")
+    assert len(one) == 12 and [r.id for r in one.records] == [r.id for r in two.records]
+
+
+def test_cli_landcover_and_one_line_errors(shared_data, tmp_path, capsys):
+    wc = shared_data / WC2021
+    rc = run_cli("data", "acquire", "--source", "local", "--landcover", wc, "--product", "landcover", "--tile", "64",
+                 "--bbox", "6.70,0.28,6.76,0.34", "--max-class-fraction", "80:0.5", "--block-size", "2000",
+                 "--out", tmp_path / "cli")  # fmt: skip
+    assert rc == 0 and Dataset.open(tmp_path / "cli").info.has_images is False
+    capsys.readouterr()
+    cases = [
+        ["--landcover", tmp_path / "missing.tif", "--bbox", "6.70,0.28,6.76,0.34"],
+        ["--landcover", wc, "--bbox", "20,20,21,21"],  # no overlap
+        ["--landcover", wc, "--bbox", "6.66,0.3,6.6,0.36"],  # W > E
+        ["--landcover", wc, "--max-class-fraction", "85:0.5"],  # not a WorldCover code
+    ]
+    for extra in cases:
+        rc = run_cli("data", "acquire", "--product", "landcover", "--tile", "64", *extra, "--out", tmp_path / "bad")
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, (extra, err)

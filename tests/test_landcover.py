@@ -1,0 +1,150 @@
+"""The land-cover generator end to end through the CLI, on tiny (32 px, channels 8/16) models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from conftest import run_cli
+from landcover_data import make_tiny_dataset
+from terrasynth.classes import WORLDCOVER
+from terrasynth.data.dataset import Dataset
+from terrasynth.errors import UserError
+from terrasynth.evaluate.realism import as_maps
+from terrasynth.models.latent_diffusion import LandcoverLDM
+from terrasynth.train.landcover import generate_maps, load_landcover, parse_composition
+
+TINY = [
+    "--set", "max_minutes=null",
+    "--set", "autoencoder.block_out_channels=[8,16]", "--set", "autoencoder.norm_num_groups=8",
+    "--set", "autoencoder.max_steps=12", "--set", "autoencoder.batch_size=8",
+    "--set", "diffusion.block_out_channels=[16,16]", "--set", "diffusion.attention=[false,true]",
+    "--set", "diffusion.norm_num_groups=8", "--set", "diffusion.max_steps=12", "--set", "diffusion.batch_size=8",
+    "--set", "diffusion.warmup_steps=2", "--set", "diffusion.dihedral_augment=false",
+    "--set", "sampling.steps=4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "cond"
+    rc = run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY,
+                 "--set", "diffusion.composition_control=true")  # fmt: skip
+    assert rc == 0
+    return run
+
+
+def test_training_writes_model_and_loss_decreases(tiny_run):
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    for phase in ("autoencoder", "diffusion"):
+        curve = m[phase]["loss_curve"]
+        assert m[phase]["steps"] == 12
+        assert curve[-1] < curve[0], (phase, curve)
+    assert 0.0 <= m["autoencoder"]["pixel_accuracy"] <= 1.0
+    assert set(m["autoencoder"]["iou_by_code"]) == {str(c) for c in WORLDCOVER.codes}
+    assert (tiny_run / "config.yaml").exists() and (tiny_run / "model" / "unet" / "config.json").exists()
+    assert any((tiny_run / "logs").rglob("events.out.tfevents*"))
+
+
+def test_rerun_resumes_and_other_config_is_refused(tiny_run, tiny_data, capsys):
+    before = (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY,
+                   "--set", "diffusion.composition_control=true") == 0  # fmt: skip
+    st = torch.load(tiny_run / "checkpoints" / "diffusion.pt", weights_only=False)
+    assert st["step"] == 12  # nothing retrained past the bound
+    assert (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns == before
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_sample_writes_valid_synthetic_dataset(tiny_run, tmp_path):
+    out = tmp_path / "samples"
+    assert run_cli("landcover", "sample", "--model", tiny_run, "--n", 5, "--batch-size", 3, "--out", out) == 0
+    ds = Dataset.open(out)
+    assert ds.info.kind == "synthetic" and not ds.info.has_images and len(ds) == 5
+    gen = ds.info.provenance["generator"]
+    assert gen["family"] == "landcover-ldm" and len(gen["checkpoint"]) == 16
+    maps = as_maps(ds)
+    assert maps.shape == (5, 32, 32)
+    assert set(np.unique(maps)) <= set(WORLDCOVER.codes)
+    with rasterio.open(out / ds.records[0].label) as src:
+        assert src.colormap(1)[50][:3] == WORLDCOVER.colours[4]
+    # same command again: complete dataset, nothing rewritten
+    assert run_cli("landcover", "sample", "--model", tiny_run, "--n", 5, "--batch-size", 3, "--out", out) == 0
+
+
+def test_same_seed_same_maps(tiny_run):
+    model = load_landcover(tiny_run)
+    a, _ = generate_maps(model, 4, seed=3, batch_size=2, progress=False)
+    b, _ = generate_maps(model, 4, seed=3, batch_size=2, progress=False)
+    c, _ = generate_maps(model, 4, seed=4, batch_size=2, progress=False)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "unipc"])
+def test_samplers_by_name(tiny_run, sampler):
+    model = load_landcover(tiny_run)
+    maps, _ = generate_maps(model, 2, sampler=sampler, steps=3, progress=False)
+    assert maps.shape == (2, 32, 32) and set(np.unique(maps)) <= set(WORLDCOVER.codes)
+
+
+def test_save_load_round_trip(tiny_run, tmp_path):
+    model = LandcoverLDM.from_pretrained(tiny_run / "model")
+    model.save_pretrained(tmp_path / "copy")
+    again = LandcoverLDM.from_pretrained(tmp_path / "copy")
+    comp = model.composition_vector({50: 0.5})
+    x = model.generate(2, torch.Generator().manual_seed(0), composition=comp, guidance=2.0)
+    y = again.generate(2, torch.Generator().manual_seed(0), composition=comp, guidance=2.0)
+    assert torch.equal(x, y)
+    assert torch.equal(model.train_compositions, again.train_compositions)
+
+
+def test_composition_parsing_and_errors(tiny_run, tmp_path, capsys):
+    assert parse_composition("50:0.3,80:0.2", WORLDCOVER.codes) == {50: 0.3, 80: 0.2}
+    for bad in ("50:0.8,80:0.5", "55:0.1", "50=0.3"):
+        with pytest.raises(UserError):
+            parse_composition(bad, WORLDCOVER.codes)
+    rc = run_cli("landcover", "sample", "--model", tiny_run, "--n", 2, "--composition", "55:0.2", "--out", tmp_path / "x")
+    assert rc == 2 and "55" in capsys.readouterr().err
+    vec = load_landcover(tiny_run).composition_vector({50: 0.3})
+    assert float(vec.sum()) == pytest.approx(1.0) and float(vec[4]) == pytest.approx(0.3)
+
+
+def test_unconditional_model_refuses_composition(tiny_data, tmp_path, capsys):
+    run = tmp_path / "uncond"
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY,
+                   "--set", "autoencoder.max_steps=2", "--set", "diffusion.max_steps=2") == 0  # fmt: skip
+    model = load_landcover(run)
+    assert not model.conditional
+    rc = run_cli("landcover", "sample", "--model", run, "--n", 2, "--composition", "50:0.5", "--out", tmp_path / "s")
+    assert rc == 2 and "composition" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_metrics(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "realism.json"
+    assert run_cli("landcover", "evaluate", "--model", tiny_run, "--n", 4, "--real", tiny_data,
+                   "--composition", "50:0.6", "--out", out) == 0  # fmt: skip
+    m = json.loads(out.read_text())
+    assert 0.0 <= m["class_jsd"] <= 1.0
+    assert m["num_generated"] == 4 and m["num_real"] == 4  # the val split
+    assert m["composition"]["classes"]["50"]["requested"] == 0.6
+    assert m["memorisation"]["min_disagreement"] >= 0.0
+
+
+def test_bad_tile_size_is_one_line_error(tiny_data, tmp_path, capsys):
+    rc = run_cli("landcover", "train", "--data", tiny_data, "--out", tmp_path / "r", *TINY,
+                 "--set", "autoencoder.block_out_channels=[8,8,8,8]", "--set", "diffusion.block_out_channels=[16,16,16,16]",
+                 "--set", "diffusion.attention=[false,false,false,true]")  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "not divisible" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,196 @@
+"""Segmentation metrics, the mixture sampler and the smp model builder (fast, no training)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from terrasynth.errors import UserError
+from terrasynth.evaluate.segmentation import SegmentationMetrics
+from terrasynth.data.mixture import MixtureBatchSampler, batch_quotas
+from terrasynth.models.segmentation import (
+    build_segmenter,
+    load_segmenter,
+    predict,
+    save_weights,
+    segmenter_spec,
+    write_spec,
+)
+from segmentation_data import TINY
+
+ENC = "tu-mobilenetv3_small_050"
+
+
+# ---- metrics against hand-computed confusion matrices --------------------------------
+
+
+def test_metrics_hand_computed_with_ignore_and_absent_classes():
+    # 4 classes; class 2 is only predicted (never in the target), class 3 appears nowhere.
+    target = torch.tensor([[0, 0, 0, 1, 1, 255, 255]])
+    preds = torch.tensor([[0, 0, 1, 1, 2, 0, 1]])  # the two ignored pixels must not count
+    m = SegmentationMetrics(4)
+    m.update(preds, target)
+    r = m.compute()
+    assert r["confusion"] == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    # TP = (2, 1, 0, 0); FP = (0, 1, 1, 0); FN = (1, 1, 0, 0)
+    assert r["per_class_iou"][0] == pytest.approx(2 / 3)
+    assert r["per_class_iou"][1] == pytest.approx(1 / 3)
+    assert r["per_class_iou"][2] == 0.0
+    assert r["per_class_iou"][3] is None
+    assert r["micro_iou"] == pytest.approx(3 / 7)  # sum TP / sum (TP + FP + FN)
+    assert r["macro_miou"] == pytest.approx(0.5)  # mean over classes present in the target: 0 and 1
+    assert r["pixel_accuracy"] == pytest.approx(3 / 5)
+    assert r["valid_pixels"] == 5
+
+
+def test_metrics_accumulate_over_batches_like_one_batch():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (4, 8, 8), generator=g)
+    target[:, 0] = 255
+    preds = torch.randint(0, 3, (4, 8, 8), generator=g)
+    whole, parts = SegmentationMetrics(3), SegmentationMetrics(3)
+    whole.update(preds, target)
+    for i in range(4):
+        parts.update(preds[i : i + 1], target[i : i + 1])
+    a, b = whole.compute(), parts.compute()
+    assert a["confusion"] == b["confusion"]
+    conf = torch.tensor(a["confusion"], dtype=torch.float64)
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    assert a["micro_iou"] == pytest.approx(float(tp.sum() / union.sum()))
+    assert a["macro_miou"] == pytest.approx(float((tp / union).mean()))
+    assert a["pixel_accuracy"] == pytest.approx(float(tp.sum() / conf.sum()))
+
+
+def test_metrics_perfect_and_all_ignored():
+    m = SegmentationMetrics(3)
+    t = torch.tensor([[0, 1, 2, 2]])
+    m.update(t, t)
+    r = m.compute()
+    assert r["micro_iou"] == r["macro_miou"] == r["pixel_accuracy"] == 1.0
+    m = SegmentationMetrics(3)
+    m.update(torch.zeros(1, 4, dtype=torch.long), torch.full((1, 4), 255))
+    r = m.compute()
+    assert r["valid_pixels"] == 0 and math.isnan(r["macro_miou"]) and math.isnan(r["micro_iou"])
+
+
+# ---- mixture sampling ---------------------------------------------------------------
+
+
+def take(sampler, n):
+    out = []
+    for b in sampler:
+        out.append(b)
+        if len(out) == n:
+            return out
+    return out
+
+
+def test_mixture_batch_composition_follows_weights_exactly_when_divisible():
+    s = MixtureBatchSampler([5, 40], [0.25, 0.75], batch_size=8, seed=1, stop_step=20)
+    for batch in s:
+        assert Counter(i for i, _, _ in batch) == {0: 2, 1: 6}
+
+
+@pytest.mark.parametrize("weights", [[0.3, 0.7], [0.1, 0.2, 0.7], [1, 1, 1]])
+def test_mixture_cumulative_share_within_one_tile(weights):
+    total = sum(weights)
+    s = MixtureBatchSampler([7, 11, 13][: len(weights)], weights, batch_size=8, seed=3, stop_step=50)
+    seen = Counter()
+    for t, batch in enumerate(s, 1):
+        assert len(batch) == 8
+        seen.update(i for i, _, _ in batch)
+        for i, w in enumerate(weights):
+            assert abs(seen[i] - w / total * 8 * t) < 1.0 + 1e-9
+
+
+def test_mixture_epochs_cover_every_tile_and_indices_are_valid():
+    s = MixtureBatchSampler([6, 10], [0.5, 0.5], batch_size=4, seed=0, stop_step=6)  # 12 draws from each
+    draws = [[j for i, j, _ in b if i == k] for k in (0, 1) for b in [sum(take(s, 6), [])]]
+    assert sorted(draws[0][:6]) == list(range(6)) and sorted(draws[0][6:12]) == list(range(6))
+    assert sorted(draws[1][:10]) == list(range(10))
+
+
+def test_mixture_resumed_sampler_continues_the_same_sequence_and_ranks_are_disjoint():
+    full = take(MixtureBatchSampler([5, 9], [0.4, 0.6], 6, seed=2, stop_step=12), 12)
+    assert take(MixtureBatchSampler([5, 9], [0.4, 0.6], 6, seed=2, start_step=7, stop_step=12), 5) == full[7:]
+    r0 = take(MixtureBatchSampler([5, 9], [0.4, 0.6], 6, seed=2, stop_step=6, rank=0, world=2), 6)
+    r1 = take(MixtureBatchSampler([5, 9], [0.4, 0.6], 6, seed=2, stop_step=6, rank=1, world=2), 6)
+    assert r0 == full[0::2] and r1 == full[1::2]
+    other = take(MixtureBatchSampler([5, 9], [0.4, 0.6], 6, seed=3, stop_step=12), 12)
+    assert other != full
+
+
+def test_batch_quotas_tiny_weight_never_negative():
+    carry = [0.0, 0.0]
+    counts = [0, 0]
+    for _ in range(100):
+        q = batch_quotas([0.01, 0.99], 4, carry)
+        assert min(q) >= 0 and sum(q) == 4
+        counts = [a + b for a, b in zip(counts, q)]
+    assert counts[0] == 4  # 1% of 400 draws
+
+
+# ---- models --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "deeplabv3plus"])
+def test_builder_shapes_backward_and_seeded_determinism(arch):
+    torch.manual_seed(0)
+    a = build_segmenter(arch, ENC, 3, 5)
+    torch.manual_seed(0)
+    b = build_segmenter(arch, ENC, 3, 5)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    x = torch.rand(2, 3, 32, 32)
+    y = a(x)
+    assert y.shape == (2, 5, 32, 32)
+    y.mean().backward()
+    assert all(p.grad is not None for p in a.parameters() if p.requires_grad)
+
+
+def test_predict_pads_odd_sizes():
+    m = build_segmenter("unet", ENC, 3, 4).eval()
+    out = predict(m, torch.rand(1, 3, 40, 37))
+    assert out.shape == (1, 40, 37) and out.dtype == torch.int64 and int(out.max()) < 4
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path):
+    torch.manual_seed(1)
+    m = build_segmenter("deeplabv3plus", ENC, 3, TINY.num_classes).eval()
+    write_spec(tmp_path, segmenter_spec("deeplabv3plus", ENC, 3, TINY.num_classes, TINY))
+    save_weights(m, tmp_path / "best.safetensors")
+    loaded, scheme = load_segmenter(tmp_path, "best")
+    assert scheme.codes == TINY.codes
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(predict(m, x), predict(loaded, x))
+    assert torch.equal(m(x), loaded(x))
+    with pytest.raises(UserError, match="no last weights"):
+        load_segmenter(tmp_path, "last")
+    with pytest.raises(UserError, match="not a segmentation run"):
+        load_segmenter(tmp_path / "nope")
+
+
+def test_local_encoder_weights_are_loaded(tmp_path: Path):
+    torch.manual_seed(5)
+    src = build_segmenter("unet", ENC, 3, 4)
+    save_file({k: v.contiguous() for k, v in src.encoder.state_dict().items()}, str(tmp_path / "enc.safetensors"))
+    torch.manual_seed(6)
+    dst = build_segmenter("unet", ENC, 3, 4, encoder_weights=tmp_path / "enc.safetensors")
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(v, dst.encoder.state_dict()[k])
+    with pytest.raises(UserError, match="not found"):
+        build_segmenter("unet", ENC, 3, 4, encoder_weights=tmp_path / "missing.safetensors")
+    save_file({"bogus": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UserError, match="lack"):
+        build_segmenter("unet", ENC, 3, 4, encoder_weights=tmp_path / "bad.safetensors")
+
+
+def test_unknown_encoder_is_a_user_error():
+    with pytest.raises(UserError, match="encoder 'no-such-encoder'"):
+        build_segmenter("unet", "no-such-encoder", 3, 4)

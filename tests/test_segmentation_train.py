@@ -1,0 +1,148 @@
+"""Segmentation training end to end through the CLI: budgets, mixtures, exact resume, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_cli
+from segmentation_data import TINY, make_dataset
+from terrasynth.classes import ClassInfo, ClassScheme
+from terrasynth.errors import UserError
+from terrasynth.evaluate.segmentation import evaluate_segmentation
+from terrasynth.train.segmentation import SegmentConfig, train_segmentation
+
+ENC = "tu-mobilenetv3_small_050"
+FAST = ["--encoder", ENC, "--batch-size", "4", "--set", "val_every=3", "--set", "checkpoint_every=2", "--set", "bf16=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("seg") / "tiny", n=8)
+
+
+def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / f"{which}.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, first {different[0]}"
+
+
+def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    rc = run_cli("segment", "train", "--data", data, "--arch", "unet", "--out", run, "--max-steps", "4", "--seed", "1",
+                 *FAST[:-2], "--set", "bf16=auto")  # fmt: skip
+    assert rc == 0
+    for f in ("config.yaml", "run.json", "segmenter.json", "best.safetensors", "last.safetensors", "best.json"):
+        assert (run / f).is_file(), f
+    assert len(list((run / "checkpoints").glob("step-*.pt"))) == 2  # keep_checkpoints=2 of steps 2 and 4
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    info = json.loads((run / "run.json").read_text())
+    assert info["validation"]["tiles"] > 0 and "held-out" in info["validation"]["chosen"]
+    assert json.loads((run / "last.json").read_text())["step"] == 4
+
+    out = tmp_path / "eval" / "m.json"
+    assert run_cli("segment", "evaluate", "--model", run, "--data", data, "--out", out) == 0
+    res = json.loads(out.read_text())
+    for key in ("micro_iou", "macro_miou", "per_class_iou", "pixel_accuracy", "confusion", "n_tiles"):
+        assert key in res
+    assert set(res["per_class_iou"]) == {"1", "2", "3"}
+    assert res["n_tiles"] == 2 and res["split"] == "test"
+    conf = torch.tensor(res["confusion"])
+    assert int(conf.sum()) == res["valid_pixels"] == 2 * (32 * 32 - 6)  # nodata pixels excluded
+    assert res["pixel_accuracy"] == pytest.approx(float(conf.diag().sum() / conf.sum()))
+    csv_lines = out.with_suffix(".csv").read_text().splitlines()
+    assert csv_lines[0].startswith("code,name,iou") and len(csv_lines) == 1 + 3 + 3
+    # Evaluating the same run again gives the same numbers.
+    again = evaluate_segmentation(run, data, "test")
+    assert again["confusion"] == res["confusion"]
+
+
+def test_training_learns_the_colour_coded_classes(data: Path, tmp_path: Path):
+    cfg = SegmentConfig(arch="unet", encoder=ENC, batch_size=4, max_steps=40, lr=3e-3, val_every=20, checkpoint_every=40,
+                        bf16=False)  # fmt: skip
+    run = train_segmentation(cfg, [(data, 1.0)], tmp_path / "run")
+    res = evaluate_segmentation(run, data, "all", which="last")
+    assert res["pixel_accuracy"] > 0.8, res["pixel_accuracy"]  # chance is about 1/3
+
+
+def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Path):
+    # DeepLabV3+ has dropout in ASPP: this also checks that RNG states are restored.
+    base = dict(arch="deeplabv3plus", encoder=ENC, batch_size=4, schedule_steps=6, val_every=2, checkpoint_every=2,
+                bf16=False)  # fmt: skip
+    full = train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], tmp_path / "full")
+    part = tmp_path / "part"
+    train_segmentation(SegmentConfig(**base, max_steps=3), [(data, 1.0)], part)
+    assert json.loads((part / "last.json").read_text())["step"] == 3
+    train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], part)
+    assert_same_weights(weights(full), weights(part))
+    # A finished run is not trained again; a different config is refused.
+    before = (part / "last.safetensors").stat().st_mtime_ns
+    train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], part)
+    assert (part / "last.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(UserError, match="different lr"):
+        train_segmentation(SegmentConfig(**base, max_steps=8, lr=0.01), [(data, 1.0)], part)
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_segmentation(SegmentConfig(**base, max_steps=8), [(data, 1.0)], part, resume=False)
+
+
+def test_sigkilled_training_resumes_to_the_same_weights(data: Path, tmp_path: Path):
+    args = ["segment", "train", "--data", str(data), "--arch", "unet", "--max-steps", "14",
+            *FAST]  # fmt: skip
+    assert run_cli(*args, "--out", tmp_path / "full") == 0
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TQDM_DISABLE="1")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "terrasynth", *args, "--out", str(killed)], env=env)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000004.pt").exists():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step_at_kill = max(int(p.stem.split("-")[1]) for p in (killed / "checkpoints").glob("step-*.pt"))
+    assert step_at_kill < 14
+    assert run_cli(*args, "--out", killed) == 0
+    assert_same_weights(weights(tmp_path / "full"), weights(killed))
+
+
+def test_mixture_training_and_scheme_mismatch(data: Path, tmp_path: Path, capsys):
+    other = make_dataset(tmp_path / "other", n=4, seed=7, splits=("train",), name="other")
+    run = tmp_path / "mix"
+    rc = run_cli("segment", "train", "--data", data, "--weight", "0.25", "--data", other, "--weight", "0.75",
+                 "--arch", "unetplusplus", "--out", run, "--max-steps", "2", *FAST)  # fmt: skip
+    assert rc == 0
+    info = json.loads((run / "run.json").read_text())
+    assert [d["weight"] for d in info["data"]] == [0.25, 0.75]
+
+    scheme = ClassScheme("two", (ClassInfo(1, "a", (1, 1, 1)), ClassInfo(2, "b", (2, 2, 2))), nodata=0)
+    wrong = make_dataset(tmp_path / "wrong", n=4, scheme=scheme, name="wrong")
+    capsys.readouterr()
+    rc = run_cli("segment", "train", "--data", data, "--data", wrong, "--arch", "unet", "--out", tmp_path / "bad", *FAST)
+    err = capsys.readouterr().err
+    assert rc == 2 and "differs from" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad" / "best.safetensors").exists()
+    rc = run_cli("segment", "train", "--data", data, "--data", other, "--weight", "1", "--arch", "unet",
+                 "--out", tmp_path / "bad2")  # fmt: skip
+    assert rc == 2 and "--weight" in capsys.readouterr().err
+    with pytest.raises(UserError, match="differs from the model"):
+        evaluate_segmentation(run, wrong, "all")
+
+
+def test_bad_config_key_is_one_line(data: Path, tmp_path: Path, capsys):
+    rc = run_cli("segment", "train", "--data", data, "--out", tmp_path / "r", "--set", "learning_rate=0.1")
+    assert rc == 2 and "unknown key 'learning_rate'" in capsys.readouterr().err
