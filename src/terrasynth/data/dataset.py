@@ -40,6 +40,7 @@ import terrasynth
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.io import (
+    TMP_PREFIX,
     ensure_dir,
     os_user_error,
     remove_stale_tmp,
@@ -328,17 +329,24 @@ class DatasetWriter:
                 )
         elif partial.exists() and overwrite:
             self._clear()
-        if self.root.exists() and any(self.root.iterdir()) and not partial.exists() and not meta.exists():
-            raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
+        if self.root.exists() and not partial.exists() and not meta.exists():
+            # A writer killed while committing the marker leaves only its own temporary file.
+            if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
+                raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
+        ensure_dir(self.root)
+        remove_stale_tmp(self.root)
+        self.complete = meta.exists()
+        # The marker is committed before anything else is created, so a directory this writer has
+        # touched is always recognisable as an unfinished dataset (a kill between creating labels/
+        # and the marker used to leave a directory that the same command refused as "not empty").
+        if not self.complete and (shard is None or shard == 0) and not partial.exists():
+            write_json_atomic(partial, {"config_hash": cfg_hash})
         ensure_dir(self.root / "labels")
         if info.has_images:
             ensure_dir(self.root / "images")
-        for sub in (self.root, self.root / "labels", self.root / "images"):
+        for sub in (self.root / "labels", self.root / "images"):
             if sub.exists():
                 remove_stale_tmp(sub)
-        self.complete = meta.exists()
-        if not self.complete and (shard is None or shard == 0) and not partial.exists():
-            write_json_atomic(partial, {"config_hash": cfg_hash})
         self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
         jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
         self._journal_path = self.root / jname
