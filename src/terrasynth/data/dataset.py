@@ -424,7 +424,10 @@ class DatasetWriter:
     def _append(self, rec: TileRecord) -> None:
         try:
             if self._journal is None:
+                torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"\n")
                 self._journal = open(self._journal_path, "a", encoding="utf-8")
+                if torn:  # a killed writer's half line: end it, or the next record would be glued onto it
+                    self._journal.write("\n")
             self._journal.write(json.dumps(rec.to_json()) + "\n")
             self._journal.flush()
         except OSError as exc:  # a full disk must read as one line, not a traceback
@@ -465,6 +468,15 @@ class DatasetWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return b""
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def index_columns(scheme: ClassScheme) -> list[str]:
