@@ -307,6 +307,12 @@ class DatasetWriter:
         self.root = Path(out)
         self.info = info
         self.shard = shard
+        # Whether this writer starts from nothing: then a run that fails before its first tile
+        # removes what it created, so bad input leaves no partial output (see discard_if_empty).
+        self._existed = self.root.exists()
+        self._fresh = shard in (None, 0) and (
+            not self._existed or not any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir())
+        )
         cfg_hash = info.provenance.get("config_hash")
         meta = self.root / META_FILE
         if meta.exists():
@@ -451,6 +457,7 @@ class DatasetWriter:
             return Dataset.open(self.root)
         records = sorted(self._load_journals().values(), key=lambda r: r.id)
         if not records:
+            self.discard_if_empty()
             raise UserError(
                 f"{self.root}: no tiles were produced; check the input and the filters "
                 "(nodata threshold, tile size larger than the images?)"
@@ -466,8 +473,23 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def discard_if_empty(self) -> None:
+        """Remove everything this writer (and its caller) created, if it started from nothing and no
+        tile was written: a run that fails on its input then leaves no unfinished dataset behind."""
+        if not self._fresh or self.complete or self._done or any(self.root.glob(JOURNAL_GLOB)):
+            return
         self.close()
+        if self.root.exists():
+            self._clear()
+            if not self._existed:
+                self.root.rmdir()
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        finally:
+            if exc_type is not None:
+                self.discard_if_empty()
 
 
 def _last_byte(path: Path) -> bytes:
