@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
     "terrasynth.commands.landcover",
+    "terrasynth.commands.pipeline",
 ]
 
 log = logging.getLogger("terrasynth")
