@@ -1,8 +1,9 @@
 """Bad-input matrix, continued: data world, data acquire and the training/sampling commands.
 
 Same contract as test_reliability_bad_input.py: exit 2, one stderr line naming the file or flag and
-the offending value, no traceback, no partial output. Commands that import torch cost about 5 s a
-case on the shared machine, so one case each runs by default and the rest under ``make test-slow``.
+the offending value, no traceback, no partial output. Commands that import torch (training,
+sampling, the pipeline) cost 5-8 s a case on the shared machine, so one case each runs by default
+and the rest under ``make test-slow``.
 """
 
 from __future__ import annotations
@@ -238,11 +239,47 @@ def cn_base_not_a_run(tmp):
                 ["base"], out=tmp / "run")  # fmt: skip
 
 
+# ---- the pipeline ------------------------------------------------------------------------------------
+
+
+def run_set_unknown_key(tmp):
+    return Case(["run", "demo", "--out", tmp / "out", "--set", "segmnet.archs=[unet]"], ["--set", "'segmnet'"])
+
+
+def run_set_names_the_flag_not_the_file(tmp):
+    return Case(["run", "demo", "--out", tmp / "out", "--set", "seed=abc"], ["--set", "seed", "'abc'"])
+
+
+def run_config_missing(tmp):
+    return Case(["run", tmp / "nope.yaml", "--out", tmp / "out"], ["nope.yaml", "not found"])
+
+
+def run_config_bad_yaml(tmp):
+    (tmp / "p.yaml").write_text("data: [1\n")
+    return Case(["run", tmp / "p.yaml", "--out", tmp / "out"], ["p.yaml", "YAML"])
+
+
+def run_config_unknown_key(tmp):
+    (tmp / "p.yaml").write_text("nmae: x\n")
+    return Case(["run", tmp / "p.yaml", "--out", tmp / "out"], ["p.yaml", "'nmae'", "allowed keys"])
+
+
+def run_unknown_stage(tmp):
+    return Case(["run", "demo", "--out", tmp / "out", "--from", "nostage"], ["'nostage'", "stages are"])
+
+
+def report_not_a_run(tmp):
+    (tmp / "out").mkdir()
+    return Case(["report", tmp / "out"], ["out", "pipeline.json"], strict=True)
+
+
 PREFIXES = {"world_": "data world", "acq_": "data acquire", "seg_": "segment train",
             "segeval_": "segment evaluate", "lc_": "landcover train", "lcs_": "landcover sample",
-            "spade_": "spade train", "cnbase_": "controlnet train-base", "cn_": "controlnet train"}  # fmt: skip
+            "spade_": "spade train", "cnbase_": "controlnet train-base", "cn_": "controlnet train",
+            "run_": "run", "report_": "report"}  # fmt: skip
 CASES = {cmd: [v for k, v in dict(globals()).items() if k.startswith(p) and callable(v)] for p, cmd in PREFIXES.items()}
-TORCH_DEFAULT = {"seg_label_only_data", "lcs_not_a_run", "spade_label_only_data", "cn_base_not_a_run"}
+TORCH_DEFAULT = {"seg_label_only_data", "lcs_not_a_run", "spade_label_only_data", "cn_base_not_a_run",
+                 "run_set_names_the_flag_not_the_file", "report_not_a_run"}
 
 
 def _params():
