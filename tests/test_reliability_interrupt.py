@@ -123,3 +123,12 @@ def test_synthesize_sigkilled_resumes_to_identical_images(pairs, tmp_path):
     out = tmp_path / "out"
     n = RNG.randint(4, 30)  # inside the tile phase (2 commits per tile, 27 tiles)
     _kill_rerun_compare(lambda _: (args(out), out), tmp_path / "ref", [(n, RNG.choice(["before", "after"]))])
+
+
+def test_world_killed_at_random_commits_resumes_to_identical_dataset(tmp_path):
+    args = lambda out: ["data", "world", "--tiles", 10, "--size", 32, "--seed", 2, "--out", out]  # noqa: E731
+    ref = tmp_path / "ref"
+    total = _count_replaces(args(ref), tmp_path)
+    out = tmp_path / "out"
+    kills = sorted((RNG.randint(1, total), RNG.choice(["before", "after"])) for _ in range(2))
+    _kill_rerun_compare(lambda _: (args(out), out), ref, kills)
