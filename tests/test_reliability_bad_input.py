@@ -438,7 +438,8 @@ CASES: dict[str, list[Callable[[Path], Case]]] = {
     "synthesize": [v for k, v in dict(globals()).items() if k.startswith("syn_")],
 }
 # Cases that import torch in the subprocess cost ~5 s each on the shared machine: a few run by default.
-SLOW = {"syn_unknown_family", "syn_out_under_a_file", "syn_missing_labels", "syn_unknown_split"}
+SLOW = {"syn_unknown_family", "syn_out_under_a_file", "syn_missing_labels", "syn_unknown_split", "syn_not_a_run",
+        "syn_scheme_mismatch"}
 
 
 def _params():
@@ -478,7 +479,8 @@ def test_bad_input(make_case, results):
 
 
 @pytest.mark.parametrize(
-    "make_case", [imp_unknown_codes, info_bad_json, syn_scheme_mismatch], ids=lambda f: f.__name__
+    "make_case", [imp_unknown_codes, info_bad_json, pytest.param(syn_scheme_mismatch, marks=pytest.mark.slow)],
+    ids=lambda f: f.__name__,
 )  # fmt: skip
 def test_debug_shows_traceback(make_case, tmp_path):
     case = make_case(tmp_path)

@@ -278,8 +278,7 @@ PREFIXES = {"world_": "data world", "acq_": "data acquire", "seg_": "segment tra
             "spade_": "spade train", "cnbase_": "controlnet train-base", "cn_": "controlnet train",
             "run_": "run", "report_": "report"}  # fmt: skip
 CASES = {cmd: [v for k, v in dict(globals()).items() if k.startswith(p) and callable(v)] for p, cmd in PREFIXES.items()}
-TORCH_DEFAULT = {"seg_label_only_data", "lcs_not_a_run", "spade_label_only_data", "cn_base_not_a_run",
-                 "run_set_names_the_flag_not_the_file", "report_not_a_run"}
+TORCH_DEFAULT = {"seg_label_only_data", "run_set_names_the_flag_not_the_file", "report_not_a_run"}
 
 
 def _params():

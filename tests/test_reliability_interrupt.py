@@ -132,3 +132,41 @@ def test_world_killed_at_random_commits_resumes_to_identical_dataset(tmp_path):
     out = tmp_path / "out"
     kills = sorted((RNG.randint(1, total), RNG.choice(["before", "after"])) for _ in range(2))
     _kill_rerun_compare(lambda _: (args(out), out), ref, kills)
+
+
+def test_diffusion_loop_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    """The loop shared by landcover and controlnet training: stopped after its step-2 checkpoint, rerun,
+    it ends with the weights of an uninterrupted run (segment has its own SIGKILL test; see the doc)."""
+    import torch
+    from accelerate import Accelerator
+
+    from terrasynth.train.loop import LoopSettings, fit
+
+    class Stop(BaseException):
+        pass
+
+    def loss_fn(stop_at):
+        def f(model, step, gen):
+            if step == stop_at:
+                raise Stop
+            x = torch.randn(8, 4, generator=gen)
+            return ((model(x) - x.sum(1, keepdim=True) * 0.5) ** 2).mean()
+
+        return f
+
+    settings = LoopSettings(steps=6, lr=1e-2, warmup_steps=2, checkpoint_every=2, seed=3)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    full = model()
+    fit("s", full, loss_fn(None), settings, Accelerator(cpu=True), tmp_path / "full")
+    with pytest.raises(Stop):
+        fit("s", model(), loss_fn(3), settings, Accelerator(cpu=True), tmp_path / "part")
+    assert torch.load(tmp_path / "part" / "s.pt", weights_only=False)["step"] == 2
+    resumed = model()
+    fit("s", resumed, loss_fn(None), settings, Accelerator(cpu=True), tmp_path / "part")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list((tmp_path / "part").glob(".tmp-*"))
