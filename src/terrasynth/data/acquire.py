@@ -626,6 +626,7 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
         "stats": stats,
     }  # fmt: skip
     if stats["kept"] == 0:
+        writer.discard_if_empty()  # nothing was written: leave no unfinished dataset behind
         raise UserError(
             f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
             f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "

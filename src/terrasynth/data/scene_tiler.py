@@ -16,6 +16,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from terrasynth.classes import Remap
+from terrasynth.errors import UserError
 from terrasynth.geo.read import RasterCache
 from terrasynth.geo.reproject import Grid, read_onto_grid
 from terrasynth.geo.tiling import SpatialBlocks, TileChunk, iter_tiles
@@ -89,6 +90,18 @@ def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tu
     return xs.min(1), ys.min(1), xs.max(1), ys.max(1)
 
 
+def check_label_values(href: str, values: np.ndarray) -> None:
+    """Land-cover pixels must be whole codes 0..255: the uint8 cast below would otherwise turn 30.5
+    into 30 and 266 into 10 without a word."""
+    if values.size == 0 or values.dtype == np.uint8:
+        return
+    bad = values[(values != np.round(values)) | (values < 0) | (values > 255)] if values.dtype.kind == "f" else (
+        values[(values < 0) | (values > 255)])  # fmt: skip
+    if bad.size:
+        raise UserError(f"{href}: land-cover value {bad.flat[0].item()!r} ({values.dtype}) is not a class code 0..255; "
+                        "pass the integer-coded map (e.g. uint8 ESA WorldCover)")  # fmt: skip
+
+
 def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid, remap: Remap | None = None) -> np.ndarray:
     """(H, W) uint8 WorldCover codes on ``grid``: a mosaic of ``hrefs`` (the first with data
     wins), mapped through ``remap`` when the sources use another scheme; nodata 0."""
@@ -96,6 +109,7 @@ def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid, remap: R
     todo = np.ones(out.shape, bool)
     for href in hrefs:
         data, valid = cache.read(href, lambda src: read_onto_grid(src, grid, "label", [1], NODATA))
+        check_label_values(href, data[0][valid])
         take = todo & valid
         out[take] = data[0][take]
         todo &= ~take

@@ -399,12 +399,12 @@ def train_controlnet(
     tiles = open_tiles(data, cfg.splits)
     scheme = tiles.datasets[0].scheme
     k = scheme.num_classes
-    _prepare_out(cfg, out, "controlnet", data)
     acc = _accelerator(cfg.mixed_precision)
     lb = load_base(base, prompt=cfg.prompt).to(acc.device)
     size = tiles.datasets[0].ds.info.tile_size
     if size % lb.factor:
         raise UserError(f"{data}: tile size {size} is not a multiple of the base autoencoder factor {lb.factor}")
+    _prepare_out(cfg, out, "controlnet", data)  # after the inputs are checked: a bad --base leaves no run dir
     if init_from is not None:
         controlnet = ControlNetModel.from_pretrained(Path(init_from) / CONTROLNET_DIR)
         if controlnet.config.conditioning_channels != k:
