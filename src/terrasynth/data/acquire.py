@@ -402,23 +402,28 @@ def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edg
         t = scenes[0].grid.transform  # on the stride lattice (see _snap_to_stride)
         origin = (t.c, t.f)
     blocks = SpatialBlocks(block_deg, fractions, seed, origin)
-    cells: set[tuple[int, int]] = set()
-    likely: set[tuple[int, int]] = set()
+    per_scene = []
     for s in scenes:
         rows = tile_offsets(s.grid.height, tile, stride, edge)
         cols = tile_offsets(s.grid.width, tile, stride, edge)
         if not rows or not cols:
             continue
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        tile_cells = blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))
-        cells.update(c for c in tile_cells if c is not None)
-        if keep is not None and cache is not None:
-            ok = _likely_kept(cache, s, rr.ravel(), cc.ravel(), tile, keep, remap)
-            likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
+        per_scene.append((s, rr.ravel(), cc.ravel(), blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))))
+    cells = {c for *_, tc in per_scene for c in tc if c is not None}
+    if keep is None or cache is None or len(cells) > PREVIEW_MAX_BLOCKS:
+        return blocks.fit(cells)
+    likely: set[tuple[int, int]] = set()
+    for s, rows, cols, tile_cells in per_scene:
+        ok = _likely_kept(cache, s, rows, cols, tile, keep, remap)
+        likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
     return blocks.fit(likely or cells)
 
 
 PREVIEW_PX = 8  # preview pixels per tile side when guessing which tiles pass the filters
+# Above this many blocks the seeded deal is balanced anyway and a preview read per scene
+# (thousands of NAIP scenes over HTTP) would only slow planning down.
+PREVIEW_MAX_BLOCKS = 400
 
 
 def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarray, tile: int,
