@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
     "terrasynth.commands.landcover",
+    "terrasynth.commands.pipeline",
 ]
 
 log = logging.getLogger("terrasynth")
@@ -115,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `terrasynth data info DIR | head`: the reader left; not an error worth a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # A full disk or quota can strike in any library's write (torch.save, tensorboard, ...).
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -15,6 +15,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
+from terrasynth.classes import Remap
+from terrasynth.errors import UserError
 from terrasynth.geo.read import RasterCache
 from terrasynth.geo.reproject import Grid, read_onto_grid
 from terrasynth.geo.tiling import SpatialBlocks, TileChunk, iter_tiles
@@ -88,22 +90,40 @@ def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tu
     return xs.min(1), ys.min(1), xs.max(1), ys.max(1)
 
 
-def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid) -> np.ndarray:
-    """(H, W) uint8 codes on ``grid``: a mosaic of ``hrefs``, the first with data wins."""
+def check_label_values(href: str, values: np.ndarray) -> None:
+    """Land-cover pixels must be whole codes 0..255: the uint8 cast below would otherwise turn 30.5
+    into 30 and 266 into 10 without a word."""
+    if values.size == 0 or values.dtype == np.uint8:
+        return
+    bad = values[(values != np.round(values)) | (values < 0) | (values > 255)] if values.dtype.kind == "f" else (
+        values[(values < 0) | (values > 255)])  # fmt: skip
+    if bad.size:
+        raise UserError(f"{href}: land-cover value {bad.flat[0].item()!r} ({values.dtype}) is not a class code 0..255; "
+                        "pass the integer-coded map (e.g. uint8 ESA WorldCover)")  # fmt: skip
+
+
+def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid, remap: Remap | None = None) -> np.ndarray:
+    """(H, W) uint8 WorldCover codes on ``grid``: a mosaic of ``hrefs`` (the first with data
+    wins), mapped through ``remap`` when the sources use another scheme; nodata 0."""
     out = np.zeros((grid.height, grid.width), np.uint8)
     todo = np.ones(out.shape, bool)
     for href in hrefs:
         data, valid = cache.read(href, lambda src: read_onto_grid(src, grid, "label", [1], NODATA))
+        check_label_values(href, data[0][valid])
         take = todo & valid
         out[take] = data[0][take]
         todo &= ~take
         if not todo.any():
             break
+    if remap is not None:
+        out = remap.apply(np.where(todo, remap.source.nodata or 0, out), f"land cover {', '.join(hrefs)}")
+        out[todo] = NODATA
     return out
 
 
 def cut_chunk(
-    cache: RasterCache, scene: Scene, scene_index: int, chunk: TileChunk, blocks: SpatialBlocks, keep: TileFilter
+    cache: RasterCache, scene: Scene, scene_index: int, chunk: TileChunk, blocks: SpatialBlocks, keep: TileFilter,
+    remap: Remap | None = None,
 ) -> ChunkResult:
     """Read ``chunk`` of ``scene`` and return its kept tiles, with the reasons others were dropped."""
     cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
@@ -113,7 +133,7 @@ def cut_chunk(
     dropped["block_edge"] = sum(s is None for s in splits)
     if dropped["block_edge"] == len(pos):
         return ChunkResult(scene_index, [], len(pos), dropped)
-    labels = read_labels(cache, scene.labels, cgrid)
+    labels = read_labels(cache, scene.labels, cgrid, remap)
     image = None
     if scene.image is not None:
         href = scene.image
@@ -131,8 +151,7 @@ def cut_chunk(
             dropped[why] += 1
             continue
         tid = f"{scene.name}_{scene.id_origin[0] + r:06d}_{scene.id_origin[1] + c:06d}"
-        tiles.append(
-            Tile(tid, split, np.ascontiguousarray(lab), None if image is None else np.ascontiguousarray(image[rs, cs]),
-                 scene.grid.transform @ Affine.translation(c, r))
-        )  # fmt: skip
+        # views into the chunk: no copy here (pickling to the main process or writing copies anyway)
+        tiles.append(Tile(tid, split, lab, None if image is None else image[rs, cs],
+                          scene.grid.transform @ Affine.translation(c, r)))  # fmt: skip
     return ChunkResult(scene_index, tiles, len(pos), dropped)
