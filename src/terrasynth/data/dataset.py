@@ -435,14 +435,11 @@ class DatasetWriter:
         with self._journal_lock:
             try:
                 if self._journal is None:
-                    torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"
-")
+                    torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"\n")
                     self._journal = open(self._journal_path, "a", encoding="utf-8")
                     if torn:  # a killed writer's half line: end it, or the next record would be glued onto it
-                        self._journal.write("
-")
-                self._journal.write(json.dumps(rec.to_json()) + "
-")
+                        self._journal.write("\n")
+                self._journal.write(json.dumps(rec.to_json()) + "\n")
                 self._journal.flush()
             except OSError as exc:  # a full disk must read as one line, not a traceback
                 raise os_user_error(self._journal_path, exc) from exc
