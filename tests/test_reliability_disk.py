@@ -87,3 +87,18 @@ def test_disk_full_in_any_library_write_is_one_line(tmp_path, monkeypatch, capsy
     assert cli_mod.main(["data", "info", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ckpt.pt" in err[0] and "no space left" in err[0]
+
+
+def test_output_piped_into_head_is_not_a_traceback(tmp_path):
+    """``terrasynth data info DIR | head -1``: the closed pipe ends the command quietly."""
+    from terrasynth.data.importers import PairImportConfig, import_pairs
+
+    from reliability_util import env
+
+    img, msk = make_pairs(tmp_path, n=1)
+    import_pairs(img, msk, PairImportConfig(tile=16), tmp_path / "ds")
+    import sys
+
+    p = subprocess.run(f"'{sys.executable}' -m terrasynth data info '{tmp_path / 'ds'}' | head -c 10",
+                       shell=True, capture_output=True, text=True, env=env())  # fmt: skip
+    assert p.stdout == "dataset   " and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr

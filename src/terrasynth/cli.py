@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
     "terrasynth.commands.landcover",
+    "terrasynth.commands.pipeline",
 ]
 
 log = logging.getLogger("terrasynth")
@@ -101,9 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     if args.quiet:
-        import os
+        from functools import partialmethod
 
-        os.environ["TQDM_DISABLE"] = "1"
+        from tqdm import tqdm
+
+        # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class instead.
+        tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -115,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `terrasynth data info DIR | head`: the reader left; not an error worth a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # A full disk or quota can strike in any library's write (torch.save, tensorboard, ...).
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

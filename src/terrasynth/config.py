@@ -92,12 +92,25 @@ def load_config(
     data: dict[str, Any] = read_yaml(path) if path else {}
     if flags:
         data = deep_merge(data, _drop_none(flags))
-    data = deep_merge(data, parse_sets(sets))
-    source = str(path) if path else "command line"
+    overrides = parse_sets(sets)
+    data = deep_merge(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        # Name where the offending key came from: a --set beats the file it overrides.
+        loc = [p for p in exc.errors()[0]["loc"] if not isinstance(p, int)]
+        source = "--set" if _holds(overrides, loc) else (str(path) if path else "command line")
         raise UserError(format_validation_error(exc, model, source)) from exc
+
+
+def _holds(tree: dict[str, Any], loc: list[Any]) -> bool:
+    """Whether the nested dict ``tree`` holds the key path ``loc`` (or a parent of it)."""
+    cur: Any = tree
+    for part in loc:
+        if not isinstance(cur, dict) or part not in cur:
+            return False
+        cur = cur[part]
+    return bool(loc)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

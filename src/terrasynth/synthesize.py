@@ -47,6 +47,8 @@ def synthesize(
     """
     from accelerate import PartialState
 
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
     state = PartialState()
     src = labels if isinstance(labels, Dataset) else Dataset.open(labels)
     gen = load_generator(generator_run, device=state.device)

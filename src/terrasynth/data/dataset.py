@@ -20,9 +20,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import shlex
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ import terrasynth
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.io import (
+    TMP_PREFIX,
     ensure_dir,
     os_user_error,
     remove_stale_tmp,
@@ -249,12 +252,37 @@ def read_image_tif(path: Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable image tile ({exc}); rerun the command that wrote this dataset") from exc
 
 
+class _GDALWarnings(logging.Handler):
+    """Collects what GDAL reports through rasterio's logger while a file is checked."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _valid_tif(path: Path) -> bool:
+    """Opens *and decodes* the tile. A tile cut short may keep its header and pixels and lose its
+    tail (colour table, metadata): GDAL then only warns ("IO error during reading"), so warnings
+    count as damage too."""
+    log = logging.getLogger("rasterio._env")
+    seen, level, propagate = _GDALWarnings(), log.level, log.propagate
+    log.addHandler(seen)
+    log.setLevel(logging.WARNING)  # the CLI raises rasterio's level to ERROR; here we want to hear
+    log.propagate = False  # ... but not to print
     try:
         with rasterio.open(path) as src:
-            return src.width > 0
+            src.read()
+            ok = src.width > 0
     except Exception:
         return False
+    finally:
+        log.removeHandler(seen)
+        log.setLevel(level)
+        log.propagate = propagate
+    return ok and not any("error" in m.lower() for m in seen.messages)
 
 
 # ---- writing --------------------------------------------------------------------------
@@ -266,7 +294,8 @@ class DatasetWriter:
     Resuming: open a writer on the same ``out`` with the same ``provenance['config_hash']``
     and tiles already written are reported by :meth:`has` and skipped by the caller.
     ``shard`` gives each parallel process its own journal (e.g. the Accelerate rank);
-    only one process calls :meth:`finalize`.
+    only one process calls :meth:`finalize`. :meth:`write` is thread-safe, so a few threads can
+    overlap the per-file fsyncs (see :class:`terrasynth.data.tile_sink.ThreadedWrites`).
     """
 
     def __init__(
@@ -280,6 +309,12 @@ class DatasetWriter:
         self.root = Path(out)
         self.info = info
         self.shard = shard
+        # Whether this writer starts from nothing: then a run that fails before its first tile
+        # removes what it created, so bad input leaves no partial output (see discard_if_empty).
+        self._existed = self.root.exists()
+        self._fresh = shard in (None, 0) and (
+            not self._existed or not any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir())
+        )
         cfg_hash = info.provenance.get("config_hash")
         meta = self.root / META_FILE
         if meta.exists():
@@ -302,21 +337,34 @@ class DatasetWriter:
                 )
         elif partial.exists() and overwrite:
             self._clear()
-        if self.root.exists() and any(self.root.iterdir()) and not partial.exists() and not meta.exists():
-            raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
+        if self.root.exists() and not partial.exists() and not meta.exists():
+            # A writer killed while committing the marker leaves only its own temporary file.
+            if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
+                raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
+        ensure_dir(self.root)
+        # Only the first writer sweeps temp files a killed run left: a later rank's sweep would
+        # delete files the first rank is writing at that moment.
+        sweep = shard is None or shard == 0
+        if sweep:
+            remove_stale_tmp(self.root)
+        self.complete = meta.exists()
+        # The marker is committed before anything else is created, so a directory this writer has
+        # touched is always recognisable as an unfinished dataset (a kill between creating labels/
+        # and the marker used to leave a directory that the same command refused as "not empty").
+        if not self.complete and (shard is None or shard == 0) and not partial.exists():
+            write_json_atomic(partial, {"config_hash": cfg_hash})
         ensure_dir(self.root / "labels")
         if info.has_images:
             ensure_dir(self.root / "images")
-        for sub in (self.root, self.root / "labels", self.root / "images"):
-            if sub.exists():
+        for sub in (self.root / "labels", self.root / "images"):
+            if sweep and sub.exists():
                 remove_stale_tmp(sub)
-        self.complete = meta.exists()
-        if not self.complete and (shard is None or shard == 0) and not partial.exists():
-            write_json_atomic(partial, {"config_hash": cfg_hash})
         self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
         jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
         self._journal_path = self.root / jname
         self._journal = None
+        # write() may run in several threads (tile fsyncs overlap); the journal is shared.
+        self._journal_lock = threading.Lock()
 
     def _clear(self) -> None:
         import shutil
@@ -388,14 +436,18 @@ class DatasetWriter:
         return rec
 
     def _append(self, rec: TileRecord) -> None:
-        try:
-            if self._journal is None:
-                self._journal = open(self._journal_path, "a", encoding="utf-8")
-            self._journal.write(json.dumps(rec.to_json()) + "\n")
-            self._journal.flush()
-        except OSError as exc:  # a full disk must read as one line, not a traceback
-            raise os_user_error(self._journal_path, exc) from exc
-        self._done[rec.id] = rec
+        with self._journal_lock:
+            try:
+                if self._journal is None:
+                    torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"\n")
+                    self._journal = open(self._journal_path, "a", encoding="utf-8")
+                    if torn:  # a killed writer's half line: end it, or the next record would be glued onto it
+                        self._journal.write("\n")
+                self._journal.write(json.dumps(rec.to_json()) + "\n")
+                self._journal.flush()
+            except OSError as exc:  # a full disk must read as one line, not a traceback
+                raise os_user_error(self._journal_path, exc) from exc
+            self._done[rec.id] = rec
 
     def close(self) -> None:
         if self._journal is not None:
@@ -414,6 +466,7 @@ class DatasetWriter:
             return Dataset.open(self.root)
         records = sorted(self._load_journals().values(), key=lambda r: r.id)
         if not records:
+            self.discard_if_empty()
             raise UserError(
                 f"{self.root}: no tiles were produced; check the input and the filters "
                 "(nodata threshold, tile size larger than the images?)"
@@ -429,8 +482,32 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def discard_if_empty(self) -> None:
+        """Remove everything this writer (and its caller) created, if it started from nothing and no
+        tile was written: a run that fails on its input then leaves no unfinished dataset behind."""
+        if not self._fresh or self.complete or self._done or any(self.root.glob(JOURNAL_GLOB)):
+            return
         self.close()
+        if self.root.exists():
+            self._clear()
+            if not self._existed:
+                self.root.rmdir()
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        finally:
+            if exc_type is not None:
+                self.discard_if_empty()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return b""
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def index_columns(scheme: ClassScheme) -> list[str]:
@@ -474,7 +551,7 @@ def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecor
                     counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
                 )
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:  # TypeError: a short row yields None fields
             raise UserError(f"{where}: row {i + 2} is malformed ({exc!r}); rebuild the dataset") from exc
     return out
 

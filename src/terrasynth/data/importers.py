@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
 from terrasynth.config import StrictModel, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
+from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,14 @@ def to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
 def decode_mask(arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path) -> np.ndarray:
     """Mask pixels -> (H, W) uint8 codes of ``scheme``; unknown codes or colours raise."""
     where = str(path)
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4):
+        raise UserError(f"{path}: mask has {arr.shape[-1]} bands; a mask is single-band class codes or RGB(A) "
+                        "colours: keep only the label band")  # fmt: skip
+    if arr.dtype.kind == "f":
+        bad = arr[~np.isfinite(arr) | (arr != np.round(arr))]
+        if bad.size:
+            raise UserError(f"{path}: mask value {float(bad.flat[0])!r} is not a whole class code; "
+                            "masks hold integer codes: fix the export (nearest resampling, integer dtype)")  # fmt: skip
     if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # drop alpha
         arr = arr[..., : arr.shape[-1] - 1]
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -341,6 +350,9 @@ def import_pairs(
         w, h = sizes[0]
         raise UserError(f"{pairs[0].image}: images ({w}x{h} px after resampling) are smaller than tile {cfg.tile}; "
                         "lower --tile")  # fmt: skip
+    small = [p.image.name for p, g in zip(pairs, grids) if not g]
+    if small:
+        log.warning("%d image(s) smaller than one %d px tile are skipped, e.g. %s", len(small), cfg.tile, small[0])
     # Split units: whole images, or (image, block) cells. Units without tiles are not drawn.
     if cfg.split_by == "image":
         units = [(i, 0) for i, g in enumerate(grids) if g]
@@ -366,24 +378,36 @@ def import_pairs(
         },
     )
     total = sum(len(g) for g in grids)
+    # Decode every pair exactly as the import will (pixels, dtype, codes, georeference, nodata
+    # rule) before anything is written, so that bad input leaves no partial output. A resumed
+    # run checks only the pairs it still has to write.
+    resuming = not overwrite and ((out / META_FILE).exists() or (out / PARTIAL_FILE).exists())
+    if not resuming:
+        kept = sum(_check_pair(p, grids[i], src_scheme, remap, scheme, cfg) for i, p in enumerate(pairs))
+        if kept == 0:
+            raise UserError(
+                f"{images}: all {total} tiles of the {len(pairs)} pair(s) are nodata (code {scheme.nodata}) beyond "
+                f"max_nodata={cfg.max_nodata}; check the masks and --scheme, or raise max_nodata"
+            )
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
         save_resolved(cfg, out)
         todo = [i for i, g in enumerate(grids) if any(not writer.has(_tile_id(pairs[i], r, c)) for _, r, c in g)]
-        # Check every remaining mask before writing, so bad input leaves no partial dataset.
-        for i in todo:
-            _load_mask(pairs[i], src_scheme, remap, cfg)
+        if resuming:
+            for i in todo:
+                _check_pair(pairs[i], grids[i], src_scheme, remap, scheme, cfg)
         t0, written, dropped = time.perf_counter(), 0, 0
         bar = tqdm(total=total, initial=total - sum(len(grids[i]) for i in todo), unit="tile", desc="import",
                    dynamic_ncols=True)  # fmt: skip
-        for i in todo:
-            pair = pairs[i]
-            for tid, split, img, lab, crs, tf in _tiles(pair, grids[i], unit_split, i, src_scheme, remap, scheme, cfg):
-                if lab is None:
-                    dropped += 1
-                elif not writer.has(tid):
-                    writer.write(tid, split, lab, img, source=pair.image.name, crs=crs, transform=tf)
-                    written += 1
-                bar.update(1)
+        with ThreadedWrites(writer) as sink:
+            for i in todo:
+                pair = pairs[i]
+                for tid, split, img, lab, crs, tf in _tiles(pair, grids[i], unit_split, i, src_scheme, remap, scheme, cfg):
+                    if lab is None:
+                        dropped += 1
+                    elif not writer.has(tid):
+                        sink.submit(tid, split, lab, img, source=pair.image.name, crs=crs, transform=tf)
+                        written += 1
+                    bar.update(1)
         bar.close()
         ds = writer.finalize()
     dt = time.perf_counter() - t0
@@ -392,10 +416,54 @@ def import_pairs(
     return ds
 
 
-def _load_mask(pair: Pair, src: ClassScheme, remap: Remap | None, cfg: PairImportConfig) -> np.ndarray:
-    raw = read_raster(pair.mask)
+def _load_mask(
+    pair: Pair, src: ClassScheme, remap: Remap | None, cfg: PairImportConfig, raw: Raster | None = None
+) -> np.ndarray:
+    raw = raw or read_raster(pair.mask)
     codes = decode_mask(raw.array, src, cfg.mask_format, pair.mask)
     return remap.apply(codes, str(pair.mask)) if remap else codes
+
+
+def _check_pair(
+    pair: Pair,
+    grid: list[tuple[int, int, int]],
+    src: ClassScheme,
+    remap: Remap | None,
+    scheme: ClassScheme,
+    cfg: PairImportConfig,
+) -> int:
+    """Decode one pair as the import will and raise on anything wrong; return how many tiles it keeps."""
+    raw = read_raster(pair.mask)
+    codes = _load_mask(pair, src, remap, cfg, raw)
+    img = read_raster(pair.image)
+    to_rgb(img.array, pair.image)
+    check_same_grid(pair, img, raw)
+    codes = resample(codes, _scaled_size(codes.shape[1], codes.shape[0], cfg.scale), "label")
+    t = cfg.tile
+    return sum(not _dropped(codes[r : r + t, c : c + t], scheme, cfg) for _, r, c in grid)
+
+
+def check_same_grid(pair: Pair, img: Raster, mask: Raster) -> None:
+    """A georeferenced mask must lie on its image's pixel grid (same CRS and transform)."""
+    if img.crs is None or mask.crs is None:
+        return  # a plain mask is aligned pixel for pixel by construction
+    if img.crs != mask.crs:
+        raise UserError(f"{pair.mask}: mask CRS {mask.crs.to_string()} differs from its image {pair.image.name} "
+                        f"({img.crs.to_string()}); reproject the mask onto the image grid")  # fmt: skip
+    if not img.transform.almost_equals(mask.transform):
+        m, i = mask.transform, img.transform
+        raise UserError(
+            f"{pair.mask}: mask grid (origin {m.c:g}, {m.f:g}; pixel {m.a:g} x {-m.e:g}) differs from its image "
+            f"{pair.image.name} (origin {i.c:g}, {i.f:g}; pixel {i.a:g} x {-i.e:g}); resample the mask onto the image grid"
+        )
+
+
+def _dropped(lab: np.ndarray, scheme: ClassScheme, cfg: PairImportConfig) -> bool:
+    """The drop rule: all-nodata tiles, and tiles whose nodata share exceeds ``max_nodata``."""
+    if scheme.nodata is None:
+        return False
+    frac = float((lab == scheme.nodata).mean())
+    return frac >= 1.0 or frac > cfg.max_nodata
 
 
 def _tiles(
@@ -421,10 +489,8 @@ def _tiles(
     for b, r, c in grid:
         split = unit_split[(index, b if cfg.split_by == "block" else 0)]
         lab = codes[r : r + t, c : c + t]
-        if scheme.nodata is not None:
-            frac = float((lab == scheme.nodata).mean())
-            if frac >= 1.0 or frac > cfg.max_nodata:
-                yield _tile_id(pair, r, c), split, None, None, None, None
-                continue
+        if _dropped(lab, scheme, cfg):
+            yield _tile_id(pair, r, c), split, None, None, None, None
+            continue
         tf = window_transform(Window(c, r, t, t), transform) if transform is not None else None
         yield _tile_id(pair, r, c), split, rgb[r : r + t, c : c + t], lab, img.crs, tf

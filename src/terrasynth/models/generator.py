@@ -63,7 +63,10 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu") -> Image
             f"{run}: not a generator run (no {GENERATOR_FILE}); pass the --out of "
             "'terrasynth spade train' or 'terrasynth controlnet train'"
         )
-    family = json.loads(f.read_text()).get("family")
+    try:
+        family = json.loads(f.read_text()).get("family")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise UserError(f"{f}: not a valid generator JSON object ({exc}); retrain or restore the run directory") from exc
     if family not in GENERATOR_FAMILIES:
         raise UserError(f"{f}: unknown generator family {family!r}; known: {sorted(GENERATOR_FAMILIES)}")
     mod, fn = GENERATOR_FAMILIES[family].split(":")

@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
+
+from terrasynth.accel import make_accelerator
 from diffusers.training_utils import EMAModel
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
@@ -232,7 +234,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     write_json_atomic(out / "data.json", {"path": str(data.resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
                                           "tile_size": size, "splits": cfg.splits})
     seed_everything(cfg.seed)
-    acc = Accelerator(
+    acc = make_accelerator(
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out / "logs")
     )
     acc.init_trackers("landcover")

@@ -1,0 +1,91 @@
+"""Pipeline orchestration: cache keys, skipping, resume, --from/--only (stage bodies stubbed out
+with recorders, so this tests the orchestrator itself; tests/test_pipeline_e2e.py runs the real stages)."""
+
+import json
+
+import pytest
+
+import terrasynth.pipeline as pl
+from terrasynth.config import load_config
+from terrasynth.errors import UserError
+from terrasynth.pipeline import STAGES, PipelineConfig, run_pipeline, stage_keys
+
+
+def _changed(a: dict, b: dict) -> set[str]:
+    return {s for s in STAGES if a[s] != b[s]}
+
+
+def _cfg(*sets):
+    return load_config(PipelineConfig, sets=list(sets))
+
+
+def test_cache_keys_change_when_and_only_when_relevant():
+    base = stage_keys(_cfg())
+    assert base == stage_keys(_cfg())
+    assert _changed(base, stage_keys(_cfg("segment.train.max_steps=7"))) == {"segment", "evaluate", "mixing", "report"}
+    assert _changed(base, stage_keys(_cfg("spade.max_steps=7"))) == {"spade", "datasets", "segment", "evaluate", "mixing", "report"}
+    assert _changed(base, stage_keys(_cfg("mixing.fractions=[0.5]"))) == {"mixing", "report"}
+    assert _changed(base, stage_keys(_cfg("report.sample_rows=2"))) == {"report"}
+    assert _changed(base, stage_keys(_cfg("controlnet_base.unet.steps=7"))) == {
+        "controlnet_base", "controlnet", "datasets", "segment", "evaluate", "mixing", "report"}  # fmt: skip
+    assert _changed(base, stage_keys(_cfg("data.world.seed=3"))) == set(STAGES)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    calls = []
+
+    def make(stage):
+        def fn(ctx, d):
+            calls.append(stage)
+            if stage == ctx.cfg.name:  # the config's name says which stage "gets killed"
+                raise KeyboardInterrupt
+            (d / "artifact").write_text(stage)
+            return {"artifact": str(d / "artifact")}
+
+        return fn
+
+    monkeypatch.setattr(pl, "STAGE_FUNCS", {s: make(s) for s in STAGES})
+    return calls
+
+
+def test_rerun_skips_and_interrupted_run_resumes(tmp_path, recorder):
+    cfg = _cfg("name=segment")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path, progress=False)
+    assert recorder == list(STAGES[: STAGES.index("segment") + 1])
+    recorder.clear()
+    state = run_pipeline(cfg.model_copy(update={"name": "none"}), tmp_path, progress=False)
+    # name is not part of any stage key: finished stages are reused, the rest run
+    assert recorder == list(STAGES[STAGES.index("segment"):])
+    assert state["stages"]["data"]["status"] == "cached" and state["stages"]["report"]["status"] == "ran"
+    recorder.clear()
+    run_pipeline(_cfg("name=none"), tmp_path, progress=False)
+    assert recorder == []
+    assert json.loads((tmp_path / "pipeline.json").read_text())["stages"]["segment"]["status"] == "cached"
+
+
+def test_from_and_only(tmp_path, recorder):
+    cfg = _cfg("name=none")
+    run_pipeline(cfg, tmp_path, progress=False)
+    recorder.clear()
+    run_pipeline(cfg, tmp_path, from_stage="evaluate", progress=False)
+    assert recorder == ["evaluate", "mixing", "report"]
+    recorder.clear()
+    run_pipeline(cfg, tmp_path, only="mixing", progress=False)
+    assert recorder == []  # cached, --only does not force
+    run_pipeline(cfg, tmp_path, from_stage="mixing", only="mixing", progress=False)
+    assert recorder == ["mixing"]
+    with pytest.raises(UserError, match="input stage 'data'"):
+        run_pipeline(_cfg("name=none", "data.world.seed=5"), tmp_path, only="spade", progress=False)
+    with pytest.raises(UserError, match="unknown stage"):
+        run_pipeline(cfg, tmp_path, only="nope", progress=False)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("segment:\n  archs: [unet]\n  trian: {}\n")
+    with pytest.raises(UserError, match="segment.trian.*allowed keys"):
+        load_config(PipelineConfig, f)
+    with pytest.raises(UserError, match="data.source is 'pairs'"):
+        _cfg("data.source=pairs")
