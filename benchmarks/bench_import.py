@@ -3,7 +3,7 @@
     flock /work/heavy.lock python benchmarks/bench_import.py [--data ../shared/data]
 
 Baseline, measured in the same run: the I/O floor, i.e. writing the same 2,880 tiles (already
-decoded, in memory) with the same DatasetWriter. The ratio is the import's overhead for
+decoded, in memory) with the same DatasetWriter and write threads. The ratio is the import's overhead for
 finding, checking, decoding and cutting the pairs.
 """
 
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.data.importers import PairImportConfig, import_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +51,9 @@ def main() -> None:
                            provenance=provenance("floor", config_hash="floor"))  # fmt: skip
         t = time.perf_counter()
         with DatasetWriter(tmp / "floor", info) as w:
-            for r, lab, img in tiles:
-                w.write(r.id, r.split, lab, img)
+            with ThreadedWrites(w) as sink:
+                for r, lab, img in tiles:
+                    sink.submit(r.id, r.split, lab, img)
             w.finalize()
         res["io_floor"] = {"tiles": len(tiles), "seconds": time.perf_counter() - t}
         res["io_floor"]["tiles_per_s"] = len(tiles) / res["io_floor"]["seconds"]

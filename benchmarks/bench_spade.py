@@ -59,7 +59,9 @@ def stage_spade(args) -> None:
 
     res = load_results(args.work)
     for v in args.variants:
-        sets = VARIANTS[v] + [f"max_minutes={args.minutes}", f"seed={args.seed}"] + list(args.set or [])
+        # One judge (checkpoint-selection segmenter) shared by all variants: same data and seed.
+        sets = VARIANTS[v] + [f"max_minutes={args.minutes}", f"seed={args.seed}",
+                              f"select.judge_cache={args.work / 'judges'}"] + list(args.set or [])  # fmt: skip
         cfg = load_config(SpadeConfig, None, None, sets)
         run = args.work / "runs" / v
         t0 = time.monotonic()
@@ -68,7 +70,7 @@ def stage_spade(args) -> None:
         meta = json.loads((run / "generator.json").read_text())
         scores = json.loads((run / "scores.json").read_text())
         t0 = time.monotonic()
-        synthesize(run, args.data, args.work / "syn" / v, seed=args.seed, batch_size=32, overwrite=True)
+        synthesize(run, args.data, args.work / "syn" / v, seed=args.seed, batch_size=32)
         t_syn = time.monotonic() - t0
         res.setdefault(v, {}).update(
             spade={"sets": sets, "train_s": round(t_train, 1), "synth_s": round(t_syn, 1),

@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from world_baselines import colour_bayes, confusion, load_split, nearest_colour, scores  # noqa: E402
 
-from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance  # noqa: E402
+from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.tile_sink import ThreadedWrites  # noqa: E402
 from terrasynth.data.world import WorldConfig, generate_world  # noqa: E402
 
 
@@ -49,8 +50,9 @@ def io_floor(ds, out: Path) -> float:
                        provenance=provenance("io floor", config_hash="floor"))  # fmt: skip
     t = time.perf_counter()
     with DatasetWriter(out, info) as w:
-        for r, lab, img in tiles:
-            w.write(r.id, r.split, lab, img)
+        with ThreadedWrites(w) as sink:
+            for r, lab, img in tiles:
+                sink.submit(r.id, r.split, lab, img)
         w.finalize()
     return time.perf_counter() - t
 
@@ -97,37 +99,44 @@ def main() -> None:
     ap.add_argument("--train-seconds", type=float, default=180)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--only", choices=["all", "speed", "quality"], default="all")
+    ap.add_argument("--world", type=Path, help="quality only: use this existing world instead of generating one")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the CNN")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     cfg = WorldConfig(tiles=args.tiles, size=64, seed=args.seed)
     res: dict = {"tiles": args.tiles, "size": 64, "seed": args.seed, "cpu_count": os.cpu_count()}
+    from terrasynth.data.dataset import Dataset
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        res["world_s_workers1"] = timed_world(cfg, tmp / "w1", 1)
-        res["world_s_workers2"] = timed_world(cfg, tmp / "w2", 2)
-        from terrasynth.data.dataset import Dataset
-
-        ds = Dataset.open(tmp / "w1")
-        same = all((tmp / "w1" / r.image).read_bytes() == (tmp / "w2" / r.image).read_bytes() for r in ds.records[:200])
-        res["workers_identical_bytes"] = same
-        res["io_floor_s"] = io_floor(ds, tmp / "floor")
-        for w in (1, 2):
-            res[f"tiles_per_s_workers{w}"] = args.tiles / res[f"world_s_workers{w}"]
-            res[f"x_io_floor_workers{w}"] = res[f"world_s_workers{w}"] / res["io_floor_s"]
-        print(json.dumps(res, indent=1), flush=True)
-
-        k = ds.scheme.num_classes
-        tx, ty = load_split(ds, "train")
-        sx, sy = load_split(ds, "test")
-        res["train_tiles"], res["test_tiles"] = len(tx), len(sx)
-        res["nearest_colour"] = scores(confusion(nearest_colour(tx, ty, sx, k), sy, k))
-        res["colour_bayes"] = scores(confusion(colour_bayes(tx, ty, sx, k), sy, k))
-        print(json.dumps(res, indent=1), flush=True)
-        t = time.perf_counter()
-        model, steps = train_unet(tx, ty, k, args.train_seconds, seed=args.seed)
-        res["unet_train_s"], res["unet_steps"] = time.perf_counter() - t, steps
-        res["unet_r18"] = scores(confusion(predict(model, sx), sy, k))
+        if args.only in ("all", "speed") or args.world is None:
+            res["world_s_workers1"] = timed_world(cfg, tmp / "w1", 1)
+        if args.only in ("all", "speed"):
+            res["world_s_workers2"] = timed_world(cfg, tmp / "w2", 2)
+            ds = Dataset.open(tmp / "w1")
+            same = all((tmp / "w1" / r.image).read_bytes() == (tmp / "w2" / r.image).read_bytes() for r in ds.records)
+            res["workers_identical_bytes"] = same
+            res["io_floor_s"] = io_floor(ds, tmp / "floor")
+            for w in (1, 2):
+                res[f"tiles_per_s_workers{w}"] = args.tiles / res[f"world_s_workers{w}"]
+                res[f"x_io_floor_workers{w}"] = res[f"world_s_workers{w}"] / res["io_floor_s"]
+            print(json.dumps(res, indent=1), flush=True)
+        if args.only in ("all", "quality"):
+            ds = Dataset.open(args.world or tmp / "w1")
+            res["world"] = str(args.world or f"generated: tiles={args.tiles} seed={args.seed}")
+            k = ds.scheme.num_classes
+            tx, ty = load_split(ds, "train")
+            sx, sy = load_split(ds, "test")
+            res["train_tiles"], res["test_tiles"] = len(tx), len(sx)
+            res["nearest_colour"] = scores(confusion(nearest_colour(tx, ty, sx, k), sy, k))
+            res["colour_bayes"] = scores(confusion(colour_bayes(tx, ty, sx, k), sy, k))
+            print(json.dumps(res, indent=1), flush=True)
+            t = time.perf_counter()
+            model, steps = train_unet(tx, ty, k, args.train_seconds, seed=args.seed)
+            res["unet_train_s"], res["unet_steps"], res["unet_threads"] = time.perf_counter() - t, steps, args.threads
+            res["unet_r18"] = scores(confusion(predict(model, sx), sy, k))
     print(json.dumps(res, indent=1))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")

@@ -112,6 +112,7 @@ class Server:
         self.bytes_sent = 0  # file bytes sent (range bodies and whole-file GETs)
         self.lock = threading.Lock()
         self.base = ""
+        self.forbid: str | None = None  # answer 403 to requests whose query holds this (expired tokens)
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         srv = self
@@ -136,6 +137,9 @@ class Server:
                 with srv.lock:
                     n = srv.count
                     srv.count += 1
+                if srv.forbid and srv.forbid in self.path:
+                    srv.log.append((self.command, path, rng, 403))
+                    return self._reply(403, b"AuthenticationFailed", "text/plain")
                 if srv.fail(n, path, rng):
                     srv.log.append((self.command, path, rng, 503))
                     return self._reply(503, b"busy", "text/plain")

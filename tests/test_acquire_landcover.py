@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,9 +46,9 @@ def test_native_tiles_equal_windowed_source_reads_and_splits_are_block_disjoint(
             counts = np.bincount(lab.ravel(), minlength=256)
             assert all(rec.counts[c] == counts[c] for c in rec.counts)
     for rec in ds.records:
-        bx = blocks.cell(np.array([rec.bounds[0] + 1e-9, rec.bounds[2] - 1e-9]), np.array([rec.bounds[1] + 1e-9, rec.bounds[3] - 1e-9]))
-        assert bx[0][0] == bx[0][1] and bx[1][0] == bx[1][1], "a tile crosses a block edge"
-        block_split[(int(bx[0][0]), int(bx[1][0]))].add(rec.split)
+        (cell,) = blocks.cells([rec.bounds[0]], [rec.bounds[1]], [rec.bounds[2]], [rec.bounds[3]])
+        assert cell is not None, "a tile crosses a block edge"
+        block_split[cell].add(rec.split)
     assert all(len(s) == 1 for s in block_split.values()), "a block holds tiles of two splits"
     meta = json.loads((tmp_path / "lc" / "dataset.json").read_text())
     assert meta["extra"]["stac_items"]["landcover"][0]["href"].endswith(WC2021.split("/")[1])
@@ -121,3 +122,42 @@ def test_cli_landcover_and_one_line_errors(shared_data, tmp_path, capsys):
         rc = run_cli("data", "acquire", "--product", "landcover", "--tile", "64", *extra, "--out", tmp_path / "bad")
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1, (extra, err)
+
+
+def test_shipped_configs_load_and_the_tiny_twin_runs(shared_data, tmp_path):
+    from terrasynth.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    ny = load_config(AcquireConfig, root / "acquire-new-york.yaml")
+    assert ny.source == "planetary-computer" and ny.area == "new-york" and ny.tile == 512
+    rc = run_cli("data", "acquire", "--config", root / "acquire-sao-tome.yaml", "--landcover", shared_data / WC2021,
+                 "--bbox", "6.70,0.28,6.76,0.34", "--out", tmp_path / "twin")  # fmt: skip
+    ds = Dataset.open(tmp_path / "twin")
+    assert rc == 0 and len(ds) > 10 and all((r.counts[80] + r.nodata_pixels) / 64**2 <= 0.5 for r in ds.records)
+
+
+def test_area_file_and_presets(tmp_path):
+    from terrasynth.errors import UserError
+    from terrasynth.geo.area import resolve_area
+
+    gj = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[6.5, 0.1], [6.7, 0.1], [6.7, 0.3], [6.5, 0.1]]]}}]}  # fmt: skip
+    (tmp_path / "a.geojson").write_text(json.dumps(gj))
+    a = resolve_area(None, str(tmp_path / "a.geojson"), None)
+    assert a.bbox == (6.5, 0.1, 6.7, 0.3) and a.geometry["type"] == "Polygon"
+    ny = resolve_area(None, None, "new-york")
+    assert ny.naip_state == "ny" and ny.bbox[0] < -79 and ny.bbox[2] > -72
+    for bad in [("1,2,3", None, None), (None, str(tmp_path / "none.json"), None), (None, None, "atlantis"),
+                ("1,2,3,4", None, "new-york")]:  # fmt: skip
+        with pytest.raises(UserError):
+            resolve_area(*bad)
+
+
+def test_stride_and_shift_edge_rule_cover_the_area(shared_data, tmp_path):
+    ds = acquire(_cfg(shared_data, tile=96, stride=64, edge="shift", block_size=1e6), tmp_path / "shift")
+    meta = json.loads((tmp_path / "shift" / "dataset.json").read_text())
+    assert meta["extra"]["tiling"] == {"tile": 96, "stride": 64, "edge": "shift"}
+    w = max(r.bounds[2] for r in ds.records) - min(r.bounds[0] for r in ds.records)
+    h = max(r.bounds[3] for r in ds.records) - min(r.bounds[1] for r in ds.records)
+    assert w == pytest.approx(meta["extra"]["scenes"][0]["width"] / 12000) and h == pytest.approx(
+        meta["extra"]["scenes"][0]["height"] / 12000)  # the shifted last tiles reach the grid's edges

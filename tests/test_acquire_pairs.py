@@ -102,3 +102,27 @@ def test_no_overlap_between_imagery_and_landcover_is_a_one_line_error(shared_dat
                  "--out", tmp_path / "x")  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "no overlap" in err
+
+
+def test_overlapping_scenes_share_a_tile_lattice_and_yield_each_tile_once(sao_tome, tmp_path):
+    lc, img, _ = sao_tome
+    east = tmp_path / "naip_like_east.tif"  # overlaps the first scene by 1.8 km
+    naip_like(lc, east, UTM32N, origin=(245200.5, 37000.25), res=2.0, shape=(1500, 1500))
+    cfg = _cfg(lc, img, gsd=4.0, tile=64, max_nodata=0.0, block_size=1e6)
+    both = acquire(cfg.model_copy(update={"imagery": [str(img), str(east)]}), tmp_path / "both")
+    one = acquire(cfg, tmp_path / "one")
+    corners = [(r.bounds[0], r.bounds[3]) for r in both.records]
+    assert len(corners) == len(set(corners))  # no tile twice
+    assert all(c[0] % 256 == 0 and c[1] % 256 == 0 for c in corners)  # on the 64 px x 4 m lattice
+    assert {(r.bounds[0], r.bounds[3]) for r in one.records} < set(corners)
+    meta = json.loads((tmp_path / "both" / "dataset.json").read_text())
+    assert meta["extra"]["stats"]["duplicate"] > 0
+
+
+def test_two_workers_write_the_same_pairs(sao_tome, tmp_path):
+    lc, img, _ = sao_tome
+    one = acquire(_cfg(lc, img, gsd=4.0, tile=64), tmp_path / "w1")
+    two = acquire(_cfg(lc, img, gsd=4.0, tile=64, workers=2), tmp_path / "w2")
+    assert (tmp_path / "w1" / "index.csv").read_text() == (tmp_path / "w2" / "index.csv").read_text()
+    for a, b in zip(one.records[::7], two.records[::7]):
+        np.testing.assert_array_equal(one.read_image(a), two.read_image(b))

@@ -79,3 +79,22 @@ def test_persistent_errors_and_missing_files_are_one_line_user_errors(cog_dir):
         with pytest.raises(UserError, match="cannot be opened"):
             open_raster(srv.base + "/missing.tif", retries=3, backoff=0.01)
         assert srv.count - n0 <= 2  # a 404 is not retried
+
+
+def test_signed_hrefs_are_signed_again_after_a_403(cog_dir):
+    """Planetary Computer SAS tokens expire: a 403 makes the cache sign the href afresh."""
+    tokens = iter(["expired", "fresh", "fresh2"])
+    signed = []
+
+    def sign(href):
+        signed.append(f"{href}?token={next(tokens)}")
+        return signed[-1]
+
+    with serve(cog_dir) as srv, _env():
+        srv.forbid = "token=expired"  # the server answers 403 to the expired token
+        cache = RasterCache(retries=3, backoff=0.01, sign=sign)
+        data = cache.read(srv.base + "/scene.tif", lambda src: src.read(window=WINDOW))
+        cache.close()
+    np.testing.assert_array_equal(data, _local(cog_dir))
+    assert signed[0].endswith("token=expired") and signed[1].endswith("token=fresh")
+    assert any(s == 403 for *_, s in srv.log)

@@ -19,7 +19,10 @@ from terrasynth.evaluate.realism import as_maps
 from terrasynth.models.latent_diffusion import LandcoverLDM
 from terrasynth.train.landcover import generate_maps, load_landcover, parse_composition
 
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny twin of configs/landcover-cpu.yaml: the shipped file, shrunk by overrides.
 TINY = [
+    "--config", ROOT / "configs" / "landcover-cpu.yaml",
     "--set", "max_minutes=null",
     "--set", "autoencoder.block_out_channels=[8,16]", "--set", "autoencoder.norm_num_groups=8",
     "--set", "autoencoder.max_steps=12", "--set", "autoencoder.batch_size=8",
@@ -38,9 +41,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "cond"
-    rc = run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY,
-                 "--set", "diffusion.composition_control=true")  # fmt: skip
-    assert rc == 0
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY) == 0
     return run
 
 
@@ -58,12 +59,13 @@ def test_training_writes_model_and_loss_decreases(tiny_run):
 
 def test_rerun_resumes_and_other_config_is_refused(tiny_run, tiny_data, capsys):
     before = (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns
-    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY,
-                   "--set", "diffusion.composition_control=true") == 0  # fmt: skip
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY) == 0
     st = torch.load(tiny_run / "checkpoints" / "diffusion.pt", weights_only=False)
     assert st["step"] == 12  # nothing retrained past the bound
     assert (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns == before
-    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY) == 2
+    curve = json.loads((tiny_run / "metrics.json").read_text())["diffusion"]["loss_curve"]
+    assert len(curve) >= 2  # the loss history survives a resume
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY, "--set", "seed=5") == 2
     assert "another config" in capsys.readouterr().err
 
 
@@ -124,7 +126,8 @@ def test_composition_parsing_and_errors(tiny_run, tmp_path, capsys):
 def test_unconditional_model_refuses_composition(tiny_data, tmp_path, capsys):
     run = tmp_path / "uncond"
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY,
-                   "--set", "autoencoder.max_steps=2", "--set", "diffusion.max_steps=2") == 0  # fmt: skip
+                   "--set", "autoencoder.max_steps=2", "--set", "diffusion.max_steps=2",
+                   "--set", "diffusion.composition_control=false") == 0  # fmt: skip
     model = load_landcover(run)
     assert not model.conditional
     rc = run_cli("landcover", "sample", "--model", run, "--n", 2, "--composition", "50:0.5", "--out", tmp_path / "s")
@@ -148,3 +151,17 @@ def test_bad_tile_size_is_one_line_error(tiny_data, tmp_path, capsys):
                  "--set", "diffusion.attention=[false,false,false,true]")  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "not divisible" in err and len(err.strip().splitlines()) == 1
+
+
+def test_paper_config_is_valid_and_downsamples_by_8():
+    from terrasynth.config import load_config
+    from terrasynth.models.autoencoder import build_autoencoder, downsampling_factor
+    from terrasynth.train.landcover import LandcoverConfig
+
+    cfg = load_config(LandcoverConfig, ROOT / "configs" / "landcover-paper.yaml")
+    a = cfg.autoencoder
+    vae = build_autoencoder(11, latent_channels=a.latent_channels, block_out_channels=tuple(a.block_out_channels),
+                            layers_per_block=1, norm_num_groups=a.norm_num_groups, sample_size=512)  # fmt: skip
+    assert downsampling_factor(vae) == 8
+    levels = 2 ** (len(cfg.diffusion.block_out_channels) - 1)
+    assert 512 % (8 * levels) == 0 and cfg.diffusion.attention == [False, False, True, True]

@@ -70,6 +70,7 @@ def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
     assert again["confusion"] == res["confusion"]
 
 
+@pytest.mark.slow
 def test_training_learns_the_colour_coded_classes(data: Path, tmp_path: Path):
     cfg = SegmentConfig(arch="unet", encoder=ENC, batch_size=4, max_steps=40, lr=3e-3, val_every=20, checkpoint_every=40,
                         bf16=False)  # fmt: skip
@@ -98,6 +99,7 @@ def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Pa
         train_segmentation(SegmentConfig(**base, max_steps=8), [(data, 1.0)], part, resume=False)
 
 
+@pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_same_weights(data: Path, tmp_path: Path):
     args = ["segment", "train", "--data", str(data), "--arch", "unet", "--max-steps", "14",
             *FAST]  # fmt: skip
@@ -146,3 +148,34 @@ def test_mixture_training_and_scheme_mismatch(data: Path, tmp_path: Path, capsys
 def test_bad_config_key_is_one_line(data: Path, tmp_path: Path, capsys):
     rc = run_cli("segment", "train", "--data", data, "--out", tmp_path / "r", "--set", "learning_rate=0.1")
     assert rc == 2 and "unknown key 'learning_rate'" in capsys.readouterr().err
+
+
+def test_shipped_config_runs_end_to_end(data: Path, tmp_path: Path):
+    # The tiny twin of configs/segment-cpu.yaml: same file, tiny encoder and budget.
+    run = tmp_path / "cfg"
+    rc = run_cli("segment", "train", "--data", data, "--config", ROOT / "configs" / "segment-cpu.yaml",
+                 "--out", run, "--max-steps", "2", *FAST)  # fmt: skip
+    assert rc == 0
+    import yaml
+
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["max_steps"] == 2 and resolved["encoder"] == ENC and resolved["max_minutes"] == 3
+
+
+def test_tile_size_not_multiple_of_32_is_refused(tmp_path: Path):
+    odd = make_dataset(tmp_path / "odd", n=2, size=40, splits=("train",), name="odd")
+    with pytest.raises(UserError, match="not a multiple of 32"):
+        train_segmentation(SegmentConfig(encoder=ENC, max_steps=1), [(odd, 1.0)], tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_through_accelerate(data: Path, tmp_path: Path):
+    # DDP on CPU (gloo): torchrun starts the ranks, Accelerate picks them up.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TQDM_DISABLE="1", ACCELERATE_USE_CPU="true")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "terrasynth", "segment", "train", "--data", str(data),
+           "--arch", "unet", "--max-steps", "4", "--out", str(tmp_path / "ddp"), *FAST]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    info = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["processes"] == 2
+    assert json.loads((tmp_path / "ddp" / "last.json").read_text())["step"] == 4

@@ -193,3 +193,20 @@ def test_shipped_config_tiny_twin(pairs, tmp_path):
     assert run_cli("spade", "train", "--data", pairs, "--config", ROOT / "configs" / "spade.yaml", "--out", out,
                    "--max-steps", 2, *TINY) == 0  # fmt: skip
     assert json.loads((out / "generator.json").read_text())["step"] == 2
+
+
+def test_vgg_loss_needs_local_weights(tmp_path):
+    from pydantic import ValidationError
+
+    from terrasynth.errors import UserError
+    from terrasynth.train.gan import SpadeLossConfig
+    from terrasynth.train.gan_losses import VGGLoss
+
+    with pytest.raises(ValidationError, match="vgg_weights"):
+        SpadeLossConfig(vgg=10)
+    with pytest.raises(UserError, match="not found"):
+        VGGLoss(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(UserError, match="not a torchvision vgg19"):
+        VGGLoss(bad)

@@ -102,9 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     if args.quiet:
-        import os
+        from functools import partialmethod
 
-        os.environ["TQDM_DISABLE"] = "1"
+        from tqdm import tqdm
+
+        # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class instead.
+        tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -56,6 +56,9 @@ class DataStage(StrictModel):
     pairs: PairsSource | None = None
     acquire: AcquireConfig | None = None
     path: str | None = None  # an existing terrasynth dataset (source: dataset)
+    # Land cover for the land-cover generator, when it should not be the pairs' own labels
+    # (the paper: WorldCover tiled at its native 10 m, while the pairs are at 1 m).
+    landcover_source: AcquireConfig | None = None
 
     @model_validator(mode="after")
     def _source_present(self) -> "DataStage":
@@ -188,13 +191,20 @@ def _data(ctx: Context, d: Path) -> dict[str, Any]:
         raise UserError(f"{real}: the pipeline needs train and test splits, found {sorted(splits)}; re-import with test ratio > 0")
     # Generators learn from train (+val) only: the test split stays unseen by every generator.
     train = subset_dataset(ds, d / "generator-train", splits=[s for s in ("train", "val") if s in splits])
-    return {"real": str(real), "generator_train": str(train.root)}
+    out = {"real": str(real), "generator_train": str(train.root), "landcover_train": str(train.root)}
+    if c.landcover_source is not None:
+        from terrasynth.data.acquire import acquire
+
+        lc = acquire(c.landcover_source, d / "landcover")
+        lc_splits = [s for s in ("train", "val") if any(r.split == s for r in lc.records)]
+        out["landcover_train"] = str(subset_dataset(lc, d / "landcover-train", splits=lc_splits).root)
+    return out
 
 
 def _landcover(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.train.landcover import train_landcover
 
-    return {"run": str(train_landcover(ctx.cfg.landcover, Path(ctx.out("data", "generator_train")), d / "run"))}
+    return {"run": str(train_landcover(ctx.cfg.landcover, Path(ctx.out("data", "landcover_train")), d / "run"))}
 
 
 def _spade(ctx: Context, d: Path) -> dict[str, Any]:

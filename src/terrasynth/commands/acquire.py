@@ -29,6 +29,8 @@ def register(cli: CLI) -> None:
     src.add_argument("--landcover-collection", metavar="ID", help="default: esa-worldcover (asset map)")
     src.add_argument("--landcover-asset", metavar="KEY")
     src.add_argument("--landcover-version", metavar="V", help="esa_worldcover:product_version (default 2.0.0 = 2021)")
+    src.add_argument("--remap", metavar="NAME|YAML",
+                     help="land cover in another scheme: a remap onto worldcover (e.g. a YAML mapping its codes)")
     src.add_argument("--datetime", metavar="RANGE", help="imagery dates, e.g. 2021-01-01/2022-12-31")
     src.add_argument("--state", metavar="XX", help="NAIP state, e.g. ny (the new-york preset sets it)")
     src.add_argument("--max-items", type=int, metavar="N", help="at most N STAC items per collection")
@@ -50,7 +52,7 @@ def register(cli: CLI) -> None:
     flt.add_argument("--min-class-fraction", action="append", metavar="CODES:F",
                      help="drop tiles where these codes are below share F, e.g. 50:0.05; repeatable")
     flt.add_argument("--max-tiles", type=int, metavar="N", help="stop after N tiles (sampled over the whole area)")
-    flt.add_argument("--block-size", type=float, metavar="M", help="split block side in metres (default 8 tile widths)")
+    flt.add_argument("--block-size", type=float, metavar="M", help="split block side in metres (default 4 tile widths on geographic grids, 10 on projected)")
     flt.add_argument("--split", metavar="TRAIN,VAL,TEST", help="split fractions (default 0.8,0.1,0.1)")
     flt.add_argument("--seed", type=int)
     run = p.add_argument_group("run")
@@ -103,7 +105,7 @@ def cmd_acquire(args: argparse.Namespace) -> int:
         "source": args.source, "landcover": args.landcover, "imagery": args.imagery, "catalog": args.catalog,
         "stac_url": args.stac_url, "imagery_collection": args.imagery_collection, "imagery_asset": args.imagery_asset,
         "landcover_collection": args.landcover_collection, "landcover_asset": args.landcover_asset,
-        "landcover_version": args.landcover_version, "datetime": args.datetime, "state": args.state,
+        "landcover_version": args.landcover_version, "remap": args.remap, "datetime": args.datetime, "state": args.state,
         "max_items": args.max_items, "bbox": parse_bbox(args.bbox) if args.bbox else None,
         "area_file": args.area_file, "area": args.area, "product": args.product, "tile": args.tile,
         "stride": args.stride, "edge": args.edge, "gsd": _gsd(args.gsd), "crs": args.crs,

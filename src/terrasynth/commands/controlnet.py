@@ -1,5 +1,7 @@
 """``terrasynth controlnet ...``: train a latent-diffusion base and a ControlNet generator on it.
 
+``--config`` takes a file with ``base:`` and ``controlnet:`` sections
+(configs/controlnet-cpu.yaml); ``--set KEY=VALUE`` applies inside the command's section.
 Multi-GPU: ``accelerate launch -m terrasynth controlnet train ...`` (same flags).
 """
 
@@ -37,22 +39,28 @@ def register(cli: CLI) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train_base(args: argparse.Namespace) -> int:
+def _section(args: argparse.Namespace, name: str, flags: dict):
+    """The ``name`` section of a ControlNetRunConfig file; ``--set k=v`` applies inside it."""
     from terrasynth.config import load_config
-    from terrasynth.train.diffusion import ControlNetBaseConfig, train_controlnet_base
+    from terrasynth.train.diffusion import ControlNetRunConfig
 
-    cfg = load_config(ControlNetBaseConfig, args.config, {"max_minutes": args.max_minutes, "seed": args.seed}, args.sets)
+    sets = [f"{name}.{s}" for s in args.sets]
+    return getattr(load_config(ControlNetRunConfig, args.config, {name: flags}, sets), name)
+
+
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from terrasynth.train.diffusion import train_controlnet_base
+
+    cfg = _section(args, "base", {"max_minutes": args.max_minutes, "seed": args.seed})
     out = train_controlnet_base(cfg, args.data, args.out, init_from=args.init_from, resume=not args.no_resume)
     print(f"base model written to {out}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from terrasynth.config import load_config
-    from terrasynth.train.diffusion import ControlNetConfig, train_controlnet
+    from terrasynth.train.diffusion import train_controlnet
 
-    flags = {"max_minutes": args.max_minutes, "seed": args.seed, "prompt": args.prompt}
-    cfg = load_config(ControlNetConfig, args.config, flags, args.sets)
+    cfg = _section(args, "controlnet", {"max_minutes": args.max_minutes, "seed": args.seed, "prompt": args.prompt})
     out = train_controlnet(cfg, args.data, args.base, args.out, init_from=args.init_from, resume=not args.no_resume)
     print(f"ControlNet generator written to {out} (use: terrasynth synthesize --generator {out} ...)")
     return 0

@@ -18,10 +18,12 @@ the STAC items used are recorded in ``dataset.json`` ``extra``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import math
 import multiprocessing as mp
+import os
 import random
 import re
 from collections import deque
@@ -29,25 +31,26 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import rasterio
 from pydantic import Field, field_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
+from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from tqdm.auto import tqdm
 
-from terrasynth.classes import WORLDCOVER
+from terrasynth.classes import WORLDCOVER, Remap, load_remap
 from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
-from terrasynth.data.scene_tiler import ChunkResult, Scene, TileFilter, cut_chunk, lonlat_bounds
+from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
 from terrasynth.errors import UserError
 from terrasynth.geo import stac
 from terrasynth.geo.area import Area, Bounds, resolve_area
 from terrasynth.geo.read import RasterCache, gdal_env
-from terrasynth.geo.reproject import Grid, bounds_in, grid_of, native_subgrid, snapped_grid, utm_crs
+from terrasynth.geo.reproject import Grid, bounds_in, grid_of, native_subgrid, read_preview, snapped_grid, utm_crs
 from terrasynth.geo.tiling import METRES_PER_DEGREE, EdgeRule, SpatialBlocks, TileChunk, tile_chunks, tile_offsets
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class AcquireConfig(StrictModel):
     landcover_collection: str = "esa-worldcover"
     landcover_asset: str = "map"
     landcover_version: str | None = "2.0.0"  # esa_worldcover:product_version; 2.0.0 is the 2021 map
+    remap: str | None = None  # land cover in another scheme: a remap (name or YAML) onto WorldCover
     datetime: str | None = None  # imagery date range, e.g. 2021-01-01/2022-12-31
     state: str | None = None  # NAIP state filter (naip:state), e.g. ny
     max_items: int | None = Field(None, gt=0)
@@ -91,7 +95,7 @@ class AcquireConfig(StrictModel):
     min_class_fraction: dict[str, float] = Field(default_factory=dict)
     max_tiles: int | None = Field(None, gt=0)
     # splits
-    block_size: float | None = Field(None, gt=0)  # metres; default 8 tile widths
+    block_size: float | None = Field(None, gt=0)  # metres; default 4 (geographic grid) or 10 tile widths
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     # execution (not part of the result: excluded from the config hash)
@@ -186,25 +190,30 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
         lc = [stac.SourceItem(h, _stem(h)) for h in _expand(cfg.landcover, "--landcover")]
         im = [stac.SourceItem(h, _stem(h)) for h in _expand(cfg.imagery, "--imagery")] if need_imagery else []
         return im, lc
+    if cfg.source == "static" and not cfg.catalog:
+        raise UserError("--source static needs --catalog PATH (a STAC catalog.json or collection.json)")
+    # --stac-url also overrides the Planetary Computer's address (mirrors, tests)
+    url = cfg.stac_url or (stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else None)
+    if cfg.source == "stac" and not url:
+        raise UserError("--source stac needs --stac-url URL (a STAC API root)")
     if area is None:
         raise UserError(f"--source {cfg.source} needs an area: --bbox W,S,E,N, --area-file GEOJSON or --area NAME")
     state = cfg.state or area.naip_state
     if cfg.source == "static":
-        if not cfg.catalog:
-            raise UserError("--source static needs --catalog PATH (a STAC catalog.json or collection.json)")
         search: stac.ItemSearcher = stac.StaticCatalog(cfg.catalog)
     else:
-        # --stac-url also overrides the Planetary Computer's address (mirrors, tests)
-        url = cfg.stac_url or (stac.PLANETARY_COMPUTER if cfg.source == "planetary-computer" else None)
-        if not url:
-            raise UserError("--source stac needs --stac-url URL (a STAC API root)")
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
     lc_filter = {"esa_worldcover:product_version": cfg.landcover_version} if cfg.landcover_version else {}
     lc = search.items(cfg.landcover_collection, cfg.landcover_asset, area, None, lc_filter, cfg.max_items)
+    if cfg.source == "planetary-computer":
+        # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
+        lc = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in lc]
     im: list[stac.SourceItem] = []
     if need_imagery:
         im_filter = {"naip:state": state} if state and cfg.imagery_collection == "naip" else {}
         im = search.items(cfg.imagery_collection, cfg.imagery_asset, area, cfg.datetime, im_filter, cfg.max_items)
+        if cfg.source == "planetary-computer":
+            im = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in im]
         if not im:
             raise UserError(
                 f"no '{cfg.imagery_collection}' items for area {area.bbox}"
@@ -224,9 +233,8 @@ def plan(cfg: AcquireConfig, cache: RasterCache) -> Plan:
     area = resolve_area(cfg.bbox and ",".join(map(str, cfg.bbox)), cfg.area_file, cfg.area)
     im_items, lc_items = find_sources(cfg, area)
     lc_bounds = {}
-    for it in lc_items:
-        src = cache.get(it.href)
-        lc_bounds[it.href] = _bounds4326(src)
+    for it in lc_items:  # STAC items carry their bbox: no request needed
+        lc_bounds[it.href] = tuple(it.bbox) if it.bbox else _bounds4326(cache.get(it.href))
     area_bbox = area.bbox if area else None
     items = {"landcover": [it.record() for it in lc_items], "imagery": [it.record() for it in im_items]}
     if cfg.product == "landcover":
@@ -270,10 +278,15 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
         raise UserError("--crs applies to --product landcover only; pairs are tiled in each scene's own CRS")
     scenes, names, skipped, res_m = [], set(), [], []
     for it in im_items:
-        src = cache.get(it.href)
-        if src.count < 3:
-            raise UserError(f"{it.href}: has {src.count} band(s); imagery needs RGB in bands 1-3 (NAIP RGBN)")
-        sb = _bounds4326(src)
+        # STAC items with the projection extension (NAIP on the Planetary Computer) give the
+        # grid without opening the file: thousands of scenes are planned without a request.
+        full = _item_grid(it)
+        if full is None:
+            src = cache.get(it.href)
+            if src.count < 3:
+                raise UserError(f"{it.href}: has {src.count} band(s); imagery needs RGB in bands 1-3 (NAIP RGBN)")
+            full = grid_of(src)
+        sb = transform_bounds(full.crs, "EPSG:4326", *full.bounds, densify_pts=21)
         if area_bbox is not None and not _intersects(sb, area_bbox):
             skipped.append(f"{it.id}: outside the area")
             continue
@@ -281,9 +294,8 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
         if not labels:
             skipped.append(f"{it.id}: no land cover overlaps it")
             continue
-        full = grid_of(src)
-        region = bounds_in(src.crs, _intersection(sb, area_bbox)) if area_bbox else src.bounds
-        region = _intersection(tuple(region), tuple(src.bounds))
+        region = bounds_in(full.crs, _intersection(sb, area_bbox)) if area_bbox else full.bounds
+        region = _intersection(tuple(region), tuple(full.bounds))
         if cfg.gsd == "native":
             grid = native_subgrid(full, region)
             if grid is None:
@@ -293,17 +305,34 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             res_m.append(_res_metres(full))
         else:
             gsd = float(cfg.gsd or 1.0)
-            grid = snapped_grid(src.crs, region, gsd)
+            grid = snapped_grid(full.crs, region, gsd, origin_step=(cfg.stride or cfg.tile) * gsd)
             origin = (-round(grid.transform.f / gsd), round(grid.transform.c / gsd))
             res_m.append(gsd)
         name = _unique(_safe(it.id), names)
-        scenes.append(Scene(name, grid, labels, image=it.href, id_origin=origin))
+        owned = ()
+        if cfg.gsd != "native":  # grids on one stride x gsd lattice per CRS: overlaps are the same tiles
+            owned = tuple(sc.grid.bounds for sc in scenes if sc.grid.crs == grid.crs
+                          and _intersects(sc.grid.bounds, grid.bounds))  # fmt: skip
+        scenes.append(Scene(name, grid, labels, image=it.href, id_origin=origin, owned_by=owned))
     if not scenes:
         why = "; ".join(skipped[:3]) or "no imagery"
         raise UserError(f"no overlap between imagery and land cover in the area ({why}); check the inputs and --bbox")
     for s in skipped:
         log.warning("skipping imagery %s", s)
     return Plan(scenes, round(sum(res_m) / len(res_m), 3), items, skipped)
+
+
+def _item_grid(it: stac.SourceItem) -> Grid | None:
+    """The pixel grid from a STAC item's projection extension (proj:epsg|code, transform, shape)."""
+    p = it.properties
+    code = p.get("proj:code") or (f"EPSG:{p['proj:epsg']}" if p.get("proj:epsg") else None)
+    tr, shape = p.get("proj:transform"), p.get("proj:shape")
+    if not (code and tr and shape) or len(tr) < 6:
+        return None
+    try:
+        return Grid(CRS.from_user_input(code), Affine(*tr[:6]), int(shape[1]), int(shape[0]))
+    except (CRSError, TypeError, ValueError):
+        return None
 
 
 def _snap_to_stride(full: Grid, sub: Grid, stride: int) -> tuple[Grid, int, int]:
@@ -349,16 +378,22 @@ def tile_filter(cfg: AcquireConfig) -> TileFilter:
     )
 
 
-DEFAULT_BLOCK_TILES = 10  # default split block side, in tile widths
+# Default split block side in tile widths. On geographic grids blocks fall between tiles
+# (no loss) and small blocks keep val/test possible on small areas; on projected grids a
+# tile crossing a block edge is dropped, so blocks are larger (about 81% of tiles kept).
+DEFAULT_BLOCK_TILES = {"geographic": 4, "projected": 10}
 
 
 def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edge: EdgeRule,
-                fractions: tuple[float, float, float], seed: int) -> SpatialBlocks:  # fmt: skip
-    """Split blocks fitted to the tiles of ``scenes``.
+                fractions: tuple[float, float, float], seed: int, keep: TileFilter | None = None,
+                cache: RasterCache | None = None, remap: Remap | None = None) -> SpatialBlocks:  # fmt: skip
+    """Split blocks fitted to the tiles of ``scenes`` that will probably pass ``keep``.
 
     On geographic grids the block side is rounded to whole tile widths so that the block
     edges fall between tiles and no tile is lost; on projected grids tiles that cross a
-    block edge are dropped.
+    block edge are dropped. Blocks are dealt out among the blocks whose tiles pass the
+    filters on a coarse preview of the labels (overviews; a few reads), so that ocean or
+    nodata blocks do not take the val/test share.
     """
     block_deg, origin = block_m / METRES_PER_DEGREE, (-180.0, -90.0)
     if all(s.grid.crs.is_geographic for s in scenes) and len({s.grid.res for s in scenes}) == 1:
@@ -367,50 +402,102 @@ def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edg
         t = scenes[0].grid.transform  # on the stride lattice (see _snap_to_stride)
         origin = (t.c, t.f)
     blocks = SpatialBlocks(block_deg, fractions, seed, origin)
-    cells: set[tuple[int, int]] = set()
+    per_scene = []
     for s in scenes:
         rows = tile_offsets(s.grid.height, tile, stride, edge)
         cols = tile_offsets(s.grid.width, tile, stride, edge)
         if not rows or not cols:
             continue
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        cells.update(c for c in blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile)) if c is not None)
-    return blocks.fit(cells)
+        per_scene.append((s, rr.ravel(), cc.ravel(), blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))))
+    cells = {c for *_, tc in per_scene for c in tc if c is not None}
+    if keep is None or cache is None or len(cells) > PREVIEW_MAX_BLOCKS:
+        return blocks.fit(cells)
+    likely: set[tuple[int, int]] = set()
+    for s, rows, cols, tile_cells in per_scene:
+        ok = _likely_kept(cache, s, rows, cols, tile, keep, remap)
+        likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
+    return blocks.fit(likely or cells)
 
 
-# ---- running ----------------------------------------------------------------------------
+PREVIEW_PX = 8  # preview pixels per tile side when guessing which tiles pass the filters
+# Above this many blocks the seeded deal is balanced anyway and a preview read per scene
+# (thousands of NAIP scenes over HTTP) would only slow planning down.
+PREVIEW_MAX_BLOCKS = 400
+
+
+def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarray, tile: int,
+                 keep: TileFilter, remap: Remap | None = None) -> list[bool]:  # fmt: skip
+    """Whether each tile passes ``keep`` on a coarse preview of its labels (imagery not read)."""
+    f = max(1, tile // PREVIEW_PX)
+    g = s.grid
+    preview = Grid(g.crs, g.transform @ Affine.scale(f), -(-g.width // f), -(-g.height // f))
+    codes = np.zeros((preview.height, preview.width), np.uint8)
+    todo = np.ones(codes.shape, bool)
+    for href in s.labels:
+        data, valid = cache.read(href, lambda src: read_preview(src, preview))
+        take = todo & valid
+        codes[take] = data[take]
+        todo &= ~take
+    if remap is not None:
+        codes = np.where(todo, 0, remap.lut[codes]).astype(np.uint8)
+    out = []
+    n = max(1, tile // f)
+    for r, c in zip(rows, cols):
+        win = codes[r // f : r // f + n, c // f : c // f + n]
+        out.append(win.size > 0 and keep.reason(np.bincount(win.ravel(), minlength=256), win.size) is None)
+    return out
+
+
+# ---- running ----# ---- running ----------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scenes, blocks, keep, retries, backoff, env) -> None:
+def _init_worker(scenes, blocks, keep, remap, retries, backoff, env, sign, writers, shard_ids) -> None:
     env_ctx = rasterio.Env(**env)
     env_ctx.__enter__()  # held for the worker's lifetime
-    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, cache=RasterCache(retries, backoff), env=env_ctx)
+    writer = writers[shard_ids.get()] if writers else None  # each worker its own shard journal
+    _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, remap=remap, cache=RasterCache(retries, backoff, sign),
+                   env=env_ctx, writer=writer)  # fmt: skip
 
 
 def _work(task: tuple[int, TileChunk]) -> ChunkResult:
     i, chunk = task
     w = _WORKER
-    return cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"])
+    res = cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
+    writer: DatasetWriter | None = w["writer"]
+    if writer is not None:  # write here, in parallel, instead of shipping pixels to the main process
+        scene = w["scenes"][i]
+        for t in res.tiles:
+            if not writer.has(t.id):
+                writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
+                             crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+        res.written, res.tiles = len(res.tiles), []
+    return res
 
 
 def run_chunks(
     tasks: list[tuple[int, TileChunk]], scenes: list[Scene], blocks: SpatialBlocks, keep: TileFilter,
-    *, workers: int, retries: int, backoff: float, env: dict[str, Any],
+    *, workers: int, retries: int, backoff: float, env: dict[str, Any], remap: Remap | None = None,
+    sign: Callable[[str], str] | None = None, writers: list[DatasetWriter] | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """Results in task order (so a tile cap is deterministic); at most 2 chunks per worker in flight."""
     if workers <= 1:
-        cache = RasterCache(retries, backoff)
+        cache = RasterCache(retries, backoff, sign)
         try:
             for i, chunk in tasks:
-                yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep)
+                yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep, remap)
         finally:
             cache.close()
         return
+    ctx = mp.get_context("spawn")
+    shard_ids = ctx.Queue()
+    for k in range(workers):
+        shard_ids.put(k)
     ex = ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-        initargs=(scenes, blocks, keep, retries, backoff, env),
+        workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(scenes, blocks, keep, remap, retries, backoff, env, sign, writers, shard_ids),
     )  # fmt: skip
     try:
         it = iter(tasks)
@@ -425,87 +512,151 @@ def run_chunks(
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass
+class Job:
+    """Everything fixed before any pixel is read: scenes, split blocks, filters, chunk order."""
+
+    cfg: AcquireConfig
+    plan: Plan
+    blocks: SpatialBlocks
+    keep: TileFilter
+    tasks: list[tuple[int, TileChunk]]
+    stride: int
+    env: dict[str, Any]
+    remap: Remap | None = None
+    sign: Callable[[str], str] | None = None  # Planetary Computer: hrefs signed at open, renewed on retry
+
+    @property
+    def total(self) -> int:
+        return sum(len(ch) for _, ch in self.tasks)
+
+    def results(self, writers: list[DatasetWriter] | None = None) -> Iterator[ChunkResult]:
+        """Chunks read and cut, in task order; with ``writers`` (one shard writer per worker)
+        the workers write their tiles themselves and return only counts."""
+        with rasterio.Env(**self.env):
+            yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
+                                  retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env,
+                                  remap=self.remap, sign=self.sign, writers=writers)  # fmt: skip
+
+
+def prepare(cfg: AcquireConfig) -> Job:
+    """Resolve sources, plan scenes and split blocks (reads raster headers only)."""
+    env = gdal_env()
+    stride = cfg.stride or cfg.tile
+    keep = tile_filter(cfg)
+    remap = load_remap(cfg.remap) if cfg.remap else None
+    if remap is not None and remap.target.name != WORLDCOVER.name:
+        raise UserError(f"--remap {cfg.remap}: maps onto '{remap.target.name}'; acquire needs a remap onto worldcover")
+    sign = stac.pc_sign if cfg.source == "planetary-computer" else None
+    with rasterio.Env(**env):
+        cache = RasterCache(cfg.retries, cfg.retry_backoff, sign)
+        try:
+            p = plan(cfg, cache)
+            kind = "geographic" if all(sc.grid.crs.is_geographic for sc in p.scenes) else "projected"
+            block_m = cfg.block_size or DEFAULT_BLOCK_TILES[kind] * stride * p.gsd_m
+            blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed,
+                                 keep, cache, remap)  # fmt: skip
+        finally:
+            cache.close()  # workers open their own handles
+    tasks = [(i, ch) for i, s in enumerate(p.scenes)
+             for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
+    # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
+    random.Random(cfg.seed).shuffle(tasks)
+    return Job(cfg, p, blocks, keep, tasks, stride, env, remap, sign)
+
+
+def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
+    """The tiles ``acquire`` would write, in memory: (scene, tile) with ``tile.label`` (H, W)
+    uint8 codes, ``tile.image`` (H, W, 3) uint8 or None, ``tile.transform`` in ``scene.grid.crs``."""
+    job = prepare(cfg)
+    n = 0
+    for res in job.results():
+        scene = job.plan.scenes[res.scene]
+        for t in res.tiles:
+            if cfg.max_tiles is not None and n >= cfg.max_tiles:
+                return
+            n += 1
+            yield scene, t
+
+
 def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Dataset:
     """Build a dataset in ``out`` (resumable: rerun the same config to finish a killed run)."""
     out = Path(out)
-    env = gdal_env()
-    with rasterio.Env(**env):
-        cache = RasterCache(cfg.retries, cfg.retry_backoff)
-        try:
-            p = plan(cfg, cache)
-        finally:
-            cache.close()  # workers open their own handles
-        stride = cfg.stride or cfg.tile
-        block_m = cfg.block_size or DEFAULT_BLOCK_TILES * cfg.tile * p.gsd_m
-        blocks = make_blocks(p.scenes, block_m, cfg.tile, stride, cfg.edge, cfg.split_fractions, cfg.seed)
-        keep = tile_filter(cfg)
-        chash = config_hash({k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS})
-        info = DatasetInfo(
-            name=cfg.name or out.name,
-            kind="real",
-            scheme=WORLDCOVER,
-            tile_size=cfg.tile,
-            gsd=p.gsd_m,
-            has_images=cfg.product == "pairs",
-            provenance=provenance(f"acquire:{cfg.source}", config_hash=chash, seed=cfg.seed),
-        )
-        writer = DatasetWriter(out, info, overwrite=overwrite)
-        if writer.complete:
-            log.info("%s: already complete (same config); nothing to do", out)
-            return Dataset.open(out)
-        save_resolved(cfg, out)
-        tasks = [(i, ch) for i, s in enumerate(p.scenes)
-                 for ch in tile_chunks(s.grid.height, s.grid.width, cfg.tile, stride, cfg.edge)]  # fmt: skip
-        # Shuffled (seeded) so that a tile cap samples the whole area, not its first rows.
-        random.Random(cfg.seed).shuffle(tasks)
-        total = sum(len(ch) for _, ch in tasks)
-        stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "over_cap": 0}
-        resumed = len(writer.done_ids)
-        bar = tqdm(total=total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1)
-        try:
-            with writer:
-                for res in run_chunks(tasks, p.scenes, blocks, keep, workers=cfg.workers, retries=cfg.retries,
-                                      backoff=cfg.retry_backoff, env=env):  # fmt: skip
-                    stats["candidates"] += res.candidates
-                    for k, v in res.dropped.items():
-                        stats[k] += v
-                    scene = p.scenes[res.scene]
-                    for t in res.tiles:
-                        if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
-                            stats["over_cap"] += 1
-                            continue
-                        if not writer.has(t.id):
-                            writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                                         crs=scene.grid.crs, transform=t.transform)  # fmt: skip
-                        stats["kept"] += 1
-                    bar.update(res.candidates)
-                    bar.set_postfix(kept=stats["kept"], refresh=False)
+    job = prepare(cfg)
+    p, blocks, stride = job.plan, job.blocks, job.stride
+    chash = config_hash({k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS})
+    info = DatasetInfo(
+        name=cfg.name or out.name,
+        kind="real",
+        scheme=WORLDCOVER,
+        tile_size=cfg.tile,
+        gsd=p.gsd_m,
+        has_images=cfg.product == "pairs",
+        provenance=provenance(f"acquire:{cfg.source}", config_hash=chash, seed=cfg.seed),
+    )
+    writer = DatasetWriter(out, info, overwrite=overwrite)
+    if writer.complete:
+        log.info("%s: already complete (same config); nothing to do", out)
+        return Dataset.open(out)
+    save_resolved(cfg, out)
+    # Several workers and no tile cap: each worker writes through its own journal shard (the
+    # writers are made here, before any worker writes, so their start-up clean-up races with
+    # nothing). With a cap the main process writes, so the cap takes the same tiles every run.
+    shards = None
+    if cfg.workers > 1 and cfg.max_tiles is None:
+        shards = [DatasetWriter(out, info, shard=k) for k in range(cfg.workers)]
+    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0,
+             "over_cap": 0}  # fmt: skip
+    resumed = len(writer.done_ids)
+    # TQDM_DISABLE is read here, not at tqdm's import: `terrasynth -q` sets it after tqdm may be loaded
+    quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    bar = tqdm(total=job.total, unit="tile", desc=f"acquire {cfg.product}", dynamic_ncols=True, smoothing=0.1,
+               disable=quiet)  # fmt: skip
+    try:
+        with writer:
+            for res in job.results(shards):
+                stats["candidates"] += res.candidates
+                for k, v in res.dropped.items():
+                    stats[k] += v
+                scene = p.scenes[res.scene]
+                stats["kept"] += res.written
+                for t in res.tiles:
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
-                        break
-        finally:
-            bar.close()
-        if resumed:
-            log.info("resumed: %d tiles were already written", resumed)
-        writer.info.extra = {
-            "product": cfg.product,
-            "stac_items": p.items,
-            "scenes": [_scene_record(s) for s in p.scenes],
-            "skipped_scenes": p.skipped,
-            "tiling": {"tile": cfg.tile, "stride": stride, "edge": cfg.edge},
-            "splits": {"block_size_deg": blocks.block_deg, "block_origin": list(blocks.origin), "blocks": len(blocks.table), "fractions": list(cfg.split_fractions), "seed": cfg.seed,
-                       "rule": "blocks of a global lon/lat grid; tiles crossing a block edge are dropped"},
-            "filters": {"max_nodata": cfg.max_nodata, "max_class_fraction": cfg.max_class_fraction,
-                        "min_class_fraction": cfg.min_class_fraction, "max_tiles": cfg.max_tiles},
-            "stats": stats,
-        }  # fmt: skip
-        if stats["kept"] == 0:
-            writer.discard_if_empty()  # nothing was written: leave no unfinished dataset behind
-            raise UserError(
-                f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
-                f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "
-                "relax --max-nodata/--max-class-fraction, use a smaller --tile or a larger --block-size"
-            )
-        ds = writer.finalize()
+                        stats["over_cap"] += 1
+                        continue
+                    if not writer.has(t.id):
+                        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
+                                     crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+                    stats["kept"] += 1
+                bar.update(res.candidates)
+                bar.set_postfix(kept=stats["kept"], refresh=False)
+                if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
+                    break
+    finally:
+        bar.close()
+    if resumed:
+        log.info("resumed: %d tiles were already written", resumed)
+    writer.info.extra = {
+        "product": cfg.product,
+        "stac_items": p.items,
+        "scenes": [_scene_record(s) for s in p.scenes],
+        "skipped_scenes": p.skipped,
+        "tiling": {"tile": cfg.tile, "stride": stride, "edge": cfg.edge},
+        "splits": {"block_size_deg": blocks.block_deg, "block_origin": list(blocks.origin),
+                   "blocks": len(blocks.table), "fractions": list(cfg.split_fractions), "seed": cfg.seed,
+                   "rule": "blocks of a global lon/lat grid; tiles crossing a block edge are dropped"},
+        "filters": {"max_nodata": cfg.max_nodata, "max_class_fraction": cfg.max_class_fraction,
+                    "min_class_fraction": cfg.min_class_fraction, "max_tiles": cfg.max_tiles},
+        "stats": stats,
+    }  # fmt: skip
+    if stats["kept"] == 0:
+        writer.discard_if_empty()  # nothing was written: leave no unfinished dataset behind
+        raise UserError(
+            f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
+            f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "
+            "relax --max-nodata/--max-class-fraction, use a smaller --tile or a larger --block-size"
+        )
+    ds = writer.finalize()
     empty = [s for s in ("train", "val", "test") if not ds.split(s)]
     if empty:
         log.warning("splits %s are empty: the area holds few blocks; use a smaller --block-size", ", ".join(empty))

@@ -24,6 +24,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,8 @@ class DatasetWriter:
     Resuming: open a writer on the same ``out`` with the same ``provenance['config_hash']``
     and tiles already written are reported by :meth:`has` and skipped by the caller.
     ``shard`` gives each parallel process its own journal (e.g. the Accelerate rank);
-    only one process calls :meth:`finalize`.
+    only one process calls :meth:`finalize`. :meth:`write` is thread-safe, so a few threads can
+    overlap the per-file fsyncs (see :class:`terrasynth.data.tile_sink.ThreadedWrites`).
     """
 
     def __init__(
@@ -357,6 +359,8 @@ class DatasetWriter:
         jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
         self._journal_path = self.root / jname
         self._journal = None
+        # write() may run in several threads (tile fsyncs overlap); the journal is shared.
+        self._journal_lock = threading.Lock()
 
     def _clear(self) -> None:
         import shutil
@@ -428,17 +432,18 @@ class DatasetWriter:
         return rec
 
     def _append(self, rec: TileRecord) -> None:
-        try:
-            if self._journal is None:
-                torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"\n")
-                self._journal = open(self._journal_path, "a", encoding="utf-8")
-                if torn:  # a killed writer's half line: end it, or the next record would be glued onto it
-                    self._journal.write("\n")
-            self._journal.write(json.dumps(rec.to_json()) + "\n")
-            self._journal.flush()
-        except OSError as exc:  # a full disk must read as one line, not a traceback
-            raise os_user_error(self._journal_path, exc) from exc
-        self._done[rec.id] = rec
+        with self._journal_lock:
+            try:
+                if self._journal is None:
+                    torn = self._journal_path.exists() and _last_byte(self._journal_path) not in (b"", b"\n")
+                    self._journal = open(self._journal_path, "a", encoding="utf-8")
+                    if torn:  # a killed writer's half line: end it, or the next record would be glued onto it
+                        self._journal.write("\n")
+                self._journal.write(json.dumps(rec.to_json()) + "\n")
+                self._journal.flush()
+            except OSError as exc:  # a full disk must read as one line, not a traceback
+                raise os_user_error(self._journal_path, exc) from exc
+            self._done[rec.id] = rec
 
     def close(self) -> None:
         if self._journal is not None:

@@ -36,6 +36,7 @@ from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
+from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -349,6 +350,9 @@ def import_pairs(
         w, h = sizes[0]
         raise UserError(f"{pairs[0].image}: images ({w}x{h} px after resampling) are smaller than tile {cfg.tile}; "
                         "lower --tile")  # fmt: skip
+    small = [p.image.name for p, g in zip(pairs, grids) if not g]
+    if small:
+        log.warning("%d image(s) smaller than one %d px tile are skipped, e.g. %s", len(small), cfg.tile, small[0])
     # Split units: whole images, or (image, block) cells. Units without tiles are not drawn.
     if cfg.split_by == "image":
         units = [(i, 0) for i, g in enumerate(grids) if g]
@@ -394,15 +398,16 @@ def import_pairs(
         t0, written, dropped = time.perf_counter(), 0, 0
         bar = tqdm(total=total, initial=total - sum(len(grids[i]) for i in todo), unit="tile", desc="import",
                    dynamic_ncols=True)  # fmt: skip
-        for i in todo:
-            pair = pairs[i]
-            for tid, split, img, lab, crs, tf in _tiles(pair, grids[i], unit_split, i, src_scheme, remap, scheme, cfg):
-                if lab is None:
-                    dropped += 1
-                elif not writer.has(tid):
-                    writer.write(tid, split, lab, img, source=pair.image.name, crs=crs, transform=tf)
-                    written += 1
-                bar.update(1)
+        with ThreadedWrites(writer) as sink:
+            for i in todo:
+                pair = pairs[i]
+                for tid, split, img, lab, crs, tf in _tiles(pair, grids[i], unit_split, i, src_scheme, remap, scheme, cfg):
+                    if lab is None:
+                        dropped += 1
+                    elif not writer.has(tid):
+                        sink.submit(tid, split, lab, img, source=pair.image.name, crs=crs, transform=tf)
+                        written += 1
+                    bar.update(1)
         bar.close()
         ds = writer.finalize()
     dt = time.perf_counter() - t0

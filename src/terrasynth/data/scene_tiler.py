@@ -15,6 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
+from terrasynth.classes import Remap
 from terrasynth.errors import UserError
 from terrasynth.geo.read import RasterCache
 from terrasynth.geo.reproject import Grid, read_onto_grid
@@ -33,6 +34,12 @@ class Scene:
     image: str | None = None  # imagery href (RGB = ``image_bands``)
     image_bands: tuple[int, ...] = (1, 2, 3)
     id_origin: tuple[int, int] = (0, 0)  # (row, col) of the grid's origin on its lattice; makes ids global
+    # grids (bounds in this CRS) of earlier scenes on the same tile lattice: a tile lying wholly
+    # inside one of them is that scene's (adjacent NAIP scenes overlap), so it is made once
+    owned_by: tuple[tuple[float, float, float, float], ...] = ()
+
+    def owned_elsewhere(self, left: float, top: float, size: float) -> bool:
+        return any(b[0] <= left and left + size <= b[2] and b[1] <= top - size and top <= b[3] for b in self.owned_by)
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,10 @@ class Tile:
 @dataclass
 class ChunkResult:
     scene: int
-    tiles: list[Tile]
+    tiles: list[Tile]  # kept tiles (empty when a worker wrote them itself: see ``written``)
     candidates: int
     dropped: dict[str, int]
+    written: int = 0  # kept tiles a worker wrote through its own shard writer
 
 
 def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tuple[np.ndarray, ...]:
@@ -101,8 +109,9 @@ def check_label_values(href: str, values: np.ndarray) -> None:
                         "pass the integer-coded map (e.g. uint8 ESA WorldCover)")  # fmt: skip
 
 
-def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid) -> np.ndarray:
-    """(H, W) uint8 codes on ``grid``: a mosaic of ``hrefs``, the first with data wins."""
+def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid, remap: Remap | None = None) -> np.ndarray:
+    """(H, W) uint8 WorldCover codes on ``grid``: a mosaic of ``hrefs`` (the first with data
+    wins), mapped through ``remap`` when the sources use another scheme; nodata 0."""
     out = np.zeros((grid.height, grid.width), np.uint8)
     todo = np.ones(out.shape, bool)
     for href in hrefs:
@@ -113,21 +122,25 @@ def read_labels(cache: RasterCache, hrefs: tuple[str, ...], grid: Grid) -> np.nd
         todo &= ~take
         if not todo.any():
             break
+    if remap is not None:
+        out = remap.apply(np.where(todo, remap.source.nodata or 0, out), f"land cover {', '.join(hrefs)}")
+        out[todo] = NODATA
     return out
 
 
 def cut_chunk(
-    cache: RasterCache, scene: Scene, scene_index: int, chunk: TileChunk, blocks: SpatialBlocks, keep: TileFilter
+    cache: RasterCache, scene: Scene, scene_index: int, chunk: TileChunk, blocks: SpatialBlocks, keep: TileFilter,
+    remap: Remap | None = None,
 ) -> ChunkResult:
     """Read ``chunk`` of ``scene`` and return its kept tiles, with the reasons others were dropped."""
     cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
     pos = [(r, c) for r in chunk.rows for c in chunk.cols]
     splits = blocks.assign(*lonlat_bounds(scene.grid, [p[0] for p in pos], [p[1] for p in pos], chunk.tile))
-    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0}
+    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0}
     dropped["block_edge"] = sum(s is None for s in splits)
     if dropped["block_edge"] == len(pos):
         return ChunkResult(scene_index, [], len(pos), dropped)
-    labels = read_labels(cache, scene.labels, cgrid)
+    labels = read_labels(cache, scene.labels, cgrid, remap)
     image = None
     if scene.image is not None:
         href = scene.image
@@ -139,14 +152,18 @@ def cut_chunk(
     for (r, c, rs, cs), split in zip(iter_tiles(chunk), splits):
         if split is None:
             continue
+        if scene.owned_by:
+            t = scene.grid.transform
+            if scene.owned_elsewhere(t.c + t.a * c, t.f + t.e * r, t.a * chunk.tile):
+                dropped["duplicate"] += 1
+                continue
         lab = labels[rs, cs]
         why = keep.reason(np.bincount(lab.ravel(), minlength=256), npix)
         if why:
             dropped[why] += 1
             continue
         tid = f"{scene.name}_{scene.id_origin[0] + r:06d}_{scene.id_origin[1] + c:06d}"
-        tiles.append(
-            Tile(tid, split, np.ascontiguousarray(lab), None if image is None else np.ascontiguousarray(image[rs, cs]),
-                 scene.grid.transform @ Affine.translation(c, r))
-        )  # fmt: skip
+        # views into the chunk: no copy here (pickling to the main process or writing copies anyway)
+        tiles.append(Tile(tid, split, lab, None if image is None else image[rs, cs],
+                          scene.grid.transform @ Affine.translation(c, r)))  # fmt: skip
     return ChunkResult(scene_index, tiles, len(pos), dropped)

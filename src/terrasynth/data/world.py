@@ -28,6 +28,7 @@ from terrasynth.classes import WORLDCOVER
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
+from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.data.world_landcover import BIOMES, make_landcover
 from terrasynth.data.world_render import Season, render
 
@@ -117,10 +118,13 @@ def _region_job(args: tuple[WorldConfig, int]) -> tuple[int, str, np.ndarray, np
     return (k, *generate_region(cfg, k))
 
 
-def generate_world(cfg: WorldConfig, out: str | Path, *, workers: int = 1, overwrite: bool = False) -> Dataset:
+def generate_world(
+    cfg: WorldConfig, out: str | Path, *, workers: int = 1, overwrite: bool = False, write_threads: int = 4
+) -> Dataset:
     """Generate the procedural world at ``out`` (kind ``procedural``, WorldCover codes); resumable.
 
-    ``workers`` > 1 renders regions in a process pool; files are identical either way.
+    ``workers`` > 1 renders regions in a process pool; ``write_threads`` overlap the per-file
+    fsyncs of the writer. Files are identical either way.
     """
     out = Path(out)
     nreg = cfg.num_regions()
@@ -139,13 +143,14 @@ def generate_world(cfg: WorldConfig, out: str | Path, *, workers: int = 1, overw
         save_resolved(cfg, out)
         todo = [k for k in range(nreg) if not all(writer.has(t) for t, _, _ in region_tiles_layout(cfg, k))]
         done = cfg.tiles - sum(len(region_tiles_layout(cfg, k)) for k in todo)
-        with tqdm(total=cfg.tiles, initial=done, unit="tile", desc="world", dynamic_ncols=True) as bar:
+        with tqdm(total=cfg.tiles, initial=done, unit="tile", desc="world", dynamic_ncols=True) as bar, \
+                ThreadedWrites(writer, threads=write_threads) as sink:  # fmt: skip
             for k, biome, codes, rgb in _regions(cfg, todo, workers):
                 for tid, y, x in region_tiles_layout(cfg, k):
                     if not writer.has(tid):
                         s = cfg.size
-                        writer.write(tid, splits[k], codes[y : y + s, x : x + s], rgb[y : y + s, x : x + s],
-                                     source=f"region {k} ({biome})")  # fmt: skip
+                        sink.submit(tid, splits[k], codes[y : y + s, x : x + s], rgb[y : y + s, x : x + s],
+                                    source=f"region {k} ({biome})")  # fmt: skip
                     bar.update(1)
         ds = writer.finalize()
     dt = time.perf_counter() - t0

@@ -112,11 +112,12 @@ def evaluate_segmentation(
         )
     tiles = TileDataset(ds, split if split != "all" else None, augment=False, cache=False)
     loader = DataLoader(tiles, batch_size=batch_size, shuffle=False)
-    metrics = SegmentationMetrics(scheme.num_classes)
-    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    metrics = SegmentationMetrics(scheme.num_classes, device)
     t0 = time.time()
     for batch in tqdm(loader, desc=f"evaluate {data.name}/{split}", unit="batch", leave=False):
-        metrics.update(predict(model, batch["image"]), batch["mask"])
+        metrics.update(predict(model, batch["image"].to(device)), batch["mask"].to(device))
     m = metrics.compute()
     return {
         "micro_iou": m["micro_iou"],

@@ -71,22 +71,31 @@ def gdal_path(href: str) -> str:
     return href
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (RasterioError, OSError)) and bool(TRANSIENT.search(str(exc)))
+# An expired signature (Planetary Computer SAS tokens last about an hour) answers 403:
+# worth retrying only when the href is re-signed before the next attempt.
+EXPIRED = re.compile(r"HTTP (response )?code: ?403")
+
+
+def is_transient(exc: BaseException, signed: bool = False) -> bool:
+    if not isinstance(exc, (RasterioError, OSError)):
+        return False
+    return bool(TRANSIENT.search(str(exc)) or (signed and EXPIRED.search(str(exc))))
 
 
 def with_retries(
-    fn: Callable[[], T], what: str, retries: int = 4, backoff: float = 0.5, on_retry: Callable[[], None] | None = None
+    fn: Callable[[], T], what: str, retries: int = 4, backoff: float = 0.5, on_retry: Callable[[], None] | None = None,
+    signed: bool = False,
 ) -> T:
     """Call ``fn``; on a transient I/O error wait ``backoff * 2**k`` seconds and try again.
 
-    ``on_retry`` runs before each new attempt (e.g. to drop a handle and GDAL's cache).
+    ``on_retry`` runs before each new attempt (e.g. to drop a handle and GDAL's cache);
+    ``signed``: hrefs are re-signed on retry, so a 403 (expired token) is retried too.
     """
     for attempt in range(retries + 1):
         try:
             return fn()
         except (RasterioError, OSError) as exc:
-            if attempt == retries or not is_transient(exc):
+            if attempt == retries or not is_transient(exc, signed):
                 raise
             delay = backoff * 2**attempt
             log.warning("%s: transient error (%s); retry %d/%d in %.1fs", what, exc, attempt + 1, retries, delay)
@@ -123,13 +132,18 @@ def clear_http_cache(href: str) -> None:
     lib.VSICurlPartialClearCache(gdal_path(href).encode())
 
 
-def open_raster(href: str, retries: int = 4, backoff: float = 0.5) -> DatasetReader:
-    """Open a local file or remote COG; a missing, corrupt or CRS-less raster is a UserError."""
-    path = gdal_path(href)
-    if not is_remote(href) and not Path(path).is_file():
+def open_raster(
+    href: str, retries: int = 4, backoff: float = 0.5, sign: Callable[[str], str] | None = None
+) -> DatasetReader:
+    """Open a local file or remote COG; a missing, corrupt or CRS-less raster is a UserError.
+
+    ``sign`` turns ``href`` into a readable URL (e.g. ``planetary_computer.sign_url``) at
+    each attempt, so an expired signature is renewed by the retry."""
+    if not is_remote(href) and not Path(gdal_path(href)).is_file():
         raise UserError(f"{href}: raster file not found; check the path or glob")
     try:
-        src = with_retries(lambda: rasterio.open(path), href, retries, backoff, lambda: clear_http_cache(href))
+        src = with_retries(lambda: rasterio.open(gdal_path(sign(href) if sign else href)), href, retries, backoff,
+                           lambda: clear_http_cache(href), signed=sign is not None)  # fmt: skip
     except RasterioIOError as exc:
         raise UserError(f"{href}: cannot be opened as a raster ({exc}); check that it is a valid GeoTIFF/COG") from exc
     if src.crs is None:
@@ -141,18 +155,20 @@ def open_raster(href: str, retries: int = 4, backoff: float = 0.5) -> DatasetRea
 class RasterCache:
     """Open datasets kept per process, so a scene is opened once, not once per tile."""
 
-    def __init__(self, retries: int = 4, backoff: float = 0.5):
-        self.retries, self.backoff = retries, backoff
+    def __init__(self, retries: int = 4, backoff: float = 0.5, sign: Callable[[str], str] | None = None):
+        self.retries, self.backoff, self.sign = retries, backoff, sign
         self._open: dict[str, DatasetReader] = {}
 
     def get(self, href: str) -> DatasetReader:
         if href not in self._open:
-            self._open[href] = open_raster(href, self.retries, self.backoff)
+            self._open[href] = open_raster(href, self.retries, self.backoff, self.sign)
         return self._open[href]
 
     def read(self, href: str, fn: Callable[[DatasetReader], T]) -> T:
-        """``fn(dataset)`` with retries; a failed attempt drops the handle and GDAL's cache first."""
-        return with_retries(lambda: fn(self.get(href)), href, self.retries, self.backoff, lambda: self.reset(href))
+        """``fn(dataset)`` with retries; a failed attempt drops the handle and GDAL's cache first
+        (and, when signing, the next open signs the href afresh)."""
+        return with_retries(lambda: fn(self.get(href)), href, self.retries, self.backoff, lambda: self.reset(href),
+                            signed=self.sign is not None)  # fmt: skip
 
     def reset(self, href: str) -> None:
         old = self._open.pop(href, None)

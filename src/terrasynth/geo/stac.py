@@ -45,6 +45,13 @@ class ItemSearcher(Protocol):
     ) -> list[SourceItem]: ...
 
 
+def pc_sign(href: str) -> str:
+    """Sign a Planetary Computer blob URL (cached SAS token, renewed when it expires)."""
+    import planetary_computer
+
+    return planetary_computer.sign_url(href)
+
+
 def _to_source(item: Any, asset: str, href: str | None = None) -> SourceItem:
     if asset not in item.assets:
         raise UserError(

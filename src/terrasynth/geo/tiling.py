@@ -117,10 +117,15 @@ class SpatialBlocks:
         """Blocks whose side is ``block_m`` metres measured along a meridian."""
         return cls(block_m / METRES_PER_DEGREE, fractions, seed)
 
+    def _u(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # in block units, rounded so that an edge lying on a block edge is not split by float noise
+        return (np.round((np.asarray(lon, np.float64) - self.origin[0]) / self.block_deg, 9),
+                np.round((np.asarray(lat, np.float64) - self.origin[1]) / self.block_deg, 9))  # fmt: skip
+
     def cell(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # rounded first so that a tile edge lying on a block edge is not split by float noise
-        return (np.floor(np.round((np.asarray(lon) - self.origin[0]) / self.block_deg, 9)).astype(np.int64),
-                np.floor(np.round((np.asarray(lat) - self.origin[1]) / self.block_deg, 9)).astype(np.int64))  # fmt: skip
+        """The block holding each point (a point on a block edge belongs to the block above/right)."""
+        u, v = self._u(lon, lat)
+        return np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
 
     def _hash(self, bx: int, by: int) -> float:
         h = hashlib.blake2b(f"{self.seed}:{bx}:{by}".encode(), digest_size=8).digest()
@@ -145,10 +150,12 @@ class SpatialBlocks:
         return SPLIT_NAMES[int(min(np.searchsorted(self.cuts, self._hash(bx, by), side="right"), 2))]
 
     def cells(self, west, south, east, north) -> list[tuple[int, int] | None]:
-        """The block of each tile given its lon/lat bounds; None for tiles that cross a block edge."""
-        eps = 1e-9
-        x0, y0 = self.cell(np.asarray(west) + eps, np.asarray(south) + eps)
-        x1, y1 = self.cell(np.asarray(east) - eps, np.asarray(north) - eps)
+        """The block of each tile given its lon/lat bounds; None for tiles that cross a block edge.
+
+        A tile may touch its block's edges (its east/north edge on a block edge stays inside)."""
+        x0, y0 = self.cell(west, south)
+        u1, v1 = self._u(east, north)
+        x1, y1 = np.ceil(u1).astype(np.int64) - 1, np.ceil(v1).astype(np.int64) - 1
         return [(int(a), int(b)) if a == c and b == d else None for a, b, c, d in zip(x0, y0, x1, y1)]
 
     def assign(self, west, south, east, north) -> list[str | None]:

@@ -97,7 +97,9 @@ class OASISDiscriminator(nn.Module):
         super().__init__()
         chans = [ndf * min(2**i, 8) for i in range(depth + 1)]
         self.stem = maybe_sn(nn.Conv2d(3, chans[0], 3, padding=1), spectral)
-        self.downs = nn.ModuleList([_ResBlockD(chans[i], chans[i + 1], down=True, spectral=spectral) for i in range(depth)])
+        self.downs = nn.ModuleList(
+            [_ResBlockD(chans[i], chans[i + 1], down=True, spectral=spectral) for i in range(depth)]
+        )
         # Decoder: upsample, then merge the skip of the same size (concatenation).
         self.ups = nn.ModuleList(
             [_ResBlockD(chans[i + 1] + (chans[i + 1] if i < depth - 1 else 0), chans[i], up=True, spectral=spectral)

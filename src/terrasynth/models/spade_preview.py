@@ -12,7 +12,9 @@ from terrasynth.data.preview import grid, save_png
 from terrasynth.models.generator import load_generator
 
 
-def preview_grid(run: str | Path, data: str | Path, out: str | Path, *, split: str = "test", n: int = 8, seed: int = 0) -> Path:
+def preview_grid(
+    run: str | Path, data: str | Path, out: str | Path, *, split: str = "test", n: int = 8, seed: int = 0
+) -> Path:
     """One row per tile of ``split`` (evenly spaced): label colours, real image, two generated images."""
     gen_model = load_generator(run)
     ds = Dataset.open(data)

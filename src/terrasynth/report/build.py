@@ -120,7 +120,7 @@ def realism(outputs: dict[str, Any], n: int) -> dict[str, Any] | None:
     ds_out, data_out = outputs.get("datasets"), outputs.get("data")
     if not ds_out or not data_out:
         return None
-    real = Dataset.open(data_out["generator_train"])
+    real = Dataset.open(data_out.get("landcover_train", data_out["generator_train"]))
     gen = Dataset.open(ds_out["fakelc"])
     real_maps = np.stack([real.read_label(r) for r in real.records[:n]])
     gen_maps = np.stack([gen.read_label(r) for r in gen.records[:n]])

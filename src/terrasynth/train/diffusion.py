@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+
+from terrasynth.accel import make_accelerator
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from pydantic import Field
 from torch.utils.data import ConcatDataset
@@ -71,6 +73,7 @@ class ControlNetBaseConfig(StrictModel):
     augment: bool = True
     max_minutes: float | None = None  # total, shared between autoencoder and UNet
     vae_share: float = Field(0.4, gt=0, lt=1)  # of max_minutes for the autoencoder
+    warmup_steps: int = Field(100, ge=0)
     vae: AutoencoderConfig = AutoencoderConfig()
     unet: LatentUNetConfig = LatentUNetConfig()
     ema_decay: float = 0.999
@@ -98,12 +101,20 @@ class ControlNetConfig(StrictModel):
     steps: int = Field(4000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
     max_minutes: float | None = None
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
     sampling: SamplingConfig = SamplingConfig()
+
+
+class ControlNetRunConfig(StrictModel):
+    """Both stages in one file (``configs/controlnet-*.yaml``): ``base:`` and ``controlnet:``."""
+
+    base: ControlNetBaseConfig = ControlNetBaseConfig()
+    controlnet: ControlNetConfig = ControlNetConfig()
 
 
 # ---- helpers --------------------------------------------------------------------------
@@ -254,7 +265,7 @@ def latent_stats(vae: AutoencoderKL, tiles: ConcatDataset, n: int = 512, bs: int
 
 
 def _accelerator(mixed_precision: str) -> Accelerator:
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return make_accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _budget(max_minutes: float | None, t_start: float) -> float | None:
@@ -312,7 +323,7 @@ def train_controlnet_base(
 
         settings = LoopSettings(
             steps=cfg.vae.steps, lr=cfg.vae.lr, max_minutes=vae_minutes, ema_decay=cfg.ema_decay,
-            checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+            checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, warmup_steps=cfg.warmup_steps,
         )  # fmt: skip
         summary["vae"] = fit("vae", VAELoss(vae, cfg.vae.kl_weight), vae_loss, settings, acc, out / "checkpoints",
                              resume=resume, log_dir=out / "tb")  # fmt: skip
@@ -355,6 +366,7 @@ def train_controlnet_base(
         settings = LoopSettings(
             steps=cfg.unet.steps, lr=cfg.unet.lr, max_minutes=_budget(cfg.max_minutes, t_start),
             ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+            warmup_steps=cfg.warmup_steps,
         )  # fmt: skip
         summary["unet"] = fit("unet", model, unet_loss, settings, acc, out / "checkpoints", resume=resume,
                               log_dir=out / "tb")  # fmt: skip
@@ -426,7 +438,7 @@ def train_controlnet(
 
     settings = LoopSettings(
         steps=cfg.steps, lr=cfg.lr, max_minutes=cfg.max_minutes, ema_decay=cfg.ema_decay,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, warmup_steps=cfg.warmup_steps,
     )  # fmt: skip
     summary = fit("controlnet", controlnet, loss_fn, settings, acc, out / "checkpoints", resume=resume,
                   log_dir=out / "tb")  # fmt: skip
@@ -469,6 +481,7 @@ __all__ = [
     "AutoencoderConfig",
     "ControlNetBaseConfig",
     "ControlNetConfig",
+    "ControlNetRunConfig",
     "LatentUNetConfig",
     "SamplingConfig",
     "train_controlnet",

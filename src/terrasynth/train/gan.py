@@ -122,6 +122,9 @@ class SpadeSelect(StrictModel):
     keep: int = Field(3, ge=1, description="snapshots kept (the best by score)")
     judge_steps: int = Field(400, ge=1, description="training steps of the judge segmenter")
     judge_encoder: str = "resnet18"
+    judge_cache: str | None = Field(
+        None, description="directory to share trained judges between runs (keyed by data, seed and judge settings)"
+    )
     val_tiles: int = Field(128, ge=1, description="validation tiles scored per snapshot")
 
 
@@ -133,7 +136,9 @@ class SpadeConfig(StrictModel):
     select: SpadeSelect = Field(default_factory=SpadeSelect)
     batch_size: int = Field(8, ge=1)
     max_steps: int = Field(100_000, ge=1)
-    max_minutes: float | None = Field(10.0, gt=0, description="wall-clock budget, judge training included")
+    max_minutes: float | None = Field(
+        10.0, gt=0, description="wall-clock budget of GAN training (data loading and the judge not counted)"
+    )
     seed: int = 0
     augment: bool = Field(True, description="random flips / 90-degree rotations of (image, mask)")
     train_split: str = "train"
@@ -275,7 +280,8 @@ class SpadeTrainer:
                 batch.append(mixed)
             out = self.D(torch.cat(batch))
             w = oasis_class_weights(m_d, self.k)
-            d_loss = oasis_loss(out[b : 2 * b], m_d, real=True, weights=w) + oasis_loss(out[:b], m_d, real=False, weights=w)
+            d_loss = oasis_loss(out[b : 2 * b], m_d, real=True, weights=w)
+            d_loss = d_loss + oasis_loss(out[:b], m_d, real=False, weights=w)
             if cfg.remedies.labelmix:
                 lm_loss = labelmix_loss(out[2 * b :], out[b : 2 * b], out[:b], lm)
                 logs["d_labelmix"] = lm_loss.item()
@@ -380,11 +386,10 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
     ``checkpoints/step_*.safetensors`` (best ``select.keep`` inference generators),
     ``scores.json``, ``generator.json`` (the selected checkpoint) and ``tb/``.
     """
-    from accelerate import Accelerator
+    from terrasynth.accel import make_accelerator
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
-    t0 = time.monotonic()
     data, out = Path(data), Path(out)
     ds = Dataset.open(data)
     if not ds.info.has_images:
@@ -394,7 +399,7 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
     g_kwargs_check = generator_kwargs(cfg, k, tile)  # raises a UserError on a bad latent size
     del g_kwargs_check
 
-    acc = Accelerator()
+    acc = make_accelerator()
     main = acc.is_main_process
     ensure_dir(out / "checkpoints")
     rhash = resume_hash(cfg, data)
@@ -429,21 +434,30 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
         step, elapsed, scores = state["step"], state["elapsed"], state["scores"]
         log.info("resuming %s at step %d (%.0f s already spent)", out, step, elapsed)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    clock = lambda: elapsed + time.monotonic() - t0  # noqa: E731  (run time across resumes)
 
     judge = None
     judge_real = None
     if cfg.select.metric == "judge":
+        t_judge = time.monotonic()
         judge = build_judge(k, cfg.select.judge_encoder)
         jpath = out / "judge.safetensors"
+        if cfg.select.judge_cache:
+            key = config_hash(
+                {"data": str(data.resolve()), "train": [r.id for r in tr_recs], "seed": cfg.seed,
+                 "steps": cfg.select.judge_steps, "encoder": cfg.select.judge_encoder}
+            )  # fmt: skip
+            jpath = ensure_dir(cfg.select.judge_cache) / f"judge-{key}.safetensors"
         if jpath.exists():
             judge.load_state_dict(load_file(str(jpath)))
             judge.to(acc.device).eval()
         else:
-            train_judge(judge, tr_img, tr_mask, steps=cfg.select.judge_steps, batch_size=8, seed=cfg.seed, device=acc.device)
+            train_judge(
+                judge, tr_img, tr_mask, steps=cfg.select.judge_steps, batch_size=8, seed=cfg.seed, device=acc.device
+            )
             if main:
                 with atomic_path(jpath) as tmp:
                     save_file(judge.state_dict(), str(tmp))
+        log.info("judge ready in %.0f s (not counted in max_minutes)", time.monotonic() - t_judge)
         judge_real = judge_miou(judge, va_img.float() / 255, va_mask, k)
         log.info("judge mIoU on real validation tiles: %.3f", judge_real)
         if judge_real <= 0:
@@ -498,6 +512,8 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
                 tmp,
             )  # fmt: skip
 
+    t0 = time.monotonic()
+    clock = lambda: elapsed + time.monotonic() - t0  # noqa: E731  (training time across resumes)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="spade", unit="step", disable=not main)
     trainer.G.train()
     trainer.D.train()

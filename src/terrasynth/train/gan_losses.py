@@ -51,7 +51,9 @@ class VGGLoss(nn.Module):
 
         path = Path(weights)
         if not path.is_file():
-            raise UserError(f"{path}: VGG-19 weights not found; pass a local torchvision vgg19 state dict or set loss.vgg_weight=0")
+            raise UserError(
+                f"{path}: VGG-19 weights not found; pass a local torchvision vgg19 state dict or set loss.vgg=0"
+            )
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -62,7 +64,8 @@ class VGGLoss(nn.Module):
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise UserError(f"{path}: not a torchvision vgg19 state dict ({str(exc)[:80]}...); pass the right file") from exc
+            msg = str(exc).splitlines()[0][:80]
+            raise UserError(f"{path}: not a torchvision vgg19 state dict ({msg}); pass the right file") from exc
         self.features = net.features[: self.SLICES[-1]].eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))

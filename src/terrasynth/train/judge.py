@@ -53,7 +53,9 @@ def train_judge(
 
 
 @torch.no_grad()
-def judge_miou(judge: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int = 32) -> float:
+def judge_miou(
+    judge: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int = 32
+) -> float:
     """Macro mIoU over the classes present in ``masks``; ``images`` (N, 3, H, W) float in [0, 1]."""
     judge.eval()
     dev = next(judge.parameters()).device

@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
+
+from terrasynth.accel import make_accelerator
 from diffusers.training_utils import EMAModel
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
@@ -232,7 +234,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     write_json_atomic(out / "data.json", {"path": str(data.resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
                                           "tile_size": size, "splits": cfg.splits})
     seed_everything(cfg.seed)
-    acc = Accelerator(
+    acc = make_accelerator(
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out / "logs")
     )
     acc.init_trackers("landcover")
@@ -305,15 +307,15 @@ def _train_autoencoder(cfg: LandcoverConfig, acc: Accelerator, masks, k: int, si
         st = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        phase.step, phase.elapsed = st["step"], st["elapsed"]
+        phase.step, phase.elapsed, phase.losses = st["step"], st["elapsed"], st.get("losses", [])
         gen.set_state(st["gen"])
     objective, opt = acc.prepare(_Objective(vae, autoencoder_loss, kl_weight=a.kl_weight), opt)
 
     def state():
         return {"model": acc.unwrap_model(objective).net.state_dict(), "opt": opt.state_dict(),
-                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state()}  # fmt: skip
+                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state(), "losses": phase.losses}  # fmt: skip
 
-    phase.losses = _loop(phase, acc, objective, opt, a.lr, "cosine", 0, state,
+    _loop(phase, acc, objective, opt, a.lr, "cosine", 0, state,
           lambda: (dihedral_t(masks[torch.randint(0, len(masks), (a.batch_size,), generator=gen)],
                               int(torch.randint(0, 8, (1,), generator=gen))).long().to(acc.device),), {})  # fmt: skip
     return acc.unwrap_model(objective).net.eval(), phase
@@ -350,13 +352,13 @@ def _train_diffusion(cfg: LandcoverConfig, acc: Accelerator, z: torch.Tensor, co
         unet.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         ema.load_state_dict(st["ema"])
-        phase.step, phase.elapsed = st["step"], st["elapsed"]
+        phase.step, phase.elapsed, phase.losses = st["step"], st["elapsed"], st.get("losses", [])
         gen.set_state(st["gen"])
     objective, opt = acc.prepare(_Objective(unet, p_losses, scheduler=sched, snr_gamma=d.snr_gamma), opt)
 
     def state():
         return {"model": acc.unwrap_model(objective).net.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state()}  # fmt: skip
+                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state(), "losses": phase.losses}  # fmt: skip
 
     def batch():
         i = torch.randint(0, len(z), (d.batch_size,), generator=gen)
@@ -366,14 +368,15 @@ def _train_diffusion(cfg: LandcoverConfig, acc: Accelerator, z: torch.Tensor, co
             cond = (comp[i] * keep).to(acc.device)  # all-zero = the unconditional "null" condition
         return (z[i].to(acc.device), cond)
 
-    losses = _loop(phase, acc, objective, opt, d.lr, d.lr_schedule, d.warmup_steps, state, batch,
-                   {"generator": gen}, after_step=lambda: ema.step(acc.unwrap_model(objective).net.parameters()))  # fmt: skip
-    return acc.unwrap_model(objective).net.eval(), ema, phase, losses
+    _loop(phase, acc, objective, opt, d.lr, d.lr_schedule, d.warmup_steps, state, batch,
+          {"generator": gen}, after_step=lambda: ema.step(acc.unwrap_model(objective).net.parameters()))  # fmt: skip
+    return acc.unwrap_model(objective).net.eval(), ema, phase, phase.losses
 
 
 def _loop(phase: _Phase, acc, objective, opt, base_lr, schedule, warmup, state, batch, kwargs, after_step=None):
-    """Steps until the phase's step or time bound; returns the smoothed loss at step 1, every 50 steps and at the end."""
-    losses: list[float] = []
+    """Steps until the phase's step or time bound; records the smoothed loss at step 1, every 50 steps
+    and at the end in ``phase.losses`` (kept across resumes)."""
+    losses = phase.losses
     if phase.progress() >= 1.0:
         return losses
     objective.train()
@@ -407,10 +410,10 @@ def _loop(phase: _Phase, acc, objective, opt, base_lr, schedule, warmup, state, 
             save_checkpoint(phase.ckpt, state())
             last_ckpt = now
     bar.close()
+    if ema_loss is not None and (not losses or losses[-1] != ema_loss):
+        losses.append(ema_loss)
     if acc.is_main_process:
         save_checkpoint(phase.ckpt, state())
-    if not losses or losses[-1] != ema_loss:
-        losses.append(ema_loss)
     return losses
 
 

@@ -230,6 +230,11 @@ def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
                 "mix only datasets with the same scheme (remap one on import)"
             )
     for ds in datasets:
+        if ds.info.tile_size % 32:
+            raise UserError(
+                f"{ds.root}: tile size {ds.info.tile_size} px is not a multiple of 32, which the encoders' "
+                "downsampling needs for training; re-import with --tile 32, 64, 128, ..."
+            )
         if not ds.info.has_images:
             raise UserError(f"{ds.root}: label-only dataset; segmentation training needs image/label pairs")
     return datasets
@@ -245,7 +250,7 @@ def train_segmentation(
     newest checkpoint (a finished one returns at once); ``resume=False`` refuses to touch a
     directory that already holds checkpoints.
     """
-    from accelerate import Accelerator
+    from terrasynth.accel import make_accelerator
     from accelerate.state import AcceleratorState
     from torch.utils.tensorboard import SummaryWriter
 
@@ -259,7 +264,7 @@ def train_segmentation(
     # experiment pipeline) with different precisions need it cleared. The distributed part
     # (PartialState: ranks, device) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.bf16))
+    accelerator = make_accelerator(mixed_precision=mixed_precision(cfg.bf16))
     main = accelerator.is_main_process
     ensure_dir(out)
     ckpts = Checkpoints(out, cfg.keep_checkpoints)
@@ -403,6 +408,12 @@ def train_segmentation(
                 write_json_atomic(out / "best.json", {"step": step, "val_macro_miou": score,
                                                       "val_micro_iou": m and m["micro_iou"], "validation": val_how})
 
+    if cfg.num_workers == 0:
+        # Read every tile into the datasets' caches before the clock starts: the wall-time
+        # budget then measures training, not the one-off decoding of GeoTIFFs.
+        for part in [*parts, *([val_tiles] if val_tiles is not None else [])]:
+            for i in tqdm(range(len(part)), desc=f"read {part.ds.root.name}", unit="tile", leave=False, disable=not main):
+                part[i]
     model.train()
     t_start = time.time() - elapsed
     last_val = last_ckpt = step

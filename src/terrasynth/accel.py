@@ -1,0 +1,25 @@
+"""One way to build a Hugging Face ``Accelerator`` that several stages can share in one process.
+
+Accelerate keeps its state (device, distributed setup, mixed precision) in process-wide
+singletons and refuses a second ``Accelerator`` with another ``mixed_precision``. The
+pipeline runs stages with different precisions in one process (a bf16 segmenter, then an
+fp32 diffusion model), so the precision part of that state is reset between them; the
+distributed part (``PartialState``: ranks, process group) is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+
+def make_accelerator(**kwargs: Any) -> Accelerator:
+    """``Accelerator(**kwargs)``, resetting precision state left by an earlier stage if it differs."""
+    if AcceleratorState._shared_state:
+        wanted = kwargs.get("mixed_precision") or "no"
+        if str(AcceleratorState().mixed_precision) != str(wanted) or kwargs.get("cpu"):
+            AcceleratorState._reset_state(reset_partial_state=False)
+            GradientState._reset_state()
+    return Accelerator(**kwargs)

@@ -1,0 +1,121 @@
+"""Every shipped pipeline config runs end to end through the CLI as a tiny twin; the matrix has
+every cell; the report has every section and renders, with its images, in headless Chromium."""
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from pipeline_twins import twin_sets
+from terrasynth.report.build import SECTIONS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32"})
+    assert run_cli("-q", "run", ROOT / "configs" / "demo.yaml", "--out", out, *sets) == 0
+    return out, sets
+
+
+def _outputs(run: Path) -> dict:
+    return json.loads((run / "pipeline.json").read_text())["outputs"]
+
+
+def test_demo_twin_every_stage_and_full_matrix(demo_run):
+    run, _ = demo_run
+    state = json.loads((run / "pipeline.json").read_text())
+    assert list(state["stages"]) == ["data", "landcover", "spade", "controlnet_base", "controlnet", "datasets",
+                                     "segment", "evaluate", "mixing", "report"]  # fmt: skip
+    m = json.loads(Path(state["outputs"]["evaluate"]["matrix"]).read_text())
+    cells = {(c["train_set"], c["arch"], c["test_set"]) for c in m["cells"]}
+    assert len(cells) == 3 * 4 * 4
+    assert all(0.0 <= c["micro_iou"] <= 1.0 for c in m["cells"])
+    for name in ("fakergbreallc", "fakergbreallcspade", "fakergbfakelc"):
+        info = json.loads((Path(state["outputs"]["datasets"][name]) / "dataset.json").read_text())
+        assert info["kind"] == "synthetic" and set(info["splits"]) >= {"train", "test"}
+    mix = state["outputs"]["mixing"]["curves"]
+    assert {(p["fraction"], p["added"]) for p in mix} == {
+        (0.0, "fakergbreallc"), (0.0, "fakergbreallcspade"), (0.0, "fakergbfakelc"),
+        (0.5, "none"), (0.5, "fakergbreallc"), (0.5, "fakergbreallcspade"), (0.5, "fakergbfakelc")}  # fmt: skip
+
+
+def test_rerun_is_cached(demo_run):
+    run, sets = demo_run
+    assert run_cli("-q", "run", ROOT / "configs" / "demo.yaml", "--out", run, *sets) == 0
+    state = json.loads((run / "pipeline.json").read_text())
+    assert {s["status"] for s in state["stages"].values()} == {"cached"}
+
+
+def test_report_sections_and_browser_render(demo_run):
+    run, _ = demo_run
+    html = Path(_outputs(run)["report"]["html"])
+    text = html.read_text()
+    for s in SECTIONS:
+        assert f'<section id="{s}">' in text, s
+    md = html.with_suffix(".md").read_text()
+    for title in ("Cross-test matrix", "Mixing", "Samples", "Realism", "Timings", "Configuration", "Versions"):
+        assert f"## {title}" in md
+    n_img = text.count("<img ")
+    assert n_img >= 3  # heatmap, mixing curves, sample grid
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", html.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+    assert f'data-images-loaded="{n_img}/{n_img}"' in dom
+
+
+def test_report_command_rebuilds(demo_run, tmp_path):
+    run, _ = demo_run
+    assert run_cli("report", run, "--out", tmp_path / "rep") == 0
+    assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
+
+
+def test_dronedeploy_twin(shared_data, tmp_path):
+    out = tmp_path / "dd"
+    sets = twin_sets(**{
+        "data.pairs.images": str(shared_data / "pairs" / "dronedeploy" / "images" / "*-00000[0-9].png"),
+        "data.pairs.masks": str(shared_data / "pairs" / "dronedeploy" / "masks"),
+        "data.pairs.options.tile": "32", "data.pairs.options.stride": "96",
+        "segment.archs": "[unet]", "mixing.synthetic_sets": "[fakergbreallc]",
+    })  # fmt: skip
+    assert run_cli("-q", "run", ROOT / "configs" / "dronedeploy.yaml", "--out", out, *sets) == 0
+    m = json.loads(Path(_outputs(out)["evaluate"]["matrix"]).read_text())
+    assert len(m["cells"]) == 1 * 4 * 4
+
+
+def test_new_york_twin(shared_data, tmp_path):
+    """configs/new-york.yaml with its Planetary Computer sources swapped for local COGs: a NAIP-like
+    RGBN scene on a UTM grid rendered from real WorldCover, and that WorldCover for the generator."""
+    from geo_fixtures import naip_like, worldcover_patch
+
+    lc = worldcover_patch(shared_data, (6.69, 0.27, 6.77, 0.35), tmp_path / "wc.tif")
+    img = tmp_path / "naip_like.tif"
+    naip_like(lc, img, "EPSG:32632", origin=(244000.5, 37000.25), res=4.0, shape=(700, 700))
+    local = {"source": "local", "area": "null", "state": "null", "datetime": "null", "max_nodata": "1.0",
+             "workers": "1", "tile": "32"}  # fmt: skip
+    extra = {f"data.acquire.{k}": v for k, v in {**local, "imagery": f"[{img}]", "landcover": f"[{lc}]", "gsd": "8",
+                                                  "max_tiles": "null", "block_size": "300"}.items()}  # fmt: skip
+    extra |= {f"data.landcover_source.{k}": v for k, v in {**local, "landcover": f"[{lc}]", "max_tiles": "40"}.items()}
+    extra |= {"landcover.mixed_precision": "no", "controlnet_base.mixed_precision": "no", "controlnet.mixed_precision": "no",
+              "controlnet_base.gradient_checkpointing": "false", "controlnet.gradient_checkpointing": "false",
+              "segment.archs": "[unet]", "segment.seeds": "[0,1]", "segment.train.bf16": "false",
+              "mixing.synthetic_sets": "[fakergbfakelc]", "spade.model.latent_size": "4", "spade.model.num_middle": "1"}  # fmt: skip
+    out = tmp_path / "ny"
+    assert run_cli("-q", "run", ROOT / "configs" / "new-york.yaml", "--out", out, *twin_sets(**extra)) == 0
+    outputs = _outputs(out)
+    real = json.loads((Path(outputs["data"]["real"]) / "dataset.json").read_text())
+    assert real["extra"]["scenes"][0]["crs"] == "EPSG:32632" and real["has_images"]
+    m = json.loads(Path(outputs["evaluate"]["matrix"]).read_text())
+    assert len(m["cells"]) == 16 and all(c["n_seeds"] == 2 for c in m["cells"])
