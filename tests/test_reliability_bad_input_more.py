@@ -168,11 +168,11 @@ def _label_only(tmp: Path) -> Path:
     from terrasynth.classes import WORLDCOVER
     from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
 
-    info = DatasetInfo(name="lo", kind="real", scheme=WORLDCOVER, tile_size=16, has_images=False,
+    info = DatasetInfo(name="lo", kind="real", scheme=WORLDCOVER, tile_size=32, has_images=False,
                        provenance=provenance("t", config_hash="x"))  # fmt: skip
     with DatasetWriter(tmp / "lo", info) as w:
         for i in range(4):
-            w.write(f"t{i}", "train", np.full((16, 16), 10 * (i + 1), np.uint8))
+            w.write(f"t{i}", "train", np.full((32, 32), 10 * (i + 1), np.uint8))
         w.finalize()
     return tmp / "lo"
 
