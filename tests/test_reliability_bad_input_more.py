@@ -233,6 +233,15 @@ def cnbase_missing_data(tmp):
     return Case(["controlnet", "train-base", "--data", tmp / "nodata", "--out", tmp / "out"], ["nodata", "not found"])
 
 
+def cnbase_init_from_not_a_base(tmp):
+    from controlnet_fixtures import toy_pairs
+
+    (tmp / "nobase").mkdir()
+    argv = ["controlnet", "train-base", "--data", toy_pairs(tmp / "pairs", n=4), "--init-from", tmp / "nobase",
+            "--out", tmp / "out"]  # fmt: skip
+    return Case(argv, ["nobase", "not a base model"])  # checked before the autoencoder trains, nothing at --out
+
+
 def cn_base_not_a_run(tmp):
     (tmp / "base").mkdir()
     return Case(["controlnet", "train", "--data", _dataset(tmp), "--base", tmp / "base", "--out", tmp / "run"],
@@ -310,3 +319,4 @@ def test_bad_input_more(make_case, results):
     tmp_path, case, res = results[make_case.__name__].result()
     assert_user_error(res, *case.needles)
     assert_no_partial_output(case.out or tmp_path / "out", strict=case.strict)
+
