@@ -8,7 +8,6 @@ and the rest under ``make test-slow``.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from rasterio.transform import from_origin
 
-from reliability_util import assert_no_partial_output, assert_user_error, cli, make_pairs, write_tif
+from reliability_util import assert_no_partial_output, assert_user_error, cli, write_tif
 from test_reliability_bad_input import Case, _dataset
 
 
