@@ -119,7 +119,12 @@ def test_two_processes_shard_without_gaps_or_duplicates(fake_family, labels, tmp
     one = synth_mod.synthesize(fake_family, labels.root, tmp_path / "one", seed=1, batch_size=2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     worker = Path(__file__).parent / "synth_worker.py"
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(worker), str(fake_family),
+    import socket
+
+    with socket.socket() as sock:  # a free port: concurrent test runs must not join each other's ranks
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), str(fake_family),
                         str(labels.root), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     two = Dataset.open(tmp_path / "two")
