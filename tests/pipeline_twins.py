@@ -43,7 +43,7 @@ TINY_MODELS = {
     "segment.train.batch_size": "4",
     "segment.train.val_every": "2",
     "segment.train.checkpoint_every": "2",
-    "segment.train.encoder": "resnet18",
+    "segment.train.encoder": "tu-mobilenetv3_small_050",  # 2 M parameters: checkpoints stay small
     "segment.per_arch": "{}",
     "mixing.fractions": "[0.0,0.5]",
     "mixing.train": "null",

@@ -11,5 +11,9 @@ from terrasynth.synthesize import synthesize  # noqa: E402
 genmod.GENERATOR_FAMILIES["colournoise"] = "test_synthesize:load_fake"
 
 if __name__ == "__main__":
+    from terrasynth.accel import dist_state
+
+    st = dist_state()
+    print(f"rank {st.process_index} of {st.num_processes}", file=sys.stderr, flush=True)
     gen_run, labels, out = sys.argv[1:4]
     synthesize(gen_run, labels, out, seed=1, batch_size=2)

@@ -45,3 +45,9 @@ def test_hash_and_resolved(tmp_path):
     assert config_hash(a) == config_hash(Cfg()) != config_hash(b)
     p = save_resolved(b, tmp_path)
     assert load_config(Cfg, p) == b
+
+
+def test_set_words_that_yaml11_reads_as_booleans_stay_words():
+    from terrasynth.config import parse_sets
+
+    assert parse_sets(["a=no", "b=false", "c=On", "d=[1,2]"]) == {"a": "no", "b": False, "c": "On", "d": [1, 2]}

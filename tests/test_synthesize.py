@@ -129,4 +129,5 @@ def test_two_processes_shard_without_gaps_or_duplicates(fake_family, labels, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     two = Dataset.open(tmp_path / "two")
     assert sorted(p.name for p in (tmp_path / "two").glob(".journal*")) == []
+    assert "rank 1 of 2" in r.stderr  # really two ranks, not two copies of rank 0
     assert _digest(two) == _digest(one) and len(two) == len(labels)

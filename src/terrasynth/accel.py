@@ -23,3 +23,16 @@ def make_accelerator(**kwargs: Any) -> Accelerator:
             AcceleratorState._reset_state(reset_partial_state=False)
             GradientState._reset_state()
     return Accelerator(**kwargs)
+
+
+def dist_state():
+    """The process's ``PartialState`` (rank, world size, device).
+
+    Without CUDA the ranks that ``torchrun``/``accelerate launch`` started join over gloo on the
+    CPU; a bare ``PartialState()`` would leave each of them believing it is alone (rank 0 of 1).
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())

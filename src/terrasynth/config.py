@@ -48,6 +48,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
     """Turn ``["train.steps=100", "seed=3"]`` into a nested dict; values are parsed as YAML."""
     out: dict[str, Any] = {}
@@ -59,7 +62,9 @@ def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
         if not key:
             raise UserError(f"--set {item!r}: empty key; use e.g. --set train.steps=100")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            # YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words
+            # (e.g. --set mixed_precision=no). Booleans are true/false.
+            value = raw.strip() if raw.strip().lower() in YAML11_BOOL_WORDS else (yaml.safe_load(raw) if raw.strip() else "")
         except yaml.YAMLError:
             value = raw
         cur = out

@@ -167,9 +167,9 @@ class Context:
 def _main_first():
     """Under ``accelerate launch``, the main process does it first; the others then find the
     (idempotent, resumable) result finished. A no-op context in a single process."""
-    from accelerate import PartialState
+    from terrasynth.accel import dist_state
 
-    return PartialState().main_process_first()
+    return dist_state().main_process_first()
 
 
 def _data(ctx: Context, d: Path) -> dict[str, Any]:
@@ -284,15 +284,22 @@ def _segment(ctx: Context, d: Path) -> dict[str, Any]:
     return {"models": models}
 
 
+_LOADED: dict[str, Any] = {}  # the last model loaded for evaluation: one model, several test sets
+
+
 def _evaluate_cached(run: Path, data: Path, out: Path) -> dict[str, Any]:
-    from terrasynth.evaluate.segmentation import evaluate_segmentation
+    from terrasynth.evaluate.segmentation import evaluate_segmentation, write_evaluation
+    from terrasynth.models.segmentation import load_segmenter
 
     with _main_first():
         if out.exists():
             return json.loads(out.read_text())
-        res = evaluate_segmentation(run, data, split="test")
-        write_json_atomic(out, res)
-        return res
+        if str(run) not in _LOADED:
+            _LOADED.clear()
+            _LOADED[str(run)] = load_segmenter(run, "best")
+        res = evaluate_segmentation(run, data, split="test", loaded=_LOADED[str(run)])
+        write_evaluation(res, out)  # JSON (NaN as null) + per-class CSV beside it
+        return json.loads(out.read_text())
 
 
 def _evaluate(ctx: Context, d: Path) -> dict[str, Any]:
@@ -400,9 +407,9 @@ def run_pipeline(
     for name, val in (("--from", from_stage), ("--only", only)):
         if val is not None and val not in STAGES:
             raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
-    from accelerate import PartialState
+    from terrasynth.accel import dist_state
 
-    dist = PartialState()  # under `accelerate launch`: every rank runs this; one writes the state
+    dist = dist_state()  # under `accelerate launch`: every rank runs this; one writes the state
     run = ensure_dir(run)
     if dist.is_main_process:
         save_resolved(cfg, run)

@@ -45,11 +45,11 @@ def synthesize(
 
     Returns the finished dataset on the main process (None on other ranks).
     """
-    from accelerate import PartialState
+    from terrasynth.accel import dist_state
 
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    state = PartialState()
+    state = dist_state()
     src = labels if isinstance(labels, Dataset) else Dataset.open(labels)
     gen = load_generator(generator_run, device=state.device)
     if gen.scheme.codes != src.scheme.codes:

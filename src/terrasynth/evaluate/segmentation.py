@@ -92,7 +92,13 @@ def confusion_metrics_table(result: dict[str, Any], scheme: ClassScheme) -> str:
 
 
 def evaluate_segmentation(
-    run: Path, data: Path, split: str = "test", *, which: str = "best", batch_size: int = 16
+    run: Path,
+    data: Path,
+    split: str = "test",
+    *,
+    which: str = "best",
+    batch_size: int = 16,
+    loaded: tuple[torch.nn.Module, ClassScheme] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the segmenter in ``run`` on ``split`` (``train``/``val``/``test``/``all``) of dataset ``data``.
 
@@ -103,7 +109,7 @@ def evaluate_segmentation(
     from terrasynth.models.segmentation import load_segmenter, predict
 
     run, data = Path(run), Path(data)
-    model, scheme = load_segmenter(run, which)  # type: ignore[arg-type]
+    model, scheme = loaded if loaded is not None else load_segmenter(run, which)  # type: ignore[arg-type]
     ds = Dataset.open(data)
     if ds.scheme.to_dict()["classes"] != scheme.to_dict()["classes"]:
         raise UserError(
