@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 

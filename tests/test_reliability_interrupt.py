@@ -11,7 +11,6 @@ Training resume is covered by each trainer's own tests (see docs/reliability.md)
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np

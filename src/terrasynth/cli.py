@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 from typing import Sequence
@@ -102,9 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     if args.quiet:
-        import os
+        from functools import partialmethod
 
+        from tqdm import tqdm
+
+        # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class too.
         os.environ["TQDM_DISABLE"] = "1"
+        tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -118,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         # `terrasynth data info DIR | head`: the reader left; not an error worth a traceback.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:

@@ -309,7 +309,11 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             origin = (-round(grid.transform.f / gsd), round(grid.transform.c / gsd))
             res_m.append(gsd)
         name = _unique(_safe(it.id), names)
-        scenes.append(Scene(name, grid, labels, image=it.href, id_origin=origin))
+        owned = ()
+        if cfg.gsd != "native":  # grids on one stride x gsd lattice per CRS: overlaps are the same tiles
+            owned = tuple(sc.grid.bounds for sc in scenes if sc.grid.crs == grid.crs
+                          and _intersects(sc.grid.bounds, grid.bounds))  # fmt: skip
+        scenes.append(Scene(name, grid, labels, image=it.href, id_origin=origin, owned_by=owned))
     if not scenes:
         why = "; ".join(skipped[:3]) or "no imagery"
         raise UserError(f"no overlap between imagery and land cover in the area ({why}); check the inputs and --bbox")
@@ -398,23 +402,28 @@ def make_blocks(scenes: list[Scene], block_m: float, tile: int, stride: int, edg
         t = scenes[0].grid.transform  # on the stride lattice (see _snap_to_stride)
         origin = (t.c, t.f)
     blocks = SpatialBlocks(block_deg, fractions, seed, origin)
-    cells: set[tuple[int, int]] = set()
-    likely: set[tuple[int, int]] = set()
+    per_scene = []
     for s in scenes:
         rows = tile_offsets(s.grid.height, tile, stride, edge)
         cols = tile_offsets(s.grid.width, tile, stride, edge)
         if not rows or not cols:
             continue
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        tile_cells = blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))
-        cells.update(c for c in tile_cells if c is not None)
-        if keep is not None and cache is not None:
-            ok = _likely_kept(cache, s, rr.ravel(), cc.ravel(), tile, keep, remap)
-            likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
+        per_scene.append((s, rr.ravel(), cc.ravel(), blocks.cells(*lonlat_bounds(s.grid, rr.ravel(), cc.ravel(), tile))))
+    cells = {c for *_, tc in per_scene for c in tc if c is not None}
+    if keep is None or cache is None or len(cells) > PREVIEW_MAX_BLOCKS:
+        return blocks.fit(cells)
+    likely: set[tuple[int, int]] = set()
+    for s, rows, cols, tile_cells in per_scene:
+        ok = _likely_kept(cache, s, rows, cols, tile, keep, remap)
+        likely.update(c for c, k in zip(tile_cells, ok) if c is not None and k)
     return blocks.fit(likely or cells)
 
 
 PREVIEW_PX = 8  # preview pixels per tile side when guessing which tiles pass the filters
+# Above this many blocks the seeded deal is balanced anyway and a preview read per scene
+# (thousands of NAIP scenes over HTTP) would only slow planning down.
+PREVIEW_MAX_BLOCKS = 400
 
 
 def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarray, tile: int,
@@ -445,23 +454,33 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(scenes, blocks, keep, remap, retries, backoff, env, sign) -> None:
+def _init_worker(scenes, blocks, keep, remap, retries, backoff, env, sign, writers, shard_ids) -> None:
     env_ctx = rasterio.Env(**env)
     env_ctx.__enter__()  # held for the worker's lifetime
+    writer = writers[shard_ids.get()] if writers else None  # each worker its own shard journal
     _WORKER.update(scenes=scenes, blocks=blocks, keep=keep, remap=remap, cache=RasterCache(retries, backoff, sign),
-                   env=env_ctx)  # fmt: skip
+                   env=env_ctx, writer=writer)  # fmt: skip
 
 
 def _work(task: tuple[int, TileChunk]) -> ChunkResult:
     i, chunk = task
     w = _WORKER
-    return cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
+    res = cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
+    writer: DatasetWriter | None = w["writer"]
+    if writer is not None:  # write here, in parallel, instead of shipping pixels to the main process
+        scene = w["scenes"][i]
+        for t in res.tiles:
+            if not writer.has(t.id):
+                writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
+                             crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+        res.written, res.tiles = len(res.tiles), []
+    return res
 
 
 def run_chunks(
     tasks: list[tuple[int, TileChunk]], scenes: list[Scene], blocks: SpatialBlocks, keep: TileFilter,
     *, workers: int, retries: int, backoff: float, env: dict[str, Any], remap: Remap | None = None,
-    sign: Callable[[str], str] | None = None,
+    sign: Callable[[str], str] | None = None, writers: list[DatasetWriter] | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """Results in task order (so a tile cap is deterministic); at most 2 chunks per worker in flight."""
     if workers <= 1:
@@ -472,9 +491,13 @@ def run_chunks(
         finally:
             cache.close()
         return
+    ctx = mp.get_context("spawn")
+    shard_ids = ctx.Queue()
+    for k in range(workers):
+        shard_ids.put(k)
     ex = ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-        initargs=(scenes, blocks, keep, remap, retries, backoff, env, sign),
+        workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(scenes, blocks, keep, remap, retries, backoff, env, sign, writers, shard_ids),
     )  # fmt: skip
     try:
         it = iter(tasks)
@@ -507,12 +530,13 @@ class Job:
     def total(self) -> int:
         return sum(len(ch) for _, ch in self.tasks)
 
-    def results(self) -> Iterator[ChunkResult]:
-        """Chunks read and cut, in task order."""
+    def results(self, writers: list[DatasetWriter] | None = None) -> Iterator[ChunkResult]:
+        """Chunks read and cut, in task order; with ``writers`` (one shard writer per worker)
+        the workers write their tiles themselves and return only counts."""
         with rasterio.Env(**self.env):
             yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
                                   retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env,
-                                  remap=self.remap, sign=self.sign)  # fmt: skip
+                                  remap=self.remap, sign=self.sign, writers=writers)  # fmt: skip
 
 
 def prepare(cfg: AcquireConfig) -> Job:
@@ -546,12 +570,9 @@ def iter_pairs(cfg: AcquireConfig) -> Iterator[tuple[Scene, Tile]]:
     uint8 codes, ``tile.image`` (H, W, 3) uint8 or None, ``tile.transform`` in ``scene.grid.crs``."""
     job = prepare(cfg)
     n = 0
-    seen: set[tuple[str, float, float]] = set()
     for res in job.results():
         scene = job.plan.scenes[res.scene]
         for t in res.tiles:
-            if _seen(seen, scene, t):
-                continue
             if cfg.max_tiles is not None and n >= cfg.max_tiles:
                 return
             n += 1
@@ -578,9 +599,14 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
         log.info("%s: already complete (same config); nothing to do", out)
         return Dataset.open(out)
     save_resolved(cfg, out)
+    # Several workers and no tile cap: each worker writes through its own journal shard (the
+    # writers are made here, before any worker writes, so their start-up clean-up races with
+    # nothing). With a cap the main process writes, so the cap takes the same tiles every run.
+    shards = None
+    if cfg.workers > 1 and cfg.max_tiles is None:
+        shards = [DatasetWriter(out, info, shard=k) for k in range(cfg.workers)]
     stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0,
              "over_cap": 0}  # fmt: skip
-    seen: set[tuple[str, float, float]] = set()
     resumed = len(writer.done_ids)
     # TQDM_DISABLE is read here, not at tqdm's import: `terrasynth -q` sets it after tqdm may be loaded
     quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
@@ -588,15 +614,13 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
                disable=quiet)  # fmt: skip
     try:
         with writer:
-            for res in job.results():
+            for res in job.results(shards):
                 stats["candidates"] += res.candidates
                 for k, v in res.dropped.items():
                     stats[k] += v
                 scene = p.scenes[res.scene]
+                stats["kept"] += res.written
                 for t in res.tiles:
-                    if _seen(seen, scene, t):
-                        stats["duplicate"] += 1  # the same tile from an overlapping scene in the same CRS
-                        continue
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
                         stats["over_cap"] += 1
                         continue
@@ -637,15 +661,6 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
     if empty:
         log.warning("splits %s are empty: the area holds few blocks; use a smaller --block-size", ", ".join(empty))
     return ds
-
-
-def _seen(seen: set[tuple[str, float, float]], scene: Scene, t: Tile) -> bool:
-    """Whether a tile at this CRS position was already taken (adjacent NAIP scenes overlap)."""
-    key = (scene.grid.crs.to_wkt(), round(t.transform.c, 6), round(t.transform.f, 6))
-    if key in seen:
-        return True
-    seen.add(key)
-    return False
 
 
 def _scene_record(s: Scene) -> dict[str, Any]:

@@ -342,7 +342,11 @@ class DatasetWriter:
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
                 raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
         ensure_dir(self.root)
-        remove_stale_tmp(self.root)
+        # Only the first writer sweeps temp files a killed run left: a later rank's sweep would
+        # delete files the first rank is writing at that moment.
+        sweep = shard is None or shard == 0
+        if sweep:
+            remove_stale_tmp(self.root)
         self.complete = meta.exists()
         # The marker is committed before anything else is created, so a directory this writer has
         # touched is always recognisable as an unfinished dataset (a kill between creating labels/
@@ -353,7 +357,7 @@ class DatasetWriter:
         if info.has_images:
             ensure_dir(self.root / "images")
         for sub in (self.root / "labels", self.root / "images"):
-            if sub.exists():
+            if sweep and sub.exists():
                 remove_stale_tmp(sub)
         self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
         jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
@@ -477,6 +481,17 @@ class DatasetWriter:
 
     def __enter__(self) -> "DatasetWriter":
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Writers travel to worker processes (acquire --workers): locks and open files do not.
+        state = self.__dict__.copy()
+        state["_journal"] = None
+        state["_journal_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._journal_lock = threading.Lock()
 
     def discard_if_empty(self) -> None:
         """Remove everything this writer (and its caller) created, if it started from nothing and no

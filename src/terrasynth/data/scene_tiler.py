@@ -34,6 +34,12 @@ class Scene:
     image: str | None = None  # imagery href (RGB = ``image_bands``)
     image_bands: tuple[int, ...] = (1, 2, 3)
     id_origin: tuple[int, int] = (0, 0)  # (row, col) of the grid's origin on its lattice; makes ids global
+    # grids (bounds in this CRS) of earlier scenes on the same tile lattice: a tile lying wholly
+    # inside one of them is that scene's (adjacent NAIP scenes overlap), so it is made once
+    owned_by: tuple[tuple[float, float, float, float], ...] = ()
+
+    def owned_elsewhere(self, left: float, top: float, size: float) -> bool:
+        return any(b[0] <= left and left + size <= b[2] and b[1] <= top - size and top <= b[3] for b in self.owned_by)
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,10 @@ class Tile:
 @dataclass
 class ChunkResult:
     scene: int
-    tiles: list[Tile]
+    tiles: list[Tile]  # kept tiles (empty when a worker wrote them itself: see ``written``)
     candidates: int
     dropped: dict[str, int]
+    written: int = 0  # kept tiles a worker wrote through its own shard writer
 
 
 def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tuple[np.ndarray, ...]:
@@ -129,7 +136,7 @@ def cut_chunk(
     cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
     pos = [(r, c) for r in chunk.rows for c in chunk.cols]
     splits = blocks.assign(*lonlat_bounds(scene.grid, [p[0] for p in pos], [p[1] for p in pos], chunk.tile))
-    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0}
+    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0}
     dropped["block_edge"] = sum(s is None for s in splits)
     if dropped["block_edge"] == len(pos):
         return ChunkResult(scene_index, [], len(pos), dropped)
@@ -145,6 +152,11 @@ def cut_chunk(
     for (r, c, rs, cs), split in zip(iter_tiles(chunk), splits):
         if split is None:
             continue
+        if scene.owned_by:
+            t = scene.grid.transform
+            if scene.owned_elsewhere(t.c + t.a * c, t.f + t.e * r, t.a * chunk.tile):
+                dropped["duplicate"] += 1
+                continue
         lab = labels[rs, cs]
         why = keep.reason(np.bincount(lab.ravel(), minlength=256), npix)
         if why:

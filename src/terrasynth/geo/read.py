@@ -111,7 +111,9 @@ def _libgdal() -> ctypes.CDLL | None:
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "libgdal" in line and line.rstrip().endswith(tuple("0123456789o"))}
-        for path in sorted(paths):
+        # Other packages may bundle a GDAL of their own (pyogrio, pulled in by pylandstats ->
+        # geopandas): clear the cache of the copy rasterio uses, or the retries never reach the server.
+        for path in sorted(paths, key=lambda p: ("rasterio" not in p, p)):
             lib = ctypes.CDLL(path)
             lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
             return lib

@@ -31,7 +31,7 @@ from terrasynth.errors import UserError
 from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
 from terrasynth.models.generator import write_generator_file
-from terrasynth.models.latent_base import load_base, save_trained_base
+from terrasynth.models.latent_base import is_pretrained_base, is_trained_base, load_base, save_trained_base
 from terrasynth.train.loop import LoopSettings, MixedPrecision, fit
 
 # ---- configs --------------------------------------------------------------------------
@@ -294,6 +294,8 @@ def train_controlnet_base(
     _seed_everything(cfg.seed)
     tiles = open_tiles(data, cfg.splits)
     size = tiles.datasets[0].ds.info.tile_size
+    if init_from is not None and not (is_trained_base(Path(init_from)) or is_pretrained_base(Path(init_from))):
+        load_base(init_from)  # raises the one-line error now, not after the autoencoder has trained
     _prepare_out(cfg, out, "controlnet-base", data)
     acc = _accelerator(cfg.mixed_precision)
     t_start = time.monotonic()
