@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 from typing import Sequence
@@ -108,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class instead.
         tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
+        # ... and keep the variable for code that passes ``disable=`` itself (acquire reads it) and
+        # for worker processes.
+        os.environ["TQDM_DISABLE"] = "1"
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -121,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         # `terrasynth data info DIR | head`: the reader left; not an error worth a traceback.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
