@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.data.importers import PairImportConfig, import_pairs
 
@@ -45,7 +45,7 @@ def main() -> None:
             ds = import_pairs(dd / "images", dd / "masks", cfg, tmp / name)
             dt = time.perf_counter() - t
             res[name] = {"tiles": len(ds), "seconds": dt, "tiles_per_s": len(ds) / dt}
-        ds = import_pairs(dd / "images", dd / "masks", PairImportConfig(scheme="dronedeploy"), tmp / "native")
+        ds = Dataset.open(tmp / "native")
         tiles = [(r, ds.read_label(r), ds.read_image(r)) for r in ds.records]
         info = DatasetInfo(name="floor", kind="real", scheme=ds.scheme, tile_size=64,
                            provenance=provenance("floor", config_hash="floor"))  # fmt: skip

@@ -210,3 +210,14 @@ def test_vgg_loss_needs_local_weights(tmp_path):
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(UserError, match="not a torchvision vgg19"):
         VGGLoss(bad)
+
+
+def test_keeps_only_best_snapshots(pairs, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("spade", "train", "--data", pairs, "--out", out, "--max-steps", 4, *TINY,
+                   "--set", "select.every=1", "--set", "select.keep=1", "--set", "select.metric=last") == 0  # fmt: skip
+    scores = json.loads((out / "scores.json").read_text())
+    assert [s["step"] for s in scores] == [1, 2, 3, 4]
+    assert [s["checkpoint"] is not None for s in scores] == [False, False, False, True]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004.safetensors"]
+    assert json.loads((out / "generator.json").read_text())["step"] == 4

@@ -151,3 +151,13 @@ def test_cli_world_and_errors(tmp_path, capsys):
     assert run_cli("data", "world", "--tiles", "4", "--out", tmp_path / "x", "--set", "hazy=1") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "haze" in err[0] and "unknown key 'hazy'" in err[1]
+
+
+def test_help_lists_knobs(capsys):
+    for cmd, words in ((("data", "world"), ("--season", "--haze", "--workers")),
+                       (("data", "import-pairs"), ("--remap", "--split-by", "--resize-to-gsd"))):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            run_cli(*cmd, "--help")
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert all(w in out for w in words), cmd

@@ -27,7 +27,7 @@ from terrasynth.data.importers import PairImportConfig
 from terrasynth.data.world import WorldConfig
 from terrasynth.errors import UserError
 from terrasynth.experiments.matrix import DATASETS, Matrix
-from terrasynth.io import ensure_dir, write_json_atomic
+from terrasynth.io import ensure_dir, write_json_atomic, write_text_atomic
 from terrasynth.train.diffusion import ControlNetBaseConfig, ControlNetConfig
 from terrasynth.train.gan import SpadeConfig
 from terrasynth.train.landcover import LandcoverConfig
@@ -164,7 +164,20 @@ class Context:
         return self.outputs[stage][name]
 
 
+def _main_first():
+    """Under ``accelerate launch``, the main process does it first; the others then find the
+    (idempotent, resumable) result finished. A no-op context in a single process."""
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
 def _data(ctx: Context, d: Path) -> dict[str, Any]:
+    with _main_first():
+        return _data_main(ctx, d)
+
+
+def _data_main(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.data.subset import subset_dataset
 
     c = ctx.cfg.data
@@ -237,10 +250,11 @@ def _datasets(ctx: Context, d: Path) -> dict[str, Any]:
     n_train = c.fake_lc_train or len(real.split("train"))
     n_test = c.fake_lc_test or len(real.split("test"))
     lc_run = Path(ctx.out("landcover", "run"))
-    # Generated land cover: separate draws (different seeds) for the train and test splits.
-    lc_train = sample_landcover(lc_run, n_train, d / "fakelc-train", seed=seed, split="train")
-    lc_test = sample_landcover(lc_run, n_test, d / "fakelc-test", seed=seed + 1, split="test")
-    fakelc = merge_datasets([("train-", lc_train), ("test-", lc_test)], d / "fakelc")
+    with _main_first():
+        # Generated land cover: separate draws (different seeds) for the train and test splits.
+        lc_train = sample_landcover(lc_run, n_train, d / "fakelc-train", seed=seed, split="train")
+        lc_test = sample_landcover(lc_run, n_test, d / "fakelc-test", seed=seed + 1, split="test")
+        fakelc = merge_datasets([("train-", lc_train), ("test-", lc_test)], d / "fakelc")
     bs = c.synth_batch_size
     cn, sp = ctx.out("controlnet", "run"), ctx.out("spade", "run")
     synthesize(cn, real, d / "fakergbreallc", seed=seed, batch_size=bs, splits=["train", "test"])
@@ -273,11 +287,12 @@ def _segment(ctx: Context, d: Path) -> dict[str, Any]:
 def _evaluate_cached(run: Path, data: Path, out: Path) -> dict[str, Any]:
     from terrasynth.evaluate.segmentation import evaluate_segmentation
 
-    if out.exists():
-        return json.loads(out.read_text())
-    res = evaluate_segmentation(run, data, split="test")
-    write_json_atomic(out, res)
-    return res
+    with _main_first():
+        if out.exists():
+            return json.loads(out.read_text())
+        res = evaluate_segmentation(run, data, split="test")
+        write_json_atomic(out, res)
+        return res
 
 
 def _evaluate(ctx: Context, d: Path) -> dict[str, Any]:
@@ -294,11 +309,12 @@ def _evaluate(ctx: Context, d: Path) -> dict[str, Any]:
     missing = matrix.missing()
     if missing:
         raise RuntimeError(f"cross-test matrix is missing cells {missing[:3]}")
-    write_json_atomic(d / "matrix.json", {**matrix.to_json(), "transfer_ratios": matrix.transfer_ratios()})
-    (d / "matrix.csv").write_text(matrix.to_csv())
-    (d / "matrix.md").write_text(
-        "## micro IoU\n\n" + matrix.to_markdown("micro_iou") + "\n\n## macro mIoU\n\n" + matrix.to_markdown("macro_miou") + "\n"
-    )
+    with _main_first():
+        write_json_atomic(d / "matrix.json", {**matrix.to_json(), "transfer_ratios": matrix.transfer_ratios()})
+        write_text_atomic(d / "matrix.csv", matrix.to_csv())
+        write_text_atomic(d / "matrix.md",
+        "## micro IoU\n\n" + matrix.to_markdown("micro_iou") + "\n\n## macro mIoU\n\n" + matrix.to_markdown("macro_miou") + "\n",
+        )
     return {"matrix": str(d / "matrix.json"), "results": results}
 
 
@@ -316,7 +332,8 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
         cfg = SegmentConfig.model_validate({**config_dict(base), **ctx.cfg.segment.per_arch.get(mx.arch, {}),
                                             "arch": mx.arch, "seed": seed})  # fmt: skip
         for r in mx.fractions:
-            real_r = subset_dataset(real, d / f"real-r{r:g}-s{seed}", splits=["train"], fraction=r, seed=seed) if r > 0 else None
+            with _main_first():
+                real_r = subset_dataset(real, d / f"real-r{r:g}-s{seed}", splits=["train"], fraction=r, seed=seed) if r > 0 else None
             for added in [None, *mx.synthetic_sets]:
                 if real_r is None and added is None:
                     continue
@@ -335,15 +352,17 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
                 res = _evaluate_cached(run, real.root, d / f"{name}.eval.json")
                 curves.append({"fraction": r, "added": added or "none", "seed": seed,
                                "micro_iou": res["micro_iou"], "macro_miou": res["macro_miou"]})  # fmt: skip
-    write_json_atomic(d / "mixing.json", {"arch": mx.arch, "points": curves})
+    with _main_first():
+        write_json_atomic(d / "mixing.json", {"arch": mx.arch, "points": curves})
     return {"curves": curves, "mixing": str(d / "mixing.json")}
 
 
 def _report(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.report.build import build_report
 
-    html, md = build_report(ctx.run, d, sample_rows=ctx.cfg.report.sample_rows,
-                            realism_samples=ctx.cfg.report.realism_samples)
+    with _main_first():
+        html, md = build_report(ctx.run, d, sample_rows=ctx.cfg.report.sample_rows,
+                                realism_samples=ctx.cfg.report.realism_samples)
     return {"html": str(html), "markdown": str(md)}
 
 
@@ -381,20 +400,26 @@ def run_pipeline(
     for name, val in (("--from", from_stage), ("--only", only)):
         if val is not None and val not in STAGES:
             raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
+    from accelerate import PartialState
+
+    dist = PartialState()  # under `accelerate launch`: every rank runs this; one writes the state
     run = ensure_dir(run)
-    save_resolved(cfg, run)
+    if dist.is_main_process:
+        save_resolved(cfg, run)
     keys = stage_keys(cfg)
     ctx = Context(cfg, run, keys)
     state: dict[str, Any] = {"name": cfg.name, "config_hash": config_hash(cfg), "stages": {}}
     redo = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
     todo = [only] if only else list(STAGES)
-    bar = tqdm(STAGES, desc="pipeline", unit="stage", disable=not progress, position=0, leave=True)
+    bar = tqdm(STAGES, desc="pipeline", unit="stage", disable=not (progress and dist.is_main_process), position=0, leave=True)
     t_run = time.perf_counter()
     for i, stage in enumerate(STAGES):
         d = ctx.dir(stage)
         done = d / DONE
         if stage in redo and done.exists():
-            shutil.rmtree(d)
+            if dist.is_main_process:
+                shutil.rmtree(d)
+            dist.wait_for_everyone()
         if done.exists():
             rec = json.loads(done.read_text())
             ctx.outputs[stage] = rec["outputs"]
@@ -412,16 +437,19 @@ def run_pipeline(
         t0 = time.perf_counter()
         outputs = STAGE_FUNCS[stage](ctx, d)
         secs = time.perf_counter() - t0
-        write_json_atomic(done, {"stage": stage, "key": keys[stage], "outputs": outputs, "seconds": secs})
         ctx.outputs[stage] = outputs
         state["stages"][stage] = {"dir": str(d), "status": "ran", "seconds": secs}
+        if dist.is_main_process:
+            write_json_atomic(done, {"stage": stage, "key": keys[stage], "outputs": outputs, "seconds": secs})
+            write_json_atomic(run / STATE, {**state, "outputs": ctx.outputs})
+        dist.wait_for_everyone()
         log.info("[%d/%d] %s: done in %.1f s", i + 1, len(STAGES), stage, secs)
-        write_json_atomic(run / STATE, {**state, "outputs": ctx.outputs})
         bar.update(1)
     bar.close()
     state["seconds_this_invocation"] = time.perf_counter() - t_run
     state["outputs"] = ctx.outputs
-    write_json_atomic(run / STATE, state)
+    if dist.is_main_process:
+        write_json_atomic(run / STATE, state)
     return state
 
 

@@ -342,7 +342,11 @@ class DatasetWriter:
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
                 raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
         ensure_dir(self.root)
-        remove_stale_tmp(self.root)
+        # Only the first writer sweeps temp files a killed run left: a later rank's sweep would
+        # delete files the first rank is writing at that moment.
+        sweep = shard is None or shard == 0
+        if sweep:
+            remove_stale_tmp(self.root)
         self.complete = meta.exists()
         # The marker is committed before anything else is created, so a directory this writer has
         # touched is always recognisable as an unfinished dataset (a kill between creating labels/
@@ -353,7 +357,7 @@ class DatasetWriter:
         if info.has_images:
             ensure_dir(self.root / "images")
         for sub in (self.root / "labels", self.root / "images"):
-            if sub.exists():
+            if sweep and sub.exists():
                 remove_stale_tmp(sub)
         self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
         jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"

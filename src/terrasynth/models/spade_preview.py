@@ -15,11 +15,14 @@ from terrasynth.models.generator import load_generator
 def preview_grid(
     run: str | Path, data: str | Path, out: str | Path, *, split: str = "test", n: int = 8, seed: int = 0
 ) -> Path:
-    """One row per tile of ``split`` (evenly spaced): label colours, real image, two generated images."""
+    """One row per tile of ``split`` (the most varied ones): label colours, real image, two generated images."""
     gen_model = load_generator(run)
     ds = Dataset.open(data)
     recs = ds.split(split) or ds.records
-    recs = recs[:: max(1, len(recs) // n)][:n]
+    # The tiles with the most classes (>= 2% of pixels) show the most about a generator; spread
+    # the choice over the split so neighbouring tiles of one source do not fill the grid.
+    recs = recs[:: max(1, len(recs) // (4 * n))]
+    recs = sorted(recs, key=lambda r: -sum(v >= 0.02 * max(1, sum(r.counts.values())) for v in r.counts.values()))[:n]
     codes = [ds.read_label(r) for r in recs]
     masks = torch.from_numpy(np.stack([ds.scheme.to_indices(c) for c in codes]).astype(np.int64))
     g = torch.Generator().manual_seed(seed)

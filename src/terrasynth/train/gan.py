@@ -486,9 +486,9 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
         scores.append({"step": step, "score": score, "checkpoint": name, "minutes": clock() / 60, **extra})
         ranked = sorted(scores, key=lambda s: (s["score"], s["step"]), reverse=True)
         for s in ranked[cfg.select.keep :]:
-            if s["checkpoint"] is not None:  # pruned by an earlier snapshot already
+            if s["checkpoint"]:  # dropped earlier ones are already gone
                 (out / s["checkpoint"]).unlink(missing_ok=True)
-            s["checkpoint"] = None
+                s["checkpoint"] = None
         best = ranked[0]
         write_json_atomic(out / SCORES_FILE, scores)
         write_generator_file(
