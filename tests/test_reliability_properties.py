@@ -169,3 +169,19 @@ def test_import_block_tiling_keeps_every_tile_inside_one_block(w, h, tile, step,
         assert (r - br * block) % step == 0 and (c - bc * block) % step == 0  # the stride restarts per block
         assert (r, c) not in seen
         seen.add((r, c))
+
+
+def test_a_shard_writer_pickles_to_a_worker_and_its_tiles_reach_the_index(tmp_path):
+    """acquire --workers sends shard writers to worker processes; a lock or open file must not stop it."""
+    import pickle
+
+    info = DatasetInfo(name="p", kind="real", scheme=WORLDCOVER, tile_size=8, provenance=provenance("t", config_hash="h"))
+    main = DatasetWriter(tmp_path / "ds", info, shard=0)
+    lab, img = _tile(0)
+    main.write("t0", "train", lab, img)
+    shard = pickle.loads(pickle.dumps(DatasetWriter(tmp_path / "ds", info, shard=1)))
+    lab1, img1 = _tile(1)
+    shard.write("t1", "train", lab1, img1)
+    shard.close()
+    ds = DatasetWriter(tmp_path / "ds", info, shard=0).finalize()
+    assert sorted(r.id for r in ds.records) == ["t0", "t1"] and ds.verify() == []

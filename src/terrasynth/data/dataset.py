@@ -366,6 +366,18 @@ class DatasetWriter:
         # write() may run in several threads (tile fsyncs overlap); the journal is shared.
         self._journal_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Shard writers are sent to worker processes (acquire --workers): a lock and an open
+        # journal handle do not pickle; the worker makes its own.
+        state = self.__dict__.copy()
+        state["_journal_lock"] = None
+        state["_journal"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._journal_lock = threading.Lock()
+
     def _clear(self) -> None:
         import shutil
 
