@@ -72,18 +72,9 @@ def subset_dataset(
         _link(ds.root / r.label, tmp / r.label)
         if r.image:
             _link(ds.root / r.image, tmp / r.image)
-    prov = dict(ds.info.provenance)
-    prov.update(subset_of=str(ds.root), subset_key=key, subset_fraction=fraction, subset_splits=list(splits or []))
-    info = DatasetInfo(
-        name=out.name, kind=ds.info.kind, scheme=ds.scheme, tile_size=ds.info.tile_size, gsd=ds.info.gsd,
-        has_images=ds.info.has_images, provenance=prov, extra=ds.info.extra,
-    )  # fmt: skip
-    write_text_atomic(tmp / INDEX_FILE, index_to_csv(keep, ds.scheme))
-    write_json_atomic(tmp / META_FILE, info.to_json(keep))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return Dataset.open(out)
+    prov = {**ds.info.provenance, "subset_of": str(ds.root), "subset_key": key, "subset_fraction": fraction,
+            "subset_splits": list(splits or [])}  # fmt: skip
+    return _publish(tmp, out, ds.info, keep, name=out.name, has_images=ds.info.has_images, provenance=prov)
 
 
 def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str | Path, *, name: str | None = None) -> Dataset:
@@ -124,13 +115,18 @@ def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str |
     records.sort(key=lambda r: r.id)
     if len({r.id for r in records}) != len(records):
         raise UserError(f"{out}: tile ids collide when merging; give each part a distinct prefix")
-    prov = dict(first.info.provenance)
-    prov.update(merged_from=[str(d.root) for _, d in dss], merge_key=key)
+    prov = {**first.info.provenance, "merged_from": [str(d.root) for _, d in dss], "merge_key": key}
+    return _publish(tmp, out, first.info, records, name=name or out.name, has_images=has_images, provenance=prov)
+
+
+def _publish(tmp: Path, out: Path, template: DatasetInfo, records: list, *, name: str, has_images: bool,
+             provenance: dict) -> Dataset:  # fmt: skip
+    """Write the index and metadata into the assembled ``tmp`` directory, then rename it onto ``out``."""
     info = DatasetInfo(
-        name=name or out.name, kind=first.info.kind, scheme=first.scheme, tile_size=first.info.tile_size,
-        gsd=first.info.gsd, has_images=has_images, provenance=prov, extra=first.info.extra,
+        name=name, kind=template.kind, scheme=template.scheme, tile_size=template.tile_size, gsd=template.gsd,
+        has_images=has_images, provenance=provenance, extra=template.extra,
     )  # fmt: skip
-    write_text_atomic(tmp / INDEX_FILE, index_to_csv(records, first.scheme))
+    write_text_atomic(tmp / INDEX_FILE, index_to_csv(records, template.scheme))
     write_json_atomic(tmp / META_FILE, info.to_json(records))
     if out.exists():
         shutil.rmtree(out)
