@@ -89,3 +89,25 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(PipelineConfig, f)
     with pytest.raises(UserError, match="data.source is 'pairs'"):
         _cfg("data.source=pairs")
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path, recorder):
+    import subprocess
+    import sys
+
+    from terrasynth.io import exclusive_dir
+
+    cfg = _cfg("name=none")
+    with exclusive_dir(tmp_path, "run"):  # as if another `terrasynth run` held the directory
+        with pytest.raises(UserError, match=r"another terrasynth run \(pid \d+\) is using this directory"):
+            run_pipeline(cfg, tmp_path, progress=False)
+        assert recorder == [] and not (tmp_path / "pipeline.json").exists()
+        # through the CLI: one line, exit code 2, before any stage starts
+        p = subprocess.run([sys.executable, "-m", "terrasynth", "run", "demo", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert p.returncode == 2, p.stderr
+        assert "another terrasynth run" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    # released when the holder leaves (and by the kernel if it is killed): the run goes ahead
+    run_pipeline(cfg, tmp_path, progress=False)
+    assert recorder == list(STAGES)
+    run_pipeline(cfg, tmp_path, progress=False)  # a finished run leaves no lock behind

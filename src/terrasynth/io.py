@@ -79,6 +79,40 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+LOCK_NAME = ".terrasynth.lock"
+
+
+@contextlib.contextmanager
+def exclusive_dir(directory: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` for the block, or fail at once with a one-line error.
+
+    Two processes writing one run directory would corrupt each other's stages and
+    journals; the second one to start is refused. The lock is an ``flock`` on a file in
+    the directory, so the kernel drops it when the holder exits or is killed: no stale
+    lock survives a crash (network file systems without flock support are not covered).
+    """
+    import fcntl
+
+    directory = ensure_dir(directory)
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise os_user_error(path, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"{directory}: another terrasynth {what} (pid {holder}) is using this directory; "
+                            "wait for it to finish or pass another --out") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def remove_stale_tmp(directory: str | os.PathLike) -> int:
     """Delete temporary files left by a killed writer; return how many."""
     n = 0

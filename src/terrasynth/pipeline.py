@@ -11,6 +11,7 @@ inputs are already cached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -27,7 +28,7 @@ from terrasynth.data.importers import PairImportConfig
 from terrasynth.data.world import WorldConfig
 from terrasynth.errors import UserError
 from terrasynth.experiments.matrix import DATASETS, Matrix
-from terrasynth.io import ensure_dir, write_json_atomic, write_text_atomic
+from terrasynth.io import ensure_dir, exclusive_dir, write_json_atomic, write_text_atomic
 from terrasynth.train.diffusion import ControlNetBaseConfig, ControlNetConfig
 from terrasynth.train.gan import SpadeConfig
 from terrasynth.train.landcover import LandcoverConfig
@@ -402,8 +403,6 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline into ``run``; returns the state written to ``RUN/pipeline.json``."""
-    from tqdm.auto import tqdm
-
     for name, val in (("--from", from_stage), ("--only", only)):
         if val is not None and val not in STAGES:
             raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
@@ -411,6 +410,16 @@ def run_pipeline(
 
     dist = dist_state()  # under `accelerate launch`: every rank runs this; one writes the state
     run = ensure_dir(run)
+    # one invocation per run directory: a second `terrasynth run` on the same --out is refused
+    # (the ranks of one `accelerate launch` are one invocation: only the main process locks)
+    with exclusive_dir(run, "run") if dist.is_main_process else contextlib.nullcontext():
+        return _run_locked(cfg, run, dist, from_stage, only, progress)
+
+
+def _run_locked(cfg: PipelineConfig, run: Path, dist: Any, from_stage: str | None, only: str | None,
+                progress: bool) -> dict[str, Any]:  # fmt: skip
+    from tqdm.auto import tqdm
+
     if dist.is_main_process:
         save_resolved(cfg, run)
     keys = stage_keys(cfg)
