@@ -161,3 +161,47 @@ def test_stride_and_shift_edge_rule_cover_the_area(shared_data, tmp_path):
     h = max(r.bounds[3] for r in ds.records) - min(r.bounds[1] for r in ds.records)
     assert w == pytest.approx(meta["extra"]["scenes"][0]["width"] / 12000) and h == pytest.approx(
         meta["extra"]["scenes"][0]["height"] / 12000)  # the shifted last tiles reach the grid's edges
+
+
+def test_area_file_clips_tiles_to_its_polygon(shared_data, tmp_path):
+    """--area-file keeps the tiles whose centre lies inside the polygon, not the whole bbox:
+    the result is the bbox run's tiles filtered by centre, and two halves of a split area
+    share no tile and lose none."""
+    import shapely
+    from shapely.geometry import Polygon, box, mapping
+
+    w, s, e, n = BBOX
+    # a cut across the bbox at an odd slope, so that no tile centre lies on it
+    tri = Polygon([(w, s), (e, s), (e, s + 0.0213), (w + 0.0237, n), (w, n)])
+    other = box(w, s, e, n).difference(tri)  # the rest of the bbox
+    runs = {}
+    for name, geom in (("tri", tri), ("other", other)):
+        f = tmp_path / f"{name}.geojson"
+        f.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(geom)}))
+        rc = run_cli("data", "acquire", "--source", "local", "--product", "landcover", "--landcover",
+                     shared_data / WC2021, "--area-file", f, "--tile", "64", "--block-size", "2000",
+                     "--max-nodata", "0", "--out", tmp_path / name)  # fmt: skip
+        assert rc == 0
+        runs[name] = Dataset.open(tmp_path / name)
+    # reference: every tile of a larger bbox, filtered by centre (the global tile lattice is shared)
+    full = acquire(_cfg(shared_data, bbox=(w - 0.01, s - 0.01, e + 0.01, n + 0.01)), tmp_path / "bbox")
+    centre = {r.id: ((r.bounds[0] + r.bounds[2]) / 2, (r.bounds[1] + r.bounds[3]) / 2) for r in full.records}
+    got = {k: {r.id for r in ds.records} for k, ds in runs.items()}
+    for k, geom in (("tri", tri), ("other", other)):
+        assert got[k] == {i for i, (x, y) in centre.items() if shapely.contains_xy(geom, x, y)}
+    assert got["tri"] and got["other"]
+    meta = json.loads((tmp_path / "tri" / "dataset.json").read_text())["extra"]
+    assert meta["stats"]["outside_area"] > 0 and meta["area"]["clip"].startswith("tile centre")
+    # the two halves partition the bbox's tiles: none shared, none lost
+    in_box = {i for i, (x, y) in centre.items() if shapely.contains_xy(box(w, s, e, n), x, y)}
+    assert not (got["tri"] & got["other"]) and got["tri"] | got["other"] == in_box
+
+
+def test_area_file_without_a_polygon_is_a_one_line_error(shared_data, tmp_path, capsys):
+    f = tmp_path / "line.geojson"
+    f.write_text(json.dumps({"type": "LineString", "coordinates": [[6.70, 0.28], [6.76, 0.34]]}))
+    rc = run_cli("data", "acquire", "--source", "local", "--product", "landcover", "--landcover",
+                 shared_data / WC2021, "--area-file", f, "--tile", "64", "--out", tmp_path / "out")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no polygon" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "dataset.json").exists()

@@ -144,6 +144,7 @@ class Plan:
     gsd_m: float  # nominal ground sample distance in metres
     items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> STAC items / files used
     skipped: list[str] = field(default_factory=list)
+    area: dict[str, Any] | None = None  # the area asked for (None: the whole extent of the sources)
 
 
 # ---- planning ---------------------------------------------------------------------------
@@ -237,9 +238,27 @@ def plan(cfg: AcquireConfig, cache: RasterCache) -> Plan:
         lc_bounds[it.href] = tuple(it.bbox) if it.bbox else _bounds4326(cache.get(it.href))
     area_bbox = area.bbox if area else None
     items = {"landcover": [it.record() for it in lc_items], "imagery": [it.record() for it in im_items]}
-    if cfg.product == "landcover":
-        return _plan_landcover(cfg, cache, lc_items, lc_bounds, area_bbox, items)
-    return _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items)
+
+    def plan_for(bbox: Bounds | None) -> Plan:
+        if cfg.product == "landcover":
+            return _plan_landcover(cfg, cache, lc_items, lc_bounds, bbox, items)
+        return _plan_pairs(cfg, cache, im_items, lc_bounds, bbox, items)
+
+    p = plan_for(area_bbox)
+    clip = area.clip_shape() if area else None
+    if clip is not None:  # an area file: keep the tiles whose centre lies in its polygon(s)
+        # every such tile must fit on the grids: grow the bbox by half a tile (and a pixel)
+        margin_m = (cfg.tile / 2 + 1) * p.gsd_m
+        lat = max(abs(area_bbox[1]), abs(area_bbox[3]))
+        dlat = margin_m / 110_574.0
+        dlon = margin_m / (111_320.0 * max(math.cos(math.radians(min(lat + dlat, 89.9))), 1e-3))
+        w, s_, e, n = area_bbox
+        p = plan_for((max(-180.0, w - dlon), max(-90.0, s_ - dlat), min(180.0, e + dlon), min(90.0, n + dlat)))
+        p.scenes = [dataclasses.replace(sc, clip=clip) for sc in p.scenes]
+    if area:
+        p.area = {"name": area.name, "bbox": list(area.bbox),
+                  "clip": "tile centre inside the polygon(s)" if clip is not None else "bbox"}  # fmt: skip
+    return p
 
 
 def _plan_landcover(cfg, cache, lc_items, lc_bounds, area_bbox, items) -> Plan:
@@ -605,8 +624,8 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
     shards = None
     if cfg.workers > 1 and cfg.max_tiles is None:
         shards = [DatasetWriter(out, info, shard=k) for k in range(cfg.workers)]
-    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0,
-             "over_cap": 0}  # fmt: skip
+    stats = {"candidates": 0, "kept": 0, "block_edge": 0, "outside_area": 0, "nodata": 0, "class_fraction": 0,
+             "duplicate": 0, "over_cap": 0}  # fmt: skip
     resumed = len(writer.done_ids)
     # TQDM_DISABLE is read here, not at tqdm's import: `terrasynth -q` sets it after tqdm may be loaded
     quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
@@ -638,6 +657,7 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
         log.info("resumed: %d tiles were already written", resumed)
     writer.info.extra = {
         "product": cfg.product,
+        "area": p.area,
         "stac_items": p.items,
         "scenes": [_scene_record(s) for s in p.scenes],
         "skipped_scenes": p.skipped,
@@ -653,7 +673,8 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
         writer.discard_if_empty()  # nothing was written: leave no unfinished dataset behind
         raise UserError(
             f"{out}: no tile passed the filters ({stats['candidates']} candidates: {stats['nodata']} too much nodata, "
-            f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges); "
+            f"{stats['class_fraction']} class-fraction, {stats['block_edge']} on block edges, "
+            f"{stats['outside_area']} outside the area's polygon); "
             "relax --max-nodata/--max-class-fraction, use a smaller --tile or a larger --block-size"
         )
     ds = writer.finalize()

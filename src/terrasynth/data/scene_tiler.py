@@ -9,6 +9,7 @@ chunk of tiles at once, so memory is bounded by the chunk, never by the source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
@@ -37,6 +38,9 @@ class Scene:
     # grids (bounds in this CRS) of earlier scenes on the same tile lattice: a tile lying wholly
     # inside one of them is that scene's (adjacent NAIP scenes overlap), so it is made once
     owned_by: tuple[tuple[float, float, float, float], ...] = ()
+    # the area's polygon (prepared shapely geometry, EPSG:4326) when the user gave one: tiles
+    # whose centre lies outside are dropped (a bbox area needs no clip: the grid is cut to it)
+    clip: Any = field(default=None, compare=False, repr=False)
 
     def owned_elsewhere(self, left: float, top: float, size: float) -> bool:
         return any(b[0] <= left and left + size <= b[2] and b[1] <= top - size and top <= b[3] for b in self.owned_by)
@@ -97,6 +101,17 @@ def lonlat_bounds(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tu
     return xs.min(1), ys.min(1), xs.max(1), ys.max(1)
 
 
+def lonlat_centres(grid: Grid, rows: list[int], cols: list[int], tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lon, lat) arrays in EPSG:4326 of the centres of tiles at pixel offsets (rows[i], cols[i])."""
+    t = grid.transform
+    xs = t.c + t.a * (np.asarray(cols, dtype=np.float64) + tile / 2)
+    ys = t.f + t.e * (np.asarray(rows, dtype=np.float64) + tile / 2)
+    if grid.crs != CRS.from_epsg(4326):
+        lon, lat = transform_points(grid.crs, "EPSG:4326", xs, ys)
+        return np.asarray(lon), np.asarray(lat)
+    return xs, ys
+
+
 def check_label_values(href: str, values: np.ndarray) -> None:
     """Land-cover pixels must be whole codes 0..255: the uint8 cast below would otherwise turn 30.5
     into 30 and 266 into 10 without a word."""
@@ -136,9 +151,16 @@ def cut_chunk(
     cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
     pos = [(r, c) for r in chunk.rows for c in chunk.cols]
     splits = blocks.assign(*lonlat_bounds(scene.grid, [p[0] for p in pos], [p[1] for p in pos], chunk.tile))
-    dropped = {"block_edge": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0}
+    dropped = {"block_edge": 0, "outside_area": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0}
     dropped["block_edge"] = sum(s is None for s in splits)
-    if dropped["block_edge"] == len(pos):
+    if scene.clip is not None:
+        import shapely
+
+        inside = shapely.contains_xy(scene.clip, *lonlat_centres(scene.grid, [p[0] for p in pos], [p[1] for p in pos],
+                                                                  chunk.tile))  # fmt: skip
+        dropped["outside_area"] = sum(1 for s, ok in zip(splits, inside) if s is not None and not ok)
+        splits = [s if ok else None for s, ok in zip(splits, inside)]
+    if all(s is None for s in splits):
         return ChunkResult(scene_index, [], len(pos), dropped)
     labels = read_labels(cache, scene.labels, cgrid, remap)
     image = None

@@ -26,6 +26,29 @@ class Area:
     name: str = "bbox"
     naip_state: str | None = None
 
+    def clip_shape(self) -> Any:
+        """The (multi)polygon tiles are clipped to, as a prepared shapely geometry; None for a bbox.
+
+        A tile belongs to the area when its centre lies inside: adjacent area files then
+        share no tile and leave none out between them.
+        """
+        if self.geometry is None:
+            return None
+        import shapely
+        from shapely.geometry import shape
+
+        try:
+            geom = shape(self.geometry)
+        except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as exc:
+            raise UserError(f"{self.name}: unreadable area geometry ({exc}); give Polygon/MultiPolygon GeoJSON") from exc
+        polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+        if not polys or sum(g.area for g in polys) == 0:
+            raise UserError(f"{self.name}: the area file holds no polygon with an area; give a Polygon or "
+                            "MultiPolygon in EPSG:4326 (points and lines enclose nothing)")  # fmt: skip
+        clip = shapely.make_valid(shapely.union_all(polys))
+        shapely.prepare(clip)
+        return clip
+
 
 def parse_bbox(text: str | tuple | list, where: str = "--bbox") -> Bounds:
     parts = text.split(",") if isinstance(text, str) else list(text)
