@@ -14,7 +14,8 @@ Run it in stages under the shared heavy lock (each stage well under 20 minutes):
     flock /work/heavy.lock python benchmarks/bench_spade.py segment --data DD64 --work W --variants real,flat,plain,noise3d --minutes 2
     python benchmarks/bench_spade.py report --work W
 
-Every stage appends to ``W/results.json``; ``report`` prints the markdown table.
+Every stage appends to ``W/results.json``; ``report`` prints the markdown table. A variant may
+carry a tag after ``@`` to keep several runs of it apart (``noise3d_ema@10min``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "oasis_labelmix": ["remedies.discriminator=oasis", "remedies.labelmix=true"],
     "noise3d": ["remedies.noise3d=true"],
     "ema": ["remedies.ema=true"],
+    "noise3d_ema": ["remedies.noise3d=true", "remedies.ema=true"],  # configs/spade.yaml's remedies
     "diffaugment": ["remedies.diffaugment=[color,translation,cutout]"],
     "all": [
         "remedies.discriminator=oasis", "remedies.labelmix=true", "remedies.noise3d=true",
@@ -60,7 +62,7 @@ def stage_spade(args) -> None:
     res = load_results(args.work)
     for v in args.variants:
         # One judge (checkpoint-selection segmenter) shared by all variants: same data and seed.
-        sets = VARIANTS[v] + [f"max_minutes={args.minutes}", f"seed={args.seed}",
+        sets = VARIANTS[v.split("@")[0]] + [f"max_minutes={args.minutes}", f"seed={args.seed}",
                               f"select.judge_cache={args.work / 'judges'}"] + list(args.set or [])  # fmt: skip
         cfg = load_config(SpadeConfig, None, None, sets)
         run = args.work / "runs" / v

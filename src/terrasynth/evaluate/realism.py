@@ -24,10 +24,6 @@ import torch
 from terrasynth.classes import ClassScheme
 from terrasynth.data.dataset import Dataset
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import pylandstats as pls
-
 LANDSCAPE_METRICS = ("patch_density", "area_mn", "edge_density", "largest_patch_index", "aggregation_index")
 _PLS_METRICS = ["number_of_patches", "patch_density", "area_mn", "edge_density", "largest_patch_index"]
 
@@ -93,6 +89,10 @@ def landscape_metrics(
 
     ``res`` is the pixel size in metres.
     """
+    with warnings.catch_warnings():  # imported here: it pulls in geopandas, dask and a second GDAL
+        warnings.simplefilter("ignore")
+        import pylandstats as pls
+
     codes = list(scheme.codes if codes is None else codes)
     acc: dict[int, dict[str, list[float]]] = {c: {k: [] for k in (*LANDSCAPE_METRICS, "patches")} for c in codes}
     nodata = scheme.nodata if scheme.nodata is not None else 255

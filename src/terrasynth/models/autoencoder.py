@@ -92,8 +92,9 @@ def reconstruction_metrics(vae: AutoencoderKL, batches, num_classes: int) -> dic
     seen = torch.zeros(num_classes, dtype=torch.bool)
     was_training = vae.training
     vae.eval()
-    for mask in batches:
-        pred = decode_indices(vae, encode(vae, mask))
+    for mask in batches:  # metrics on the CPU, whatever device the autoencoder is on
+        mask = mask.cpu()
+        pred = decode_indices(vae, encode(vae, mask.to(vae.device))).cpu()
         acc.update(pred, mask)
         iou.update(pred, mask)
         valid = mask != IGNORE_INDEX

@@ -98,6 +98,11 @@ class SpadeRemedies(StrictModel):
     noise3d: bool = False
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema_warmup: bool = Field(
+        True,
+        description="decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so short runs do not average in "
+        "the random initial weights (with 0.999 and no warm-up a third of the EMA is still the init after 1,100 steps)",
+    )
     diffaugment: list[Policy] = Field(default_factory=list, description="e.g. [color, translation, cutout]")
 
     @model_validator(mode="after")
@@ -242,6 +247,7 @@ class SpadeTrainer:
         opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
         self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.remedies.ema else None
+        self.updates = 0  # generator updates so far (EMA warm-up)
         self.vgg = VGGLoss(cfg.loss.vgg_weights).to(accelerator.device) if cfg.loss.vgg > 0 else None
         # Freezing D during the G update saves its weight gradients; DDP needs a static graph.
         self._can_freeze = accelerator.num_processes == 1
@@ -323,13 +329,21 @@ class SpadeTrainer:
         self.opt_g.step()
         logs["g_adv"] = adv.item()
         logs["g_loss"] = g_loss.item()
+        self.updates += 1
         if self.G_ema is not None:
             self._update_ema()
         return logs
 
+    def ema_decay(self) -> float:
+        """The EMA decay for the update just made (warm-up: short horizons early in training)."""
+        r = self.cfg.remedies
+        if not r.ema_warmup:
+            return r.ema_decay
+        return min(r.ema_decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.cfg.remedies.ema_decay
+        decay = self.ema_decay()
         for pe, p in zip(self.G_ema.parameters(), self.g.parameters()):
             pe.lerp_(p.detach(), 1 - decay)
         for be, b in zip(self.G_ema.buffers(), self.g.buffers()):
@@ -342,6 +356,7 @@ class SpadeTrainer:
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "updates": self.updates,
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -351,6 +366,7 @@ class SpadeTrainer:
             self.G_ema.load_state_dict(s["G_ema"])
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
+        self.updates = s.get("updates", 0)
 
 
 def _split_scales(outs: list[list[torch.Tensor]], b: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:

@@ -329,7 +329,7 @@ def _encode_all(vae, masks: torch.Tensor, k: int, augment: bool) -> tuple[torch.
     for r in tqdm(variants, desc="encode latents", unit="variant"):
         for chunk in masks.split(128):
             m = dihedral_t(chunk, r).long()
-            zs.append(encode(vae, m))
+            zs.append(encode(vae, m.to(vae.device)).cpu())
             comps.append(batch_compositions(m, k))
     return torch.cat(zs), torch.cat(comps)
 
@@ -355,6 +355,7 @@ def _train_diffusion(cfg: LandcoverConfig, acc: Accelerator, z: torch.Tensor, co
         phase.step, phase.elapsed, phase.losses = st["step"], st["elapsed"], st.get("losses", [])
         gen.set_state(st["gen"])
     objective, opt = acc.prepare(_Objective(unet, p_losses, scheduler=sched, snr_gamma=d.snr_gamma), opt)
+    ema.to(acc.device)  # the shadow weights live beside the model (GPU after prepare)
 
     def state():
         return {"model": acc.unwrap_model(objective).net.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
