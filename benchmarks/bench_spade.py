@@ -35,6 +35,8 @@ VARIANTS: dict[str, list[str]] = {
     "noise3d": ["remedies.noise3d=true"],
     "ema": ["remedies.ema=true"],
     "noise3d_ema": ["remedies.noise3d=true", "remedies.ema=true"],  # configs/spade.yaml's remedies
+    "noise3d_ema_diffaugment": ["remedies.noise3d=true", "remedies.ema=true",
+                                "remedies.diffaugment=[color,translation,cutout]"],  # the remedies cheap on a CPU
     "diffaugment": ["remedies.diffaugment=[color,translation,cutout]"],
     "all": [
         "remedies.discriminator=oasis", "remedies.labelmix=true", "remedies.noise3d=true",
