@@ -246,3 +246,16 @@ def test_ema_warmup_forgets_the_initial_weights(warmup):
     to_init, to_g = float((ema - init).norm()), float((ema - g).norm())
     assert (to_g < to_init) == warmup, (to_g, to_init)
     assert tr.state_dict()["updates"] == 30
+
+
+def test_bf16_autocast_trains_finite_and_differs_from_fp32(pairs, tmp_path):
+    """bf16 autocast is real (other numbers than fp32) and stays finite; the run records it."""
+    base = ["spade", "train", "--data", pairs, *TINY, "--max-steps", 2]
+    assert run_cli(*base, "--out", tmp_path / "fp32") == 0
+    assert run_cli(*base, "--out", tmp_path / "bf16", "--set", "bf16=true") == 0
+    a = torch.load(tmp_path / "fp32" / "state.pt", weights_only=False)["trainer"]["G"]
+    b = torch.load(tmp_path / "bf16" / "state.pt", weights_only=False)["trainer"]["G"]
+    assert all(torch.isfinite(t).all() for t in b.values() if t.is_floating_point())
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    scores = json.loads((tmp_path / "bf16" / "scores.json").read_text())
+    assert all(np.isfinite(s["score"]) for s in scores)

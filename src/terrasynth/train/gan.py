@@ -53,6 +53,7 @@ from terrasynth.train.gan_losses import (
     multiscale,
 )
 from terrasynth.train.judge import build_judge, judge_miou, train_judge
+from terrasynth.train.segmentation import mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ class SpadeConfig(StrictModel):
         10.0, gt=0, description="wall-clock budget of GAN training (data loading and the judge not counted)"
     )
     seed: int = 0
+    bf16: bool | Literal["auto"] = Field(
+        False, description="bf16 autocast of G and D (CUDA: fp16 where bf16 is missing); 'auto' = when the CPU has bf16"
+    )
     augment: bool = Field(True, description="random flips / 90-degree rotations of (image, mask)")
     train_split: str = "train"
     val_split: str = Field("val", description="falls back to held-out training sources when absent")
@@ -415,7 +419,7 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True)
     g_kwargs_check = generator_kwargs(cfg, k, tile)  # raises a UserError on a bad latent size
     del g_kwargs_check
 
-    acc = make_accelerator()
+    acc = make_accelerator(mixed_precision=mixed_precision(cfg.bf16))
     main = acc.is_main_process
     ensure_dir(out / "checkpoints")
     rhash = resume_hash(cfg, data)
