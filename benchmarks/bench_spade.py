@@ -13,6 +13,7 @@ Run it in stages under the shared heavy lock (each stage well under 20 minutes):
     flock /work/heavy.lock python benchmarks/bench_spade.py spade --data DD64 --work W --variants plain,noise3d --minutes 3
     flock /work/heavy.lock python benchmarks/bench_spade.py segment --data DD64 --work W --variants real,flat,plain,noise3d --minutes 2
     python benchmarks/bench_spade.py report --work W
+    python benchmarks/bench_spade.py speed --work W --steps 30      # G/D steps/s: fp32 vs bf16 autocast
 
 Every stage appends to ``W/results.json``; ``report`` prints the markdown table. A variant may
 carry a tag after ``@`` to keep several runs of it apart (``noise3d_ema@10min``).
@@ -53,6 +54,7 @@ def load_results(work: Path) -> dict:
 def save_results(work: Path, res: dict) -> None:
     from terrasynth.io import write_json_atomic
 
+    work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "results.json", res)
 
 
@@ -134,6 +136,54 @@ def stage_segment(args) -> None:
         print(v, json.dumps(entry))
 
 
+def stage_speed(args) -> None:
+    """G/D steps per second and peak memory, fp32 (baseline) vs bf16 autocast, same model and batches.
+
+    Runs each precision in a fresh process (Accelerate's precision state is process-wide) on
+    random 64 px tiles; ``--steps`` timed steps after 5 warm-up steps.
+    """
+    import subprocess
+    import sys
+
+    res = load_results(args.work)
+    out = {}
+    for prec in ("fp32", "bf16"):
+        cmd = [sys.executable, __file__, "_speed_one", "--work", str(args.work), "--steps", str(args.steps),
+               "--precision", prec] + sum((["--set", x] for x in (args.set or [])), [])  # fmt: skip
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out[prec] = json.loads(line)
+        print(prec, line)
+    out["bf16_speedup"] = round(out["bf16"]["steps_per_s"] / out["fp32"]["steps_per_s"], 2)
+    out["bf16_memory_ratio"] = round(out["bf16"]["peak_rss_mb"] / out["fp32"]["peak_rss_mb"], 2)
+    res["speed"] = out
+    save_results(args.work, res)
+    print(json.dumps(out))
+
+
+def _speed_one(args) -> None:
+    import resource
+
+    from terrasynth.accel import make_accelerator
+    from terrasynth.config import load_config
+    from terrasynth.train.gan import SpadeConfig, SpadeTrainer, step_generator
+
+    cfg = load_config(SpadeConfig, None, None, ["model.ngf=32", "model.ndf=32"] + list(args.set or []))
+    acc = make_accelerator(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    k, size = 6, 64
+    tr = SpadeTrainer(cfg, k, size, acc)
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(cfg.batch_size, 3, size, size, generator=gen) * 2 - 1
+    masks = torch.randint(0, k, (cfg.batch_size, size, size), generator=gen)
+    for i in range(5):
+        tr.step(real, masks, step_generator(0, i))
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        tr.step(real, masks, step_generator(0, 5 + i))
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"steps_per_s": round(args.steps / dt, 3), "peak_rss_mb": round(rss), "batch": cfg.batch_size}))
+
+
 def stage_report(args) -> None:
     res = load_results(args.work)
     real = res["real"]["segment"]["miou_real_test"]
@@ -141,7 +191,7 @@ def stage_report(args) -> None:
     print("| images | SPADE steps (selected) | (a) consistency | (b) train-syn/test-real |")
     print("|---|---|---|---|")
     for v, r in res.items():
-        if v == "real" or "segment" not in r:
+        if v in ("real", "speed") or "segment" not in r:
             continue
         s = r["segment"]
         sp = r.get("spade", {})
@@ -153,17 +203,21 @@ def stage_report(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=["spade", "segment", "report"])
+    ap.add_argument("stage", choices=["spade", "segment", "speed", "report", "_speed_one"])
     ap.add_argument("--data", type=Path)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--variants", type=lambda s: s.split(","), default=[])
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget per run")
     ap.add_argument("--seg-steps", type=int, default=800, help="UNet training steps (segment stage)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=30, help="timed G/D steps (speed stage)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", help="extra SPADE config overrides")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    {"spade": stage_spade, "segment": stage_segment, "report": stage_report}[args.stage](args)
+    stages = {"spade": stage_spade, "segment": stage_segment, "speed": stage_speed, "report": stage_report,
+              "_speed_one": _speed_one}  # fmt: skip
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":
