@@ -36,3 +36,30 @@ def dist_state():
     from accelerate.utils import parse_flag_from_env
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
+    from pathlib import Path
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(value: str | bool) -> str:
+    """Accelerate's ``mixed_precision`` for a config's ``no|bf16|fp16|auto`` on this machine."""
+    import torch
+
+    value = {True: "bf16", False: "no"}.get(value, value)  # type: ignore[arg-type]
+    if torch.cuda.is_available():
+        if value == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if value == "bf16" and not torch.cuda.is_bf16_supported():
+            return "fp16"
+        return str(value)
+    if value == "auto":
+        return "bf16" if cpu_supports_bf16() else "no"
+    return "no" if value == "fp16" else str(value)  # fp16 autocast is a GPU feature

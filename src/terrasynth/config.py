@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from terrasynth.errors import UserError
 from terrasynth.io import write_text_atomic
@@ -27,6 +27,24 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+# "auto": bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), bf16 or fp16 on CUDA.
+MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
+
+
+class TrainBudget(StrictModel):
+    """The budget vocabulary every training config shares (read by the runner's builders).
+
+    ``max_steps`` and ``max_minutes`` bound a run, whichever ends first, and the LR schedule
+    anneals inside that budget. ``target_minutes`` asks for a speed probe at the start of the
+    run that sizes ``max_steps`` to fit that many minutes on this machine (the chosen steps are
+    written to the run's resolved config). ``checkpoint_every`` counts steps.
+    """
+
+    max_steps: int = Field(100_000, ge=1, description="step budget")
+    max_minutes: float | None = Field(None, gt=0, description="wall-time cap over all resumes")
+    target_minutes: float | None = Field(None, gt=0, description="size max_steps by a speed probe to fit this")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

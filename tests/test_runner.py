@@ -1,0 +1,168 @@
+"""The one training runner: budgets, schedule, EMA, probe, checkpoints, exact resume, refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from terrasynth.accel import make_accelerator
+from terrasynth.errors import UserError
+from terrasynth.train.runner import RunSpec, Runner, ema_copy, fingerprint, lr_factor
+
+
+class Regression:
+    """A tiny family: fit y = x @ w with a batch drawn from the step's generator."""
+
+    def __init__(self, runner: Runner, stop_at: int | None = None):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        opt = torch.optim.AdamW(net.parameters(), lr=0.05)
+        self.net, self.opt = runner.prepare(net, opt)
+        self.stop_at = stop_at
+        self.seen: list[int] = []
+        self.ends = 0
+
+    def training_step(self, step, gen):
+        if self.stop_at is not None and step == self.stop_at:
+            raise KeyboardInterrupt
+        x = torch.randn(8, 4, generator=gen)
+        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+        self.seen.append(step)
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def on_end(self, step):
+        self.ends += 1
+
+    def state_dict(self):
+        return {"seen": len(self.seen)}
+
+    def load_state_dict(self, d):
+        self.seen = list(range(d["seen"]))
+
+
+def _run(tmp_path, spec, *, resume=True, stop_at=None, fp=None, ema=False):
+    acc = make_accelerator(mixed_precision="no", cpu=True)
+    runner = Runner(spec, acc, tmp_path, fp or fingerprint({"lr": 0.05}), resume=resume, progress=False)
+    fam = Regression(runner, stop_at)
+    if ema:
+        runner.track_ema(runner.unwrap(fam.net).parameters())
+    return runner, fam
+
+
+def weights(fam):
+    return torch.cat([p.detach().flatten() for p in fam.net.parameters()])
+
+
+def test_schedules_anneal_within_the_budget():
+    assert lr_factor("cosine", 0, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor("cosine", 500, 10, 0.5) == pytest.approx(0.5)
+    assert lr_factor("cosine", 999, 10, 1.0) == pytest.approx(0.0)
+    assert lr_factor("constant", 999, 0, 1.0) == 1.0
+    assert lr_factor("onecycle", 0, 0, 0.0) == pytest.approx(0.04)
+    assert lr_factor("onecycle", 0, 0, 0.3) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 0, 0, 1.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    spec = RunSpec("reg", max_steps=30, checkpoint_every=5, warmup_steps=3, ema_decay=0.9)
+    r1, f1 = _run(tmp_path / "a", spec, ema=True)
+    res = r1.fit(f1)
+    assert res.steps == 30 and res.resumed_from is None
+    ref, ref_ema = weights(f1), ema_copy(r1, f1.net).weight.clone()
+
+    r2, f2 = _run(tmp_path / "b", spec, stop_at=17, ema=True)
+    with pytest.raises(KeyboardInterrupt):
+        r2.fit(f2)
+    r3, f3 = _run(tmp_path / "b", spec, ema=True)
+    res3 = r3.fit(f3)
+    assert res3.resumed_from == 15 and res3.steps == 30
+    assert f3.seen[:15] == list(range(15)) and f3.seen[15:] == list(range(15, 30))  # family state restored
+    assert torch.equal(weights(f3), ref)
+    assert torch.equal(ema_copy(r3, f3.net).weight, ref_ema)
+    assert not torch.equal(ref_ema, f3.net.weight)  # the EMA is not the raw weights
+
+
+def test_a_finished_run_is_not_retrained_and_keeps_n_checkpoints(tmp_path):
+    spec = RunSpec("reg", max_steps=12, checkpoint_every=3, keep_checkpoints=2)
+    r, f = _run(tmp_path, spec)
+    r.fit(f)
+    assert [p.name for p in r.checkpoints()] == ["step-00000009", "step-00000012"]
+    r2, f2 = _run(tmp_path, spec)
+    res = r2.fit(f2)
+    assert res.steps == 12 and f2.seen == list(range(12)) and f2.ends == 0
+    assert torch.equal(weights(f2), weights(f))
+    # a larger budget continues the finished run
+    r3, f3 = _run(tmp_path, RunSpec("reg", max_steps=15, checkpoint_every=3))
+    assert r3.fit(f3).steps == 15 and f3.seen[-3:] == [12, 13, 14]
+
+
+def test_changed_config_is_refused_and_restart_starts_over(tmp_path):
+    spec = RunSpec("reg", max_steps=6, checkpoint_every=3)
+    r, f = _run(tmp_path, spec)
+    r.fit(f)
+    r2, f2 = _run(tmp_path, spec, fp=fingerprint({"lr": 0.1}))
+    with pytest.raises(UserError, match=r"different lr \(0.05 vs 0.1\).*--restart"):
+        r2.fit(f2)
+    # budget keys may change without refusal
+    r3, f3 = _run(tmp_path, RunSpec("reg", max_steps=8, checkpoint_every=3), fp=fingerprint({"lr": 0.05, "max_steps": 8}))
+    assert r3.fit(f3).steps == 8
+    r4, f4 = _run(tmp_path, spec, fp=fingerprint({"lr": 0.1}), resume=False)
+    res = r4.fit(f4)
+    assert res.resumed_from is None and f4.seen == list(range(6))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_says_from_which_step(tmp_path, caplog):
+    spec = RunSpec("reg", max_steps=9, checkpoint_every=3, keep_checkpoints=3)
+    r, f = _run(tmp_path, spec, stop_at=8)
+    with pytest.raises(KeyboardInterrupt):
+        r.fit(f)
+    latest = r.checkpoints()[-1]
+    assert latest.name == "step-00000006"
+    for p in latest.iterdir():
+        p.write_bytes(p.read_bytes()[:10])  # truncated
+    r2, f2 = _run(tmp_path, spec)
+    with caplog.at_level("WARNING"):
+        res = r2.fit(f2)
+    assert res.resumed_from == 3
+    assert "resuming from step 3" in caplog.text
+
+
+def test_all_checkpoints_unreadable_starts_over_and_says_so(tmp_path, caplog):
+    spec = RunSpec("reg", max_steps=6, checkpoint_every=3)
+    r, f = _run(tmp_path, spec, stop_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        r.fit(f)
+    for c in r.checkpoints():
+        for p in c.iterdir():
+            p.write_bytes(b"")
+    r2, f2 = _run(tmp_path, spec)
+    with caplog.at_level("WARNING"):
+        assert r2.fit(f2).resumed_from is None
+    assert "starting over from step 0" in caplog.text
+
+
+def test_speed_probe_sizes_steps_and_the_sized_run_is_reproducible(tmp_path):
+    spec = RunSpec("reg", max_steps=10**6, target_minutes=0.002, checkpoint_every=10**6)  # 0.12 s
+    r, f = _run(tmp_path / "a", spec)
+    res = r.fit(f)
+    assert res.probe is not None and res.probe["steps"] == res.max_steps == res.steps
+    assert 1 <= res.steps < 10**6
+    assert f.seen == list(range(res.steps))  # the probe's steps were undone: training began at step 0
+    # the same steps given explicitly give the same weights
+    r2, f2 = _run(tmp_path / "b", RunSpec("reg", max_steps=res.steps, checkpoint_every=10**6))
+    r2.fit(f2)
+    assert torch.equal(weights(f2), weights(f))
+    # a rerun of the sized run with the target config resumes from its chosen steps, no new probe
+    r3, f3 = _run(tmp_path / "a", spec)
+    assert r3.fit(f3).steps == res.steps and f3.seen == list(range(res.steps))
+
+
+def test_wall_time_budget_stops_and_anneals(tmp_path):
+    spec = RunSpec("reg", max_steps=10**7, max_minutes=0.003, checkpoint_every=10**7)
+    r, f = _run(tmp_path, spec)
+    res = r.fit(f)
+    assert 0 < res.steps < 10**7
+    assert r.optimizers[0].param_groups[0]["lr"] < 0.05 * 0.2  # near the end of the cosine
+    shutil.rmtree(tmp_path)
