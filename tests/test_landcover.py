@@ -68,13 +68,13 @@ def test_rerun_resumes_and_other_config_is_refused(tiny_run, tiny_data, capsys):
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY, "--set", "seed=5") == 2
     err = capsys.readouterr().err
     assert "different seed (0 vs 5)" in err and "--restart" in err
-    assert load_config_seed(tiny_run) == 0  # the refused config did not replace the run's
+    assert run_config(tiny_run)["seed"] == 0  # the refused config did not replace the run's
 
 
-def load_config_seed(run: Path) -> int:
+def run_config(run: Path) -> dict:
     import yaml
 
-    return yaml.safe_load((run / "config.yaml").read_text())["seed"]
+    return yaml.safe_load((run / "config.yaml").read_text())
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +113,24 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_data, tmp_path, 
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     steps = json.loads((run / "metrics.json").read_text())
     assert steps["autoencoder"]["steps"] == steps["diffusion"]["steps"] == 5
+
+
+def test_minutes_split_by_share_and_target_sizes_steps(tiny_data, tmp_path):
+    from terrasynth.train.landcover import LandcoverConfig, _runner
+
+    cfg = LandcoverConfig(max_minutes=10, target_minutes=4, checkpoint_every=7, autoencoder={"share": 0.25})
+    ae = _runner(cfg, "autoencoder", 11, 0.25, 0.0, tmp_path, {}, True).spec
+    assert (ae.max_minutes, ae.target_minutes, ae.checkpoint_every, ae.ema_decay) == (2.5, 1.0, 7, None)
+    dm = _runner(cfg, "diffusion", 13, 1.0, 1.5, tmp_path, {}, True).spec  # what the autoencoder and encoding left
+    assert (dm.max_minutes, dm.target_minutes, dm.max_steps, dm.ema_decay) == (8.5, 2.5, 13, cfg.diffusion.ema_decay)
+    # a target sizes each stage by a speed probe (here capped by max_steps); the run records the choice
+    run = tmp_path / "run"
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY, "--target-minutes", 30,
+                   "--set", "autoencoder.max_steps=3", "--set", "diffusion.max_steps=4") == 0  # fmt: skip
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["autoencoder"]["probe"]["steps"] == m["autoencoder"]["steps"] == 3
+    assert m["diffusion"]["probe"]["target_minutes"] < 30 and m["diffusion"]["steps"] == 4
+    assert run_config(run)["target_minutes"] == 30
 
 
 def test_sample_writes_valid_synthetic_dataset(tiny_run, tmp_path):
