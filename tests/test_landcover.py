@@ -113,6 +113,10 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_data, tmp_path, 
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     steps = json.loads((run / "metrics.json").read_text())
     assert steps["autoencoder"]["steps"] == steps["diffusion"]["steps"] == 5
+    # --restart starts both stages over, here with another seed the resume would refuse
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *short, "--set", "seed=1", "--restart") == 0
+    assert run_config(run)["seed"] == 1
+    assert not torch.equal(ref["unet/conv_in.weight"], _weights(run)["unet/conv_in.weight"])
 
 
 def test_minutes_split_by_share_and_target_sizes_steps(tiny_data, tmp_path):
