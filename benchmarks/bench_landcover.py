@@ -25,7 +25,8 @@ from terrasynth.data.dataset import Dataset
 from terrasynth.data.preview import grid, save_png
 from terrasynth.evaluate.realism import as_maps, composition_error, realism_metrics
 from terrasynth.io import write_json_atomic
-from terrasynth.train.landcover import LandcoverConfig, generate_maps, load_landcover, train_landcover
+from terrasynth.inference.landcover import generate_maps, load_landcover
+from terrasynth.train.landcover import LandcoverConfig, train_landcover
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from terrasynth.classes import IGNORE_INDEX, ClassScheme
+from terrasynth.classes import ClassScheme
 from terrasynth.data.dataset import Dataset, TileRecord
 from terrasynth.errors import UserError
 
@@ -93,9 +93,3 @@ class TileDataset(TorchDataset):
             item["image"] = image.contiguous()
         return item
 
-
-def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) indices with 255 as ignore -> (B, K, H, W) float one-hot (ignored pixels all zero)."""
-    valid = mask != IGNORE_INDEX
-    oh = torch.nn.functional.one_hot(mask.clamp(max=num_classes - 1) * valid, num_classes)
-    return (oh * valid.unsqueeze(-1)).permute(0, 3, 1, 2).float()

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from terrasynth.classes import IGNORE_INDEX
-from terrasynth.data.torchdata import one_hot
+from terrasynth.classes import IGNORE_INDEX, one_hot
 
 
 def build_autoencoder(

@@ -30,8 +30,7 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from terrasynth.classes import ClassScheme
-from terrasynth.data.torchdata import one_hot
+from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.errors import UserError
 from terrasynth.models.generator import GENERATOR_FILE
 from terrasynth.models.latent_base import LatentBase, load_base

@@ -24,10 +24,12 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 from pydantic import Field
 from torch.utils.data import ConcatDataset
 
+from terrasynth.classes import one_hot
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, provenance
-from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
+from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
+from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
 from terrasynth.models.generator import write_generator_file
@@ -453,30 +455,10 @@ def train_controlnet(
             base=lb.path, prompt=cfg.prompt, scheme=scheme.to_dict(), unconditional=cfg.unconditional,
             sampling=cfg.sampling.model_dump(), tile_size=size,
         )  # fmt: skip
-        _preview(ControlNetGenerator(lb, controlnet, scheme, unconditional=cfg.unconditional,
-                                     **cfg.sampling.model_dump()), tiles, out / "preview.png", cfg.seed)  # fmt: skip
+        gen = ControlNetGenerator(lb, controlnet, scheme, unconditional=cfg.unconditional, **cfg.sampling.model_dump())
+        training_preview(gen, tiles, out / "preview.png", cfg.seed)
     acc.wait_for_everyone()
     return out
-
-
-def _preview(gen: ControlNetGenerator, tiles: ConcatDataset, path: Path, seed: int, n: int = 6) -> None:
-    """mask | real | generated, one row per tile."""
-    from terrasynth.data.preview import grid, save_png
-
-    idx = list(range(0, len(tiles), max(1, len(tiles) // n)))[:n]
-    items = [tiles[i] for i in idx]
-    masks = torch.stack([it["mask"] for it in items])
-    fake = gen.generate(masks, torch.Generator().manual_seed(seed))
-    scheme = gen.scheme
-    rows = []
-    for it, f in zip(items, fake):
-        codes = scheme.to_codes(it["mask"].numpy().astype("uint8"))
-        rows.append([scheme.colourize(codes), _u8(it["image"]), _u8(f)])
-    save_png(path, grid(rows, scale=max(1, 128 // masks.shape[-1])))
-
-
-def _u8(img: torch.Tensor):
-    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 __all__ = [
