@@ -19,7 +19,8 @@ from terrasynth.config import config_hash, read_yaml
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
 from terrasynth.models.autoencoder import downsampling_factor
-from terrasynth.models.latent_diffusion import SAMPLERS, LandcoverLDM
+from terrasynth.models.diffusion import make_scheduler
+from terrasynth.models.latent_diffusion import LandcoverLDM
 
 
 def load_landcover(run: Path, weights: Literal["raw", "ema"] | None = None, device: str = "cpu") -> LandcoverLDM:
@@ -73,8 +74,8 @@ def generate_maps(
     if composition is not None and not model.conditional:
         raise UserError("this land-cover model was trained without composition control; retrain with "
                         "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
-    if sampler is not None and sampler not in SAMPLERS:
-        raise UserError(f"--sampler {sampler!r} is unknown; choose one of {sorted(SAMPLERS)}")
+    if sampler is not None:
+        make_scheduler(sampler, model.train_scheduler_config)  # an unknown name fails now, not after a batch
     cond = model.composition_vector(composition) if composition else None
     maps = []
     secs, made = 0.0, 0

@@ -39,21 +39,9 @@ from terrasynth.config import StrictModel, config_hash, read_yaml, save_resolved
 from terrasynth.data.dataset import Dataset
 from terrasynth.errors import UserError
 from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
-from terrasynth.models.autoencoder import (
-    autoencoder_loss,
-    build_autoencoder,
-    encode,
-    reconstruction_metrics,
-)
-from terrasynth.models.latent_diffusion import (
-    LandcoverLDM,
-    LatentNorm,
-    PredictionType,
-    SamplerName,
-    build_denoiser,
-    p_losses,
-    training_scheduler,
-)
+from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode, reconstruction_metrics
+from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplerName, training_scheduler
+from terrasynth.models.latent_diffusion import LandcoverLDM, build_denoiser, p_losses
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +49,14 @@ log = logging.getLogger(__name__)
 # ---- configuration ------------------------------------------------------------------------
 
 
-class AutoencoderConfig(StrictModel):
-    latent_channels: int = Field(4, ge=1)
-    block_out_channels: list[int] = [32, 64, 128]  # f = 2 ** (levels - 1)
-    layers_per_block: int = Field(1, ge=1)
-    norm_num_groups: int = Field(16, ge=1)
-    mid_attention: bool = False
+class AutoencoderConfig(AutoencoderArch):
+    """The categorical autoencoder: its architecture and how it trains."""
+
     kl_weight: float = Field(1e-4, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     max_steps: int = Field(100_000, ge=1)
     share: float = Field(0.3, gt=0, lt=1)  # of max_minutes
-
-    @model_validator(mode="after")
-    def _groups(self):
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
-        return self
 
 
 class DiffusionConfig(StrictModel):
@@ -280,7 +259,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
                 "diffusion": {"steps": d_phase.step, "seconds": d_phase.elapsed, "loss_curve": losses},
                 "encode_seconds": encode_s,
                 "wall_seconds_this_invocation": time.perf_counter() - t_start,
-                "latent_norm": {"mean": norm.mean, "std": norm.std},
+                "latent_norm": {"mean": norm.shift.tolist(), "std": norm.std.tolist()},
                 "samples_per_step": {"autoencoder": cfg.autoencoder.batch_size, "diffusion": cfg.diffusion.batch_size},
             },
         )
@@ -294,11 +273,7 @@ def build_unet_like(unet):
 
 def _train_autoencoder(cfg: LandcoverConfig, acc: Accelerator, masks, k: int, size: int, out: Path, budget):
     a = cfg.autoencoder
-    vae = build_autoencoder(
-        k, latent_channels=a.latent_channels, block_out_channels=tuple(a.block_out_channels),
-        layers_per_block=a.layers_per_block, norm_num_groups=a.norm_num_groups, mid_attention=a.mid_attention,
-        sample_size=size,
-    )  # fmt: skip
+    vae = a.build(k, sample_size=size)
     opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
     ckpt = out / "checkpoints" / "autoencoder.pt"
     phase = _Phase("autoencoder", acc, ckpt, a.max_steps, budget * a.share if budget else None, cfg.checkpoint_every_s)
