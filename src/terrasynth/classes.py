@@ -26,7 +26,7 @@ IGNORE_INDEX = 255
 
 def one_hot(mask: "torch.Tensor", num_classes: int) -> "torch.Tensor":
     """(B, H, W) training indices with ``IGNORE_INDEX`` -> (B, K, H, W) float one-hot (ignored pixels all zero)."""
-    import torch  # here, not at the top: class schemes are read by commands that need no torch
+    import torch  # here: reading a class scheme needs no torch
 
     valid = mask != IGNORE_INDEX
     oh = torch.nn.functional.one_hot(mask.clamp(max=num_classes - 1) * valid, num_classes)

@@ -1,12 +1,8 @@
-"""Sampling a trained land-cover generator: maps in memory, or a label-only synthetic dataset on disk.
-
-Reads a run directory written by ``terrasynth landcover train`` (:mod:`terrasynth.train.landcover`):
-``model/`` (:class:`~terrasynth.models.latent_diffusion.LandcoverLDM`, plus ``unet_ema/``),
-``config.yaml`` (``sampling.weights``) and ``data.json`` (the ground sampling distance).
-"""
+"""Sampling a ``terrasynth landcover train`` run: maps in memory, or a label-only synthetic dataset on disk."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -71,9 +67,6 @@ def generate_maps(
     Batch ``b`` is drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + b)`` so any
     batch can be redone alone (``skip(b)`` True skips it, e.g. when already written).
     """
-    if composition is not None and not model.conditional:
-        raise UserError("this land-cover model was trained without composition control; retrain with "
-                        "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
     if sampler is not None:
         make_scheduler(sampler, model.train_scheduler_config)  # an unknown name fails now, not after a batch
     cond = model.composition_vector(composition) if composition else None
@@ -164,9 +157,4 @@ def _checkpoint_id(run: Path) -> str:
 
 
 def _run_gsd(run: Path) -> float | None:
-    meta = run / "data.json"
-    if meta.exists():
-        import json
-
-        return json.loads(meta.read_text()).get("gsd")
-    return None
+    return json.loads((run / "data.json").read_text()).get("gsd") if (run / "data.json").exists() else None

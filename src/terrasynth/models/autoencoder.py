@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from pydantic import Field, model_validator
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from terrasynth.classes import IGNORE_INDEX, one_hot
 from terrasynth.config import StrictModel
@@ -107,33 +106,6 @@ def autoencoder_loss(
     kl = post.kl().mean() / (post.mean[0].numel())  # per latent element, so the weight is size-independent
     loss = ce + kl_weight * kl
     return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}, logits
-
-
-@torch.no_grad()
-def reconstruction_metrics(vae: AutoencoderKL, batches, num_classes: int) -> dict[str, object]:
-    """Pixel accuracy and per-class IoU of ``decode(encode(mask))`` over an iterable of (B, H, W) masks.
-
-    IoU is ``None`` for classes absent from both the maps and the reconstructions.
-    """
-    acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
-    iou = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX)
-    seen = torch.zeros(num_classes, dtype=torch.bool)
-    was_training = vae.training
-    vae.eval()
-    for mask in batches:  # metrics on the CPU, whatever device the autoencoder is on
-        mask = mask.cpu()
-        pred = decode_indices(vae, encode(vae, mask.to(vae.device))).cpu()
-        acc.update(pred, mask)
-        iou.update(pred, mask)
-        valid = mask != IGNORE_INDEX
-        seen |= torch.bincount(mask[valid], minlength=num_classes)[:num_classes] > 0
-        seen |= torch.bincount(pred[valid], minlength=num_classes)[:num_classes] > 0
-    vae.train(was_training)
-    per_class = iou.compute()
-    return {
-        "pixel_accuracy": float(acc.compute()),
-        "iou": [float(v) if s else None for v, s in zip(per_class.tolist(), seen.tolist())],
-    }
 
 
 class VAELoss(torch.nn.Module):

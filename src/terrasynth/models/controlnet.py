@@ -148,12 +148,9 @@ class ControlNetGenerator:
         b, _, h, w = cond.shape
         if h % f or w % f:
             raise UserError(f"mask size {h}x{w} is not a multiple of the autoencoder factor {f}; use tiles of {f}k px")
-        c = self.base.unet.config.in_channels
-        cond = cond.to(self.device)
-        latents = sample_latents(
-            lambda x, t: self._guided(x, t, cond), self.scheduler, (b, c, h // f, w // f),
-            steps=self.steps, generator=generator, device=self.device, step_on_cpu=True,
-        )  # fmt: skip
+        cond, shape = cond.to(self.device), (b, self.base.unet.config.in_channels, h // f, w // f)
+        latents = sample_latents(lambda x, t: self._guided(x, t, cond), self.scheduler, shape, steps=self.steps,
+                                 generator=generator, device=self.device, step_on_cpu=True)  # fmt: skip
         return self.base.decode(latents).float().cpu()
 
     def generate(self, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

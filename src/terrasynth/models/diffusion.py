@@ -1,12 +1,5 @@
-"""The diffusion pieces every latent-diffusion family shares (land cover, ControlNet), each once.
-
-* the forward (noising) process: :func:`training_scheduler` (a diffusers ``DDPMScheduler``)
-  and the regression target :func:`diffusion_target` (noise or velocity);
-* the samplers: :data:`SCHEDULERS`, the one registry of short names, and :func:`make_scheduler`;
-* the reverse process: :func:`sample_latents`, the one sampling loop; a family supplies only
-  its prediction (network, condition, guidance) as a function of ``(x, t)``;
-* :class:`LatentNorm`, the per-channel normalisation of autoencoder latents.
-"""
+"""The pieces every latent-diffusion family (land cover, ControlNet) shares, each once: noising process and
+target, the scheduler registry, the sampling loop, latent normalisation and the sampling settings."""
 
 from __future__ import annotations
 
@@ -16,20 +9,15 @@ from typing import Any, Callable, Literal
 
 import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from pydantic import AliasChoices, Field, field_validator
 
+from terrasynth.config import StrictModel
 from terrasynth.errors import UserError
 
 PredictionType = Literal["epsilon", "v_prediction"]
-SamplerName = Literal["ddim", "dpmsolver++", "dpmsolver++-sde", "unipc", "euler", "euler-ancestral", "ddpm"]
 
 # name -> (scheduler class, overrides on top of the training scheduler's config). clip_sample
 # must be off: DDIM/DDPM inherit clip_sample=True otherwise, which clips latents to [-1, 1].
@@ -44,17 +32,19 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
-def make_scheduler(name: str, train_config: Any) -> SchedulerMixin:
-    """A sampler sharing the training noise schedule ``train_config``.
+def _diffusers_scheduler(name: str) -> type[SchedulerMixin] | None:
+    cls = getattr(diffusers, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, SchedulerMixin) else None
 
-    ``name`` is a key of :data:`SCHEDULERS` or, as ControlNet runs have always accepted, any
-    diffusers scheduler class name (its defaults, with clipping and thresholding off).
-    """
+
+def make_scheduler(name: str, train_config: Any) -> SchedulerMixin:
+    """A sampler sharing the training noise schedule ``train_config``: a :data:`SCHEDULERS` name or any
+    diffusers scheduler class name (its defaults, clipping and thresholding off; ControlNet runs use these)."""
     if name in SCHEDULERS:
         cls, over = SCHEDULERS[name]
         return cls.from_config({**dict(train_config), **over})
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+    cls = _diffusers_scheduler(name)
+    if cls is None:
         raise UserError(
             f"scheduler {name!r} is not a diffusers scheduler; use one of {sorted(SCHEDULERS)} or a diffusers "
             "scheduler class name such as DPMSolverMultistepScheduler, DDIMScheduler, UniPCMultistepScheduler"
@@ -68,12 +58,8 @@ def training_scheduler(
     prediction_type: str = "v_prediction", num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"
 ) -> DDPMScheduler:
     """The forward (noising) process; no clipping (latents are not in [-1, 1])."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_schedule=beta_schedule,
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
+    kw = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type)
+    return DDPMScheduler(**kw, clip_sample=False)
 
 
 def diffusion_target(sched: DDPMScheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -98,10 +84,8 @@ def sample_latents(
 ) -> torch.Tensor:
     """The reverse process from N(0, I) noise drawn on CPU from ``generator``: latents ``shape`` (B, C, h, w).
 
-    ``predict(x, t)`` is the (guided) network output for the scaled latents ``x`` at timestep ``t``.
-    ``step_on_cpu`` runs the scheduler step on CPU tensors (the ControlNet sampler always has),
-    so stochastic samplers draw their noise where ``generator`` lives.
-    """
+    ``predict(x, t)`` is the (guided) network output for scaled latents ``x`` at timestep ``t``. ``step_on_cpu``
+    steps on CPU tensors, as ControlNet always has (its numbers on GPU stay as they were)."""
     scheduler.set_timesteps(steps)
     x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
     kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
@@ -137,11 +121,25 @@ class LatentNorm:
         return v.to(like.device).view(1, -1, 1, 1)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        if self.std is not None:
-            return (z - self._view(self.shift, z)) / self._view(self.std, z)
-        return (z - self._view(self.shift, z)) * self._view(self.scale, z)
+        z = z - self._view(self.shift, z)
+        return z / self._view(self.std, z) if self.std is not None else z * self._view(self.scale, z)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        if self.std is not None:
-            return z * self._view(self.std, z) + self._view(self.shift, z)
-        return z / self._view(self.scale, z) + self._view(self.shift, z)
+        z = z * self._view(self.std, z) if self.std is not None else z / self._view(self.scale, z)
+        return z + self._view(self.shift, z)
+
+
+class SamplingConfig(StrictModel):
+    """Default sampling of a generator (``sampling:`` of a training config). Land-cover configs spelled
+    ``scheduler`` and ``guidance_scale`` as ``sampler`` and ``guidance``: both are still read."""
+
+    scheduler: str = Field("dpmsolver++", validation_alias=AliasChoices("scheduler", "sampler"))
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(2.0, ge=0, validation_alias=AliasChoices("guidance_scale", "guidance"))
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SCHEDULERS and _diffusers_scheduler(name) is None:
+            raise ValueError(f"not a scheduler; use one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
+        return name

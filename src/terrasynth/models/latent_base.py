@@ -13,8 +13,6 @@ Two sources, one interface (:class:`LatentBase`):
 
 Latent normalisation is always ``z_norm = (z - shift) * scale`` with per-channel
 ``shift``/``scale`` of shape (C,) (:class:`~terrasynth.models.diffusion.LatentNorm`).
-
-:class:`ContextUNet` and :func:`build_latent_unet` make the trainable base UNet.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from terrasynth.errors import UserError
 from terrasynth.io import atomic_path, write_json_atomic
+from terrasynth.models.autoencoder import downsampling_factor
 from terrasynth.models.diffusion import LatentNorm
 
 BASE_FILE = "base.json"
@@ -49,7 +48,7 @@ class LatentBase:
     @property
     def factor(self) -> int:
         """Spatial downsampling of the autoencoder (4 for three blocks, 8 for SD)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downsampling_factor(self.vae)
 
     def to(self, device: torch.device | str) -> "LatentBase":
         self.vae.to(device)
@@ -95,7 +94,7 @@ def save_trained_base(
     with atomic_path(out / CONTEXT_FILE) as tmp:
         save_file({"context": context.detach().cpu().contiguous()}, str(tmp))
     write_json_atomic(out / LATENTS_FILE, {"mean": mean.tolist(), "std": std.tolist()})
-    write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": 2 ** (len(vae.config.block_out_channels) - 1)})
+    write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": downsampling_factor(vae)})
 
 
 def encode_prompt(path: Path, prompt: str) -> torch.Tensor:
@@ -166,10 +165,8 @@ def build_latent_unet(
 ) -> UNet2DConditionModel:
     """The base denoiser on (B, C, h, w) latents; ``cross_attention[i]`` attends to the context in level ``i``."""
     if len(cross_attention) != len(block_out_channels):
-        raise UserError(
-            f"unet.cross_attention has {len(cross_attention)} entries but block_out_channels has "
-            f"{len(block_out_channels)}; give one per level"
-        )
+        n, m = len(cross_attention), len(block_out_channels)
+        raise UserError(f"unet.cross_attention has {n} entries but block_out_channels has {m}; give one per level")
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
     return UNet2DConditionModel(

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2D
 from safetensors.torch import load_file, save_file
 
 from terrasynth.classes import ClassScheme
+from terrasynth.errors import UserError
 from terrasynth.io import write_json_atomic
 from terrasynth.models.autoencoder import decode_indices
 from terrasynth.models.diffusion import LatentNorm, diffusion_target, make_scheduler, sample_latents
@@ -184,7 +185,8 @@ class LandcoverLDM:
         composition from the training maps' and samples without guidance.
         """
         if composition is not None and not self.conditional:
-            raise ValueError("this model was trained without composition control")
+            raise UserError("this land-cover model was trained without composition control; retrain with "
+                            "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
         sched = make_scheduler(sampler or self.default_sampler, self.train_scheduler_config)
         cond = composition.to(torch.float32).expand(n, -1).contiguous() if composition is not None else None
         if cond is None and self.conditional and self.train_compositions is not None:

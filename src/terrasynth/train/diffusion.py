@@ -31,10 +31,10 @@ from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
 from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
-from terrasynth.models.autoencoder import AutoencoderArch, VAELoss
+from terrasynth.models.autoencoder import AutoencoderArch, VAELoss, downsampling_factor
 from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
 from terrasynth.models.generator import write_generator_file
-from terrasynth.models.diffusion import LatentNorm, diffusion_target, training_scheduler
+from terrasynth.models.diffusion import LatentNorm, SamplingConfig, diffusion_target, training_scheduler
 from terrasynth.models.latent_base import (
     ContextUNet,
     build_latent_unet,
@@ -93,10 +93,8 @@ class ControlNetBaseConfig(StrictModel):
     gradient_checkpointing: bool = False
 
 
-class SamplingConfig(StrictModel):
-    scheduler: str = "DPMSolverMultistepScheduler"  # any diffusers scheduler class name
+class ControlNetSamplingConfig(SamplingConfig):
     steps: int = Field(20, ge=1)
-    guidance_scale: float = 2.0
     conditioning_scale: float = 1.0
     batch_size: int = Field(64, ge=1)
 
@@ -118,7 +116,7 @@ class ControlNetConfig(StrictModel):
     checkpoint_every: int = 500
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: ControlNetSamplingConfig = ControlNetSamplingConfig()
 
 
 class ControlNetRunConfig(StrictModel):
@@ -249,7 +247,7 @@ def train_controlnet_base(
         vae = AutoencoderKL.from_pretrained(cfg.vae.pretrained)
     else:
         vae = cfg.vae.build(3)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = downsampling_factor(vae)
     if size % factor:
         raise UserError(f"{_paths(data)[0]}: tile size {size} is not a multiple of the autoencoder factor {factor}")
     if cfg.vae.steps > 0:
@@ -396,14 +394,3 @@ def train_controlnet(
     acc.wait_for_everyone()
     return out
 
-
-__all__ = [
-    "AutoencoderConfig",
-    "ControlNetBaseConfig",
-    "ControlNetConfig",
-    "ControlNetRunConfig",
-    "LatentUNetConfig",
-    "SamplingConfig",
-    "train_controlnet",
-    "train_controlnet_base",
-]

@@ -37,10 +37,12 @@ from tqdm.auto import tqdm
 from terrasynth.classes import IGNORE_INDEX
 from terrasynth.config import StrictModel, config_hash, read_yaml, save_resolved
 from terrasynth.data.dataset import Dataset
+from terrasynth.data.torchdata import dihedral_t
 from terrasynth.errors import UserError
+from terrasynth.evaluate.segmentation import reconstruction_metrics
 from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
-from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode, reconstruction_metrics
-from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplerName, training_scheduler
+from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode
+from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplingConfig, training_scheduler
 from terrasynth.models.latent_diffusion import LandcoverLDM, build_denoiser, p_losses
 
 log = logging.getLogger(__name__)
@@ -87,10 +89,7 @@ class DiffusionConfig(StrictModel):
         return self
 
 
-class SamplingConfig(StrictModel):
-    sampler: SamplerName = "dpmsolver++"
-    steps: int = Field(25, ge=1)
-    guidance: float = Field(2.0, ge=0)  # classifier-free guidance when a composition is requested
+class LandcoverSamplingConfig(SamplingConfig):
     weights: Literal["raw", "ema"] = "raw"
 
 
@@ -103,7 +102,7 @@ class LandcoverConfig(StrictModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: LandcoverSamplingConfig = LandcoverSamplingConfig()
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -121,13 +120,6 @@ def load_masks(ds: Dataset, splits: list[str]) -> torch.Tensor:
     if not recs:
         raise UserError(f"{ds.root}: no tiles in split(s) {splits}; available: {sorted({r.split for r in ds.records})}")
     return torch.from_numpy(np.stack([ds.scheme.to_indices(ds.read_label(r)) for r in recs]))
-
-
-def dihedral_t(x: torch.Tensor, r: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of (..., H, W)."""
-    if r >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, r % 4, (-2, -1)) if r % 4 else x
 
 
 def batch_compositions(masks: torch.Tensor, k: int) -> torch.Tensor:
@@ -244,11 +236,11 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
         model = LandcoverLDM(
             vae, unet, dict(training_scheduler(cfg.diffusion.prediction_type, cfg.diffusion.num_train_timesteps).config),
             norm, scheme, class_frequencies=freqs,
-            default_sampler=s.sampler, default_steps=s.steps, default_guidance=s.guidance,
+            default_sampler=s.scheduler, default_steps=s.steps, default_guidance=s.guidance_scale,
             train_compositions=batch_compositions(masks, scheme.num_classes) if cfg.diffusion.composition_control else None,
         )  # fmt: skip
         model.save_pretrained(out / "model")
-        ema_unet = build_unet_like(unet)
+        ema_unet = type(unet).from_config(unet.config)
         ema.copy_to(ema_unet.parameters())
         ema_unet.save_pretrained(out / "model" / "unet_ema")
         write_json_atomic(
@@ -265,10 +257,6 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
         )
     acc.end_training()
     return out
-
-
-def build_unet_like(unet):
-    return type(unet).from_config(unet.config)
 
 
 def _train_autoencoder(cfg: LandcoverConfig, acc: Accelerator, masks, k: int, size: int, out: Path, budget):
