@@ -25,7 +25,8 @@ from terrasynth.data.dataset import Dataset
 from terrasynth.data.preview import grid, save_png
 from terrasynth.evaluate.realism import as_maps, composition_error, realism_metrics
 from terrasynth.io import write_json_atomic
-from terrasynth.train.landcover import LandcoverConfig, generate_maps, load_landcover, train_landcover
+from terrasynth.inference.landcover import generate_maps, load_landcover
+from terrasynth.train.landcover import LandcoverConfig, train_landcover
 
 
 def main() -> None:
@@ -58,9 +59,9 @@ def main() -> None:
     if model.conditional:
         res["control"] = {}
         for name, comp in {"built30_water20": {50: 0.3, 80: 0.2}, "grass40": {30: 0.4}, "wetland10": {90: 0.1}}.items():
-            maps, spm_c = generate_maps(model, 32, seed=3, batch_size=32, composition=comp, guidance=cfg.sampling.guidance)
+            maps, spm_c = generate_maps(model, 32, seed=3, batch_size=32, composition=comp, guidance=cfg.sampling.guidance_scale)
             res["control"][name] = {**composition_error(maps, comp, ds.scheme), "seconds_per_map": spm_c,
-                                    "guidance": cfg.sampling.guidance}  # fmt: skip
+                                    "guidance": cfg.sampling.guidance_scale}  # fmt: skip
     write_json_atomic(Path(args.out), res)
     rows = [[ds.scheme.colourize(m) for m in real_val[i * 8 : (i + 1) * 8]] for i in range(3)]
     rows += [[ds.scheme.colourize(m) for m in gen[i * 8 : (i + 1) * 8]] for i in range(3)]

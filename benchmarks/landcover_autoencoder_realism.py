@@ -21,7 +21,7 @@ from terrasynth.data.dataset import Dataset
 from terrasynth.evaluate.realism import as_maps, compositions, realism_metrics
 from terrasynth.io import write_json_atomic
 from terrasynth.models.autoencoder import decode_indices, encode
-from terrasynth.train.landcover import load_landcover
+from terrasynth.inference.landcover import load_landcover
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from terrasynth.classes import WORLDCOVER
+from terrasynth.classes import WORLDCOVER, one_hot
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
-from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
+from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
 
 

@@ -17,7 +17,7 @@ from terrasynth.data.dataset import Dataset
 from terrasynth.errors import UserError
 from terrasynth.evaluate.realism import as_maps
 from terrasynth.models.latent_diffusion import LandcoverLDM
-from terrasynth.train.landcover import generate_maps, load_landcover, parse_composition
+from terrasynth.inference.landcover import generate_maps, load_landcover, parse_composition
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny twin of configs/landcover-cpu.yaml: the shipped file, shrunk by overrides.

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from landcover_data import make_tiny_dataset
 from terrasynth.evaluate.realism import compositions
-from terrasynth.train.landcover import generate_maps, load_landcover
+from terrasynth.inference.landcover import generate_maps, load_landcover
 
 
 @pytest.mark.slow

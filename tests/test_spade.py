@@ -68,7 +68,7 @@ def masks_pair() -> torch.Tensor:
 
 
 def test_generator_shape_range_and_label_dependence():
-    from terrasynth.data.torchdata import one_hot
+    from terrasynth.classes import one_hot
 
     g = tiny_g()
     m = masks_pair()
@@ -82,7 +82,7 @@ def test_generator_shape_range_and_label_dependence():
 
 
 def test_3d_noise_gives_diverse_images_for_one_mask():
-    from terrasynth.data.torchdata import one_hot
+    from terrasynth.classes import one_hot
 
     g = tiny_g("3d")
     seg = one_hot(masks_pair()[:1].repeat(2, 1, 1), 6)

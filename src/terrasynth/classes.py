@@ -24,6 +24,15 @@ from terrasynth.errors import UserError
 IGNORE_INDEX = 255
 
 
+def one_hot(mask: "torch.Tensor", num_classes: int) -> "torch.Tensor":
+    """(B, H, W) training indices with ``IGNORE_INDEX`` -> (B, K, H, W) float one-hot (ignored pixels all zero)."""
+    import torch  # here: reading a class scheme needs no torch
+
+    valid = mask != IGNORE_INDEX
+    oh = torch.nn.functional.one_hot(mask.clamp(max=num_classes - 1) * valid, num_classes)
+    return (oh * valid.unsqueeze(-1)).permute(0, 3, 1, 2).float()
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     code: int

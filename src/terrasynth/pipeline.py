@@ -244,7 +244,7 @@ def _controlnet(ctx: Context, d: Path) -> dict[str, Any]:
 def _datasets(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.data.subset import merge_datasets
     from terrasynth.synthesize import synthesize
-    from terrasynth.train.landcover import sample_landcover
+    from terrasynth.inference.landcover import sample_landcover
 
     c, seed = ctx.cfg.datasets, ctx.cfg.seed
     real = Dataset.open(ctx.out("data", "real"))

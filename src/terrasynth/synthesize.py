@@ -101,15 +101,14 @@ def synthesize(
     with writer, torch.inference_mode():
         for b in todo:
             recs = batches[b]
-            codes = [src.read_label(r) for r in recs]
-            masks = torch.from_numpy(np.stack([src.scheme.to_indices(c) for c in codes]).astype(np.int64))
+            tiles = [src.read_label_georef(r) for r in recs]  # (codes, crs, transform)
+            masks = torch.from_numpy(np.stack([src.scheme.to_indices(c) for c, _, _ in tiles]).astype(np.int64))
             g = torch.Generator(device="cpu").manual_seed(batch_seed(seed, b))
             images = gen.generate(masks.to(state.device), g)
             rgb = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for rec, lab, img in zip(recs, codes, rgb):
+            for rec, (lab, crs, transform), img in zip(recs, tiles, rgb):
                 if writer.has(rec.id):
                     continue
-                crs, transform = src.georef(rec)
                 writer.write(rec.id, rec.split, lab, img, source=rec.source or rec.id, crs=crs, transform=transform)
             bar.update(len(recs))
     bar.close()

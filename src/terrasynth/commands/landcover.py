@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from terrasynth.train.landcover import load_landcover, parse_composition, sample_landcover
+    from terrasynth.inference.landcover import load_landcover, parse_composition, sample_landcover
 
     comp = parse_composition(args.composition, load_landcover(args.model).scheme.codes) if args.composition else None
     ds = sample_landcover(
@@ -82,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from terrasynth.errors import UserError
     from terrasynth.evaluate.realism import as_maps, composition_error, realism_metrics
     from terrasynth.io import write_json_atomic
-    from terrasynth.train.landcover import generate_maps, load_landcover, parse_composition
+    from terrasynth.inference.landcover import generate_maps, load_landcover, parse_composition
 
     real = Dataset.open(args.real)
     real_splits = () if args.real_split == "all" else (args.real_split,)

@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from terrasynth.models.spade_preview import preview_grid
+    from terrasynth.inference.previews import preview_grid
 
     path = preview_grid(args.generator, args.data, args.out, split=args.split, n=args.n, seed=args.seed)
     print(f"wrote {path}")

@@ -235,10 +235,11 @@ def _commit_tif(path: Path, mem: MemoryFile) -> None:
     write_bytes_atomic(path, data)
 
 
-def read_label_tif(path: Path) -> np.ndarray:
+def read_label_tif(path: Path) -> tuple[np.ndarray, CRS | None, Affine]:
+    """(H, W) uint8 class codes with the file's CRS and transform, from one open."""
     try:
         with rasterio.open(path) as src:
-            return src.read(1)
+            return src.read(1), src.crs, src.transform
     except RasterioIOError as exc:
         raise UserError(f"{path}: unreadable label tile ({exc}); rerun the command that wrote this dataset") from exc
 
@@ -628,7 +629,12 @@ class Dataset:
 
     def read_label(self, rec: TileRecord) -> np.ndarray:
         """(H, W) uint8 class codes."""
-        return read_label_tif(self.root / rec.label)
+        return read_label_tif(self.root / rec.label)[0]
+
+    def read_label_georef(self, rec: TileRecord) -> tuple[np.ndarray, CRS | None, Affine | None]:
+        """(H, W) uint8 class codes with the tile's CRS and transform (None, None when not georeferenced)."""
+        codes, crs, transform = read_label_tif(self.root / rec.label)
+        return (codes, crs, transform) if rec.crs is not None else (codes, None, None)
 
     def read_image(self, rec: TileRecord) -> np.ndarray:
         """(H, W, 3) uint8."""

@@ -6,22 +6,29 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
 from terrasynth.data.dataset import Dataset, TileRecord
 from terrasynth.io import atomic_path
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, scale: int = 1) -> np.ndarray:
-    """Tile (H, W, 3) uint8 panels into one image; every row must have the same panel count."""
+    """Tile (H, W, 3) uint8 panels into one image on white, one row of ``rows`` per line.
+
+    Smaller panels sit top-left in their cell; short rows are filled with white cells.
+    """
     h = max(p.shape[0] for r in rows for p in r)
     w = max(p.shape[1] for r in rows for p in r)
     ncol = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    cells = torch.full((len(rows) * ncol, 3, h, w), 255, dtype=torch.uint8)
     for i, r in enumerate(rows):
         for j, p in enumerate(r):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[y : y + p.shape[0], x : x + p.shape[1]] = p
+            cells[i * ncol + j, :, : p.shape[0], : p.shape[1]] = torch.from_numpy(p.transpose(2, 0, 1).copy())
+    if len(cells) == 1:  # make_grid returns a lone image without its border
+        cells = torch.nn.functional.pad(cells, (pad, pad, pad, pad), value=255)
+    out = np.ascontiguousarray(make_grid(cells, nrow=ncol, padding=pad, pad_value=255).permute(1, 2, 0).numpy())
     if scale > 1:
         out = out.repeat(scale, 0).repeat(scale, 1)
     return out
@@ -50,8 +57,5 @@ def dataset_preview(ds: Dataset, path: str | Path, n: int = 8, records: Sequence
         chunk = rows[k : k + per_line]
         flat = [p for r in chunk for p in r]
         lines.append(flat)
-    width = max(len(line) for line in lines)
-    blank = np.full_like(lines[0][0], 255)
-    lines = [line + [blank] * (width - len(line)) for line in lines]
     scale = max(1, 128 // ds.info.tile_size)
     return save_png(path, grid(lines, scale=scale))

@@ -9,26 +9,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from terrasynth.classes import IGNORE_INDEX, ClassScheme
+from terrasynth.classes import ClassScheme
 from terrasynth.data.dataset import Dataset, TileRecord
 from terrasynth.errors import UserError
 
 
-def paired_augment(image: torch.Tensor | None, mask: torch.Tensor, gen: torch.Generator | None = None):
-    """Random horizontal/vertical flips and 90-degree rotations applied identically.
+def dihedral_t(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Transform ``r`` (0..7) of the 8 flips/rotations of (..., H, W): a horizontal flip when r >= 4, then r % 4
+    quarter turns. Pixels stay exact (no interpolation), so class codes are never mixed."""
+    if r >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, r % 4, (-2, -1)) if r % 4 else x
 
-    ``image`` (C, H, W), ``mask`` (H, W). The eight dihedral transforms keep pixels exact
-    (no interpolation), so class codes are never mixed.
-    """
+
+def paired_augment(image: torch.Tensor | None, mask: torch.Tensor, gen: torch.Generator | None = None):
+    """A random :func:`dihedral_t` applied identically to ``image`` (C, H, W) and ``mask`` (H, W)."""
     r = torch.randint(0, 8, (1,), generator=gen).item()
-    k, flip = r % 4, r >= 4
-    if flip:
-        mask = mask.flip(-1)
-        image = image.flip(-1) if image is not None else None
-    if k:
-        mask = torch.rot90(mask, k, (-2, -1))
-        image = torch.rot90(image, k, (-2, -1)) if image is not None else None
-    return image, mask
+    return (dihedral_t(image, r) if image is not None else None), dihedral_t(mask, r)
 
 
 class TileDataset(TorchDataset):
@@ -93,9 +90,3 @@ class TileDataset(TorchDataset):
             item["image"] = image.contiguous()
         return item
 
-
-def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) indices with 255 as ignore -> (B, K, H, W) float one-hot (ignored pixels all zero)."""
-    valid = mask != IGNORE_INDEX
-    oh = torch.nn.functional.one_hot(mask.clamp(max=num_classes - 1) * valid, num_classes)
-    return (oh * valid.unsqueeze(-1)).permute(0, 3, 1, 2).float()

@@ -23,6 +23,7 @@ import torch
 
 from terrasynth.classes import ClassScheme
 from terrasynth.data.dataset import Dataset
+from terrasynth.data.torchdata import dihedral_t
 
 LANDSCAPE_METRICS = ("patch_density", "area_mn", "edge_density", "largest_patch_index", "aggregation_index")
 _PLS_METRICS = ["number_of_patches", "patch_density", "area_mn", "edge_density", "largest_patch_index"]
@@ -135,15 +136,6 @@ def diversity(maps: np.ndarray, max_pairs: int = 20000, seed: int = 0) -> float:
     return float(np.mean([np.mean(flat[a] != flat[b]) for a, b in zip(i, j)]))
 
 
-def dihedral(maps: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of (N, H, W) maps (identity first)."""
-    out = []
-    for flip in (False, True):
-        m = maps[:, :, ::-1] if flip else maps
-        out.extend(np.rot90(m, k, axes=(1, 2)) for k in range(4))
-    return out
-
-
 @torch.no_grad()
 def nearest_disagreement(
     generated: np.ndarray, train: np.ndarray, *, transforms: bool = True, chunk: int = 64
@@ -167,7 +159,8 @@ def nearest_disagreement(
 
     t = onehot(train)  # (T, K*HW)
     best = np.ones(len(generated))
-    variants = dihedral(generated) if transforms else [generated]
+    g = torch.from_numpy(np.ascontiguousarray(generated))
+    variants = [dihedral_t(g, r).numpy() for r in range(8)] if transforms else [generated]
     for s in range(0, len(generated), chunk):
         for v in variants:
             agree = onehot(v[s : s + chunk]) @ t.T  # (c, T) pixels equal

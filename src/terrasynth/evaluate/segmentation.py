@@ -77,6 +77,23 @@ class SegmentationMetrics:
         self.metrics.reset()
 
 
+@torch.no_grad()
+def reconstruction_metrics(vae: torch.nn.Module, batches, num_classes: int) -> dict[str, Any]:
+    """Pixel accuracy and per-class IoU of a land-cover autoencoder's ``decode(encode(mask))`` over an
+    iterable of (B, H, W) masks; IoU is ``None`` for classes absent from both maps and reconstructions."""
+    from terrasynth.models.autoencoder import decode_indices, encode
+
+    metrics = SegmentationMetrics(num_classes)
+    was_training = vae.training
+    vae.eval()
+    for mask in batches:  # metrics on the CPU, whatever device the autoencoder is on
+        mask = mask.cpu()
+        metrics.update(decode_indices(vae, encode(vae, mask.to(vae.device))).cpu(), mask)
+    vae.train(was_training)
+    r = metrics.compute()
+    return {"pixel_accuracy": r["pixel_accuracy"] if r["valid_pixels"] else 0.0, "iou": r["per_class_iou"]}
+
+
 def confusion_metrics_table(result: dict[str, Any], scheme: ClassScheme) -> str:
     """CSV text, one row per class: code, name, iou, target pixels, predicted pixels, then the totals."""
     conf = result["confusion"]

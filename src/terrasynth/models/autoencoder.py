@@ -1,6 +1,9 @@
-"""A categorical autoencoder for land-cover maps: one-hot (B, K, H, W) -> latent (B, C, H/f, W/f) -> logits.
+"""KL autoencoders (diffusers :class:`~diffusers.AutoencoderKL`), one builder for both uses.
 
-The network is diffusers' :class:`~diffusers.AutoencoderKL` with ``in_channels = out_channels = K``:
+* Land-cover maps: a categorical autoencoder, one-hot (B, K, H, W) -> latent (B, C, H/f, W/f) -> logits.
+* Aerial images (the ControlNet base): RGB (B, 3, H, W) in [-1, 1], trained with :class:`VAELoss`.
+
+The categorical one is :class:`~diffusers.AutoencoderKL` with ``in_channels = out_channels = K``:
 the decoder's output is read as per-pixel class logits and trained with cross-entropy
 (the "Another Earth" paper's loss), nodata pixels ignored, plus an optional small KL term
 that keeps the latent space smooth enough for diffusion. Using the diffusers class gives
@@ -12,27 +15,51 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from pydantic import Field, model_validator
 
-from terrasynth.classes import IGNORE_INDEX
-from terrasynth.data.torchdata import one_hot
+from terrasynth.classes import IGNORE_INDEX, one_hot
+from terrasynth.config import StrictModel
+
+
+class AutoencoderArch(StrictModel):
+    """Architecture of a KL autoencoder; training configs add their own fields and defaults."""
+
+    latent_channels: int = Field(4, ge=1)
+    block_out_channels: list[int] = [32, 64, 128]  # f = 2 ** (levels - 1)
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int | None = Field(16, ge=1)  # None: min(32, narrowest level)
+    mid_attention: bool = False  # self-attention in the middle block
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.norm_num_groups and any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
+        return self
+
+    def build(self, in_channels: int, sample_size: int = 32) -> AutoencoderKL:
+        return build_autoencoder(
+            in_channels, latent_channels=self.latent_channels, block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block, mid_attention=self.mid_attention, sample_size=sample_size,
+            norm_num_groups=self.norm_num_groups or min(32, min(self.block_out_channels)),
+        )  # fmt: skip
 
 
 def build_autoencoder(
-    num_classes: int,
+    in_channels: int,
     *,
     latent_channels: int = 4,
     block_out_channels: tuple[int, ...] = (32, 64, 128),
     layers_per_block: int = 1,
     norm_num_groups: int = 16,
     mid_attention: bool = False,
-    sample_size: int = 64,
+    sample_size: int = 32,
 ) -> AutoencoderKL:
-    """A KL autoencoder whose downsampling factor is ``2 ** (len(block_out_channels) - 1)``."""
+    """A KL autoencoder on ``in_channels`` (K one-hot classes, or 3 for RGB) whose downsampling
+    factor is ``2 ** (len(block_out_channels) - 1)``."""
     n = len(block_out_channels)
     return AutoencoderKL(
-        in_channels=num_classes,
-        out_channels=num_classes,
+        in_channels=in_channels,
+        out_channels=in_channels,
         latent_channels=latent_channels,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("DownEncoderBlock2D",) * n,
@@ -81,28 +108,18 @@ def autoencoder_loss(
     return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}, logits
 
 
-@torch.no_grad()
-def reconstruction_metrics(vae: AutoencoderKL, batches, num_classes: int) -> dict[str, object]:
-    """Pixel accuracy and per-class IoU of ``decode(encode(mask))`` over an iterable of (B, H, W) masks.
+class VAELoss(torch.nn.Module):
+    """Reconstruction (L1) + ``kl_weight`` * KL of an image AutoencoderKL, images (B, 3, H, W) in [0, 1]."""
 
-    IoU is ``None`` for classes absent from both the maps and the reconstructions.
-    """
-    acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
-    iou = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX)
-    seen = torch.zeros(num_classes, dtype=torch.bool)
-    was_training = vae.training
-    vae.eval()
-    for mask in batches:  # metrics on the CPU, whatever device the autoencoder is on
-        mask = mask.cpu()
-        pred = decode_indices(vae, encode(vae, mask.to(vae.device))).cpu()
-        acc.update(pred, mask)
-        iou.update(pred, mask)
-        valid = mask != IGNORE_INDEX
-        seen |= torch.bincount(mask[valid], minlength=num_classes)[:num_classes] > 0
-        seen |= torch.bincount(pred[valid], minlength=num_classes)[:num_classes] > 0
-    vae.train(was_training)
-    per_class = iou.compute()
-    return {
-        "pixel_accuracy": float(acc.compute()),
-        "iou": [float(v) if s else None for v, s in zip(per_class.tolist(), seen.tolist())],
-    }
+    def __init__(self, vae: AutoencoderKL, kl_weight: float):
+        super().__init__()
+        self.vae = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = images * 2 - 1
+        post = self.vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
+        rec = self.vae.decode(z).sample
+        kl = post.kl().mean() / x[0].numel()
+        return F.l1_loss(rec, x) + self.kl_weight * kl

@@ -20,19 +20,16 @@ The conditional and unconditional halves run as one batch.
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-import diffusers
 import torch
 from diffusers import ControlNetModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from terrasynth.classes import ClassScheme
-from terrasynth.data.torchdata import one_hot
+from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.errors import UserError
+from terrasynth.models.diffusion import make_scheduler, sample_latents
 from terrasynth.models.generator import GENERATOR_FILE
 from terrasynth.models.latent_base import LatentBase, load_base
 
@@ -58,20 +55,6 @@ def build_controlnet(
     return ControlNetModel.from_unet(
         base.unet, conditioning_channels=num_classes, conditioning_embedding_out_channels=channels
     )
-
-
-def make_scheduler(name: str, noise_config: Any) -> SchedulerMixin:
-    """A diffusers sampler by class name, configured from the base's training noise schedule."""
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise UserError(
-            f"sampling.scheduler={name!r} is not a diffusers scheduler; use e.g. DPMSolverMultistepScheduler, "
-            "DDIMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler"
-        )
-    # DDIM & co. inherit clip_sample=True from a DDPM config, which clips *latents* to [-1, 1].
-    params = inspect.signature(cls.__init__).parameters
-    overrides = {k: False for k in ("clip_sample", "thresholding") if k in params}
-    return cls.from_config(noise_config, **overrides)
 
 
 class ControlNetGenerator:
@@ -165,18 +148,9 @@ class ControlNetGenerator:
         b, _, h, w = cond.shape
         if h % f or w % f:
             raise UserError(f"mask size {h}x{w} is not a multiple of the autoencoder factor {f}; use tiles of {f}k px")
-        c = self.base.unet.config.in_channels
-        latents = torch.randn((b, c, h // f, w // f), generator=generator).to(self.device)
-        sched = self.scheduler
-        sched.set_timesteps(self.steps)
-        latents = latents * sched.init_noise_sigma
-        cond = cond.to(self.device)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
-        for t in sched.timesteps:
-            x = sched.scale_model_input(latents, t)
-            pred = self._guided(x, t, cond)
-            # Stochastic samplers draw their noise from the CPU generator for determinism.
-            latents = sched.step(pred.cpu(), t, latents.cpu(), **step_kwargs).prev_sample.to(self.device)
+        cond, shape = cond.to(self.device), (b, self.base.unet.config.in_channels, h // f, w // f)
+        latents = sample_latents(lambda x, t: self._guided(x, t, cond), self.scheduler, shape, steps=self.steps,
+                                 generator=generator, device=self.device, step_on_cpu=True)  # fmt: skip
         return self.base.decode(latents).float().cpu()
 
     def generate(self, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

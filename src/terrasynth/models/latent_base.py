@@ -12,7 +12,7 @@ Two sources, one interface (:class:`LatentBase`):
   with the VAE's ``shift_factor``/``scaling_factor``.
 
 Latent normalisation is always ``z_norm = (z - shift) * scale`` with per-channel
-``shift``/``scale`` of shape (C,).
+``shift``/``scale`` of shape (C,) (:class:`~terrasynth.models.diffusion.LatentNorm`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from terrasynth.errors import UserError
 from terrasynth.io import atomic_path, write_json_atomic
+from terrasynth.models.autoencoder import downsampling_factor
+from terrasynth.models.diffusion import LatentNorm
 
 BASE_FILE = "base.json"
 CONTEXT_FILE = "context.safetensors"
@@ -39,31 +41,29 @@ class LatentBase:
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
     context: torch.Tensor  # (1, L, D) cross-attention context shared by every sample
-    shift: torch.Tensor  # (C,)
-    scale: torch.Tensor  # (C,)
+    norm: LatentNorm  # (z - shift) * scale, per channel
     source: str  # "trained" or "pretrained"
     path: str
 
     @property
     def factor(self) -> int:
         """Spatial downsampling of the autoencoder (4 for three blocks, 8 for SD)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downsampling_factor(self.vae)
 
     def to(self, device: torch.device | str) -> "LatentBase":
         self.vae.to(device)
         self.unet.to(device)
         self.context = self.context.to(device)
-        self.shift, self.scale = self.shift.to(device), self.scale.to(device)
         return self
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> normalised latents (B, C, H/f, W/f)."""
         z = self.vae.encode(images * 2 - 1).latent_dist.sample(generator=generator)
-        return (z - self.shift.view(1, -1, 1, 1)) * self.scale.view(1, -1, 1, 1)
+        return self.norm.normalize(z)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, h, w) -> (B, 3, h*f, w*f) in [0, 1]."""
-        z = latents / self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+        z = self.norm.denormalize(latents)
         return ((self.vae.decode(z).sample + 1) / 2).clamp(0, 1)
 
     def contexts(self, batch: int) -> torch.Tensor:
@@ -94,7 +94,7 @@ def save_trained_base(
     with atomic_path(out / CONTEXT_FILE) as tmp:
         save_file({"context": context.detach().cpu().contiguous()}, str(tmp))
     write_json_atomic(out / LATENTS_FILE, {"mean": mean.tolist(), "std": std.tolist()})
-    write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": 2 ** (len(vae.config.block_out_channels) - 1)})
+    write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": downsampling_factor(vae)})
 
 
 def encode_prompt(path: Path, prompt: str) -> torch.Tensor:
@@ -117,8 +117,8 @@ def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase
         sched = DDPMScheduler.from_pretrained(path / "scheduler")
         context = load_file(str(path / CONTEXT_FILE))["context"]
         stats = json.loads((path / LATENTS_FILE).read_text())
-        shift = torch.tensor(stats["mean"], dtype=torch.float32)
-        scale = 1.0 / torch.tensor(stats["std"], dtype=torch.float32)
+        std = torch.tensor(stats["std"], dtype=torch.float32)
+        norm = LatentNorm(torch.tensor(stats["mean"], dtype=torch.float32), scale=1.0 / std)
         source = "trained"
     elif is_pretrained_base(path):
         vae = AutoencoderKL.from_pretrained(path / "vae")
@@ -126,8 +126,10 @@ def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase
         sched = DDPMScheduler.from_pretrained(path / "scheduler")
         context = encode_prompt(path, prompt)
         c = vae.config.latent_channels
-        shift = torch.full((c,), float(getattr(vae.config, "shift_factor", None) or 0.0))
-        scale = torch.full((c,), float(vae.config.scaling_factor))
+        norm = LatentNorm(
+            torch.full((c,), float(getattr(vae.config, "shift_factor", None) or 0.0)),
+            scale=torch.full((c,), float(vae.config.scaling_factor)),
+        )
         source = "pretrained"
     else:
         raise UserError(
@@ -136,4 +138,46 @@ def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase
         )
     vae.requires_grad_(False).eval()
     unet.requires_grad_(False).eval()
-    return LatentBase(vae, unet, sched, context, shift, scale, source, str(path.resolve()))
+    return LatentBase(vae, unet, sched, context, norm, source, str(path.resolve()))
+
+
+class ContextUNet(torch.nn.Module):
+    """The base UNet and its learned constant context (1, L, D) as one trainable module."""
+
+    def __init__(self, unet: UNet2DConditionModel, context: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.context = torch.nn.Parameter(context.clone())
+
+    def forward(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents, t, encoder_hidden_states=self.context.expand(latents.shape[0], -1, -1)).sample
+
+
+def build_latent_unet(
+    latent_channels: int,
+    sample_size: int,
+    *,
+    block_out_channels: tuple[int, ...],
+    cross_attention: tuple[bool, ...],
+    layers_per_block: int,
+    cross_attention_dim: int,
+    attention_head_dim: int,
+) -> UNet2DConditionModel:
+    """The base denoiser on (B, C, h, w) latents; ``cross_attention[i]`` attends to the context in level ``i``."""
+    if len(cross_attention) != len(block_out_channels):
+        n, m = len(cross_attention), len(block_out_channels)
+        raise UserError(f"unet.cross_attention has {n} entries but block_out_channels has {m}; give one per level")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=min(32, min(block_out_channels)),
+    )

@@ -3,54 +3,30 @@
 Three pieces kept apart, as in diffusers: the network (:func:`build_denoiser`: a
 ``UNet2DModel``, or a ``UNet2DConditionModel`` whose ``class_embed_type="projection"``
 embeds a K-vector of class fractions when composition control is on), the noise process
-used for training (:func:`training_scheduler`, :func:`p_losses`) and the samplers
-(:data:`SAMPLERS`, chosen by name with a step count). :class:`LandcoverLDM` bundles them
-with the autoencoder and the per-channel latent normalisation, and saves/loads with
-``save_pretrained``/``from_pretrained``.
+used for training (:func:`p_losses` on :func:`~terrasynth.models.diffusion.training_scheduler`)
+and the samplers (:data:`~terrasynth.models.diffusion.SCHEDULERS`, chosen by name with a step
+count). :class:`LandcoverLDM` bundles them with the autoencoder and the per-channel latent
+normalisation, and saves/loads with ``save_pretrained``/``from_pretrained``.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UNet2DConditionModel,
-    UNet2DModel,
-    UniPCMultistepScheduler,
-)
 
 from terrasynth.classes import ClassScheme
+from terrasynth.errors import UserError
 from terrasynth.io import write_json_atomic
 from terrasynth.models.autoencoder import decode_indices
+from terrasynth.models.diffusion import LatentNorm, diffusion_target, make_scheduler, sample_latents
 
 Denoiser = UNet2DModel | UNet2DConditionModel
-PredictionType = Literal["epsilon", "v_prediction"]
-SamplerName = Literal["ddim", "dpmsolver++", "dpmsolver++-sde", "unipc", "euler", "euler-ancestral", "ddpm"]
-
-# name -> (scheduler class, overrides on top of the training scheduler's config). clip_sample
-# must be off: DDIM/DDPM inherit clip_sample=True otherwise, which clips latents to [-1, 1].
-SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}),
-    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmsolver++-sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "ddpm": (DDPMScheduler, {"clip_sample": False}),
-}
 
 
 def build_denoiser(
@@ -104,16 +80,6 @@ def denoise(unet: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
     return unet(x, t).sample
 
 
-def training_scheduler(prediction_type: PredictionType = "v_prediction", num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """The forward (noising) process: cosine schedule, no clipping (latents are not in [-1, 1])."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
-
-
 def p_losses(
     unet: Denoiser,
     z0: torch.Tensor,
@@ -132,79 +98,14 @@ def p_losses(
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(z0.device)
     noise = torch.randn(z0.shape, generator=generator).to(z0)
     xt = scheduler.add_noise(z0, noise, t)
-    v = scheduler.config.prediction_type == "v_prediction"
-    target = scheduler.get_velocity(z0, noise, t) if v else noise
+    target = diffusion_target(scheduler, z0, noise, t)
     per_sample = F.mse_loss(denoise(unet, xt, t, cond), target, reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma is None:
         return per_sample.mean()
     ac = scheduler.alphas_cumprod.to(z0.device)[t]
     snr = ac / (1 - ac)
-    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr)
+    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr)
     return (weight * per_sample).mean()
-
-
-def make_sampler(name: str, train_config: dict[str, Any]):
-    """A sampling scheduler by name, sharing the training noise schedule."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    cls, over = SAMPLERS[name]
-    return cls.from_config({**dict(train_config), **over})
-
-
-@torch.no_grad()
-def sample_latents(
-    unet: Denoiser,
-    sampler,
-    shape: tuple[int, int, int, int],
-    *,
-    steps: int,
-    generator: torch.Generator,
-    cond: torch.Tensor | None = None,
-    guidance: float = 1.0,
-) -> torch.Tensor:
-    """Run the reverse process from N(0, I) noise; returns normalised latents ``shape`` (B, C, h, w).
-
-    With ``cond`` (B, K) and ``guidance != 1`` classifier-free guidance mixes the
-    conditional and unconditional (all-zero condition) predictions.
-    """
-    device = next(unet.parameters()).device
-    sampler.set_timesteps(steps)
-    x = torch.randn(shape, generator=generator).to(device) * sampler.init_noise_sigma
-    guided = cond is not None and guidance != 1.0
-    for t in sampler.timesteps:
-        xin = sampler.scale_model_input(x, t)
-        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        if guided:
-            both = denoise(unet, torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)]))
-            c, u = both.chunk(2)
-            pred = u + guidance * (c - u)
-        else:
-            pred = denoise(unet, xin, tt, cond)
-        kwargs = {"generator": generator} if "generator" in inspect.signature(sampler.step).parameters else {}
-        x = sampler.step(pred, t, x, **kwargs).prev_sample
-    return x
-
-
-@dataclass
-class LatentNorm:
-    """Per-channel affine normalisation of autoencoder latents to unit variance."""
-
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def fit(cls, z: torch.Tensor) -> "LatentNorm":
-        """From encoded latents (N, C, h, w)."""
-        return cls(z.mean(dim=(0, 2, 3)).tolist(), z.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
-
-    def _view(self, v: list[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self._view(self.mean, z)) / self._view(self.std, z)
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self._view(self.std, z) + self._view(self.mean, z)
 
 
 MODEL_FILE = "landcover_ldm.json"
@@ -284,22 +185,28 @@ class LandcoverLDM:
         composition from the training maps' and samples without guidance.
         """
         if composition is not None and not self.conditional:
-            raise ValueError("this model was trained without composition control")
-        sched = make_sampler(sampler or self.default_sampler, self.train_scheduler_config)
+            raise UserError("this land-cover model was trained without composition control; retrain with "
+                            "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
+        sched = make_scheduler(sampler or self.default_sampler, self.train_scheduler_config)
         cond = composition.to(torch.float32).expand(n, -1).contiguous() if composition is not None else None
         if cond is None and self.conditional and self.train_compositions is not None:
             pick = torch.randint(0, len(self.train_compositions), (n,), generator=generator)
             cond = self.train_compositions[pick].to(torch.float32)
             guidance = 1.0 if guidance is None else guidance
-        z = sample_latents(
-            self.unet,
-            sched,
-            (n, *self.latent_shape),
-            steps=steps or self.default_steps,
-            generator=generator,
-            cond=cond,
-            guidance=self.default_guidance if guidance is None else guidance,
-        )
+        g = self.default_guidance if guidance is None else guidance
+        device = next(self.unet.parameters()).device
+
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            tt = torch.full((n,), int(t), device=device, dtype=torch.long)
+            if cond is None or g == 1.0:
+                return denoise(self.unet, x, tt, cond)
+            # Classifier-free guidance: conditional and unconditional (all-zero condition) as one batch.
+            both = denoise(self.unet, torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)]))
+            c, u = both.chunk(2)
+            return u + g * (c - u)
+
+        z = sample_latents(predict, sched, (n, *self.latent_shape), steps=steps or self.default_steps,
+                           generator=generator, device=device)  # fmt: skip
         return decode_indices(self.vae, self.norm.denormalize(z))
 
     def eval(self) -> "LandcoverLDM":
@@ -316,7 +223,7 @@ class LandcoverLDM:
             {
                 "unet_class": type(self.unet).__name__,
                 "train_scheduler": self.train_scheduler_config,
-                "latent_norm": {"mean": self.norm.mean, "std": self.norm.std},
+                "latent_norm": {"mean": self.norm.shift.tolist(), "std": self.norm.std.tolist()},
                 "scheme": self.scheme.to_dict(),
                 "class_frequencies": self.class_frequencies,
                 "default_sampler": self.default_sampler,
@@ -336,7 +243,7 @@ class LandcoverLDM:
             AutoencoderKL.from_pretrained(path / "autoencoder").to(device),
             unet_cls.from_pretrained(path / "unet").to(device),
             meta["train_scheduler"],
-            LatentNorm(**meta["latent_norm"]),
+            LatentNorm(torch.tensor(meta["latent_norm"]["mean"]), std=torch.tensor(meta["latent_norm"]["std"])),
             ClassScheme.from_dict(meta["scheme"], where=str(path / MODEL_FILE)),
             class_frequencies=meta["class_frequencies"],
             default_sampler=meta["default_sampler"],

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from terrasynth.classes import ClassScheme
-from terrasynth.data.torchdata import one_hot
+from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.errors import UserError
 
 Norm = Literal["instance", "batch"]

@@ -20,30 +20,41 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from terrasynth.accel import make_accelerator
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler
 from pydantic import Field
 from torch.utils.data import ConcatDataset
 
+from terrasynth.classes import one_hot
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, provenance
-from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
+from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
+from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
+from terrasynth.models.autoencoder import AutoencoderArch, VAELoss, downsampling_factor
 from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
 from terrasynth.models.generator import write_generator_file
-from terrasynth.models.latent_base import is_pretrained_base, is_trained_base, load_base, save_trained_base
+from terrasynth.models.diffusion import LatentNorm, SamplingConfig, diffusion_target, training_scheduler
+from terrasynth.models.latent_base import (
+    ContextUNet,
+    build_latent_unet,
+    is_pretrained_base,
+    is_trained_base,
+    load_base,
+    save_trained_base,
+)
 from terrasynth.train.loop import LoopSettings, MixedPrecision, fit
 
 # ---- configs --------------------------------------------------------------------------
 
 
-class AutoencoderConfig(StrictModel):
-    """KL autoencoder. ``len(block_out_channels) - 1`` halvings: three entries give f=4."""
+class AutoencoderConfig(AutoencoderArch):
+    """The image KL autoencoder. ``len(block_out_channels) - 1`` halvings: three entries give f=4."""
 
-    pretrained: str | None = None  # a local diffusers AutoencoderKL directory to use instead
     block_out_channels: list[int] = [64, 128, 128]
-    layers_per_block: int = 1
-    latent_channels: int = 4
+    norm_num_groups: int | None = Field(None, ge=1)
+    mid_attention: bool = True
+    pretrained: str | None = None  # a local diffusers AutoencoderKL directory to use instead
     kl_weight: float = Field(1e-6, ge=0)
     steps: int = Field(3000, ge=0)  # 0 with ``pretrained`` or ``init_from``: keep it frozen
     batch_size: int = Field(16, ge=1)
@@ -82,10 +93,8 @@ class ControlNetBaseConfig(StrictModel):
     gradient_checkpointing: bool = False
 
 
-class SamplingConfig(StrictModel):
-    scheduler: str = "DPMSolverMultistepScheduler"  # any diffusers scheduler class name
+class ControlNetSamplingConfig(SamplingConfig):
     steps: int = Field(20, ge=1)
-    guidance_scale: float = 2.0
     conditioning_scale: float = 1.0
     batch_size: int = Field(64, ge=1)
 
@@ -107,7 +116,7 @@ class ControlNetConfig(StrictModel):
     checkpoint_every: int = 500
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: ControlNetSamplingConfig = ControlNetSamplingConfig()
 
 
 class ControlNetRunConfig(StrictModel):
@@ -118,35 +127,6 @@ class ControlNetRunConfig(StrictModel):
 
 
 # ---- helpers --------------------------------------------------------------------------
-
-
-class ContextUNet(torch.nn.Module):
-    """The base UNet and its learned constant context (1, L, D) as one trainable module."""
-
-    def __init__(self, unet: UNet2DConditionModel, context: torch.Tensor):
-        super().__init__()
-        self.unet = unet
-        self.context = torch.nn.Parameter(context.clone())
-
-    def forward(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(latents, t, encoder_hidden_states=self.context.expand(latents.shape[0], -1, -1)).sample
-
-
-class VAELoss(torch.nn.Module):
-    """Reconstruction (L1) + ``kl_weight`` * KL of an AutoencoderKL, images (B, 3, H, W) in [0, 1]."""
-
-    def __init__(self, vae: AutoencoderKL, kl_weight: float):
-        super().__init__()
-        self.vae = vae
-        self.kl_weight = kl_weight
-
-    def forward(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images * 2 - 1
-        post = self.vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
-        rec = self.vae.decode(z).sample
-        kl = post.kl().mean() / x[0].numel()
-        return F.l1_loss(rec, x) + self.kl_weight * kl
 
 
 def open_tiles(data: Path | Sequence[Path], splits: list[str], require_masks: bool = False) -> ConcatDataset:
@@ -178,14 +158,6 @@ def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> 
     return torch.stack(imgs), torch.stack(masks)
 
 
-def diffusion_target(sched: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if sched.config.prediction_type == "v_prediction":
-        return sched.get_velocity(latents, noise, t)
-    if sched.config.prediction_type == "epsilon":
-        return noise
-    raise UserError(f"prediction_type={sched.config.prediction_type!r} is not supported; use v_prediction or epsilon")
-
-
 def noisy(sched: DDPMScheduler, latents: torch.Tensor, gen: torch.Generator):
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
@@ -211,42 +183,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
-    n = len(cfg.block_out_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=min(32, min(cfg.block_out_channels)),
-    )
-
-
-def build_latent_unet(cfg: LatentUNetConfig, latent_channels: int, sample_size: int) -> UNet2DConditionModel:
-    if len(cfg.cross_attention) != len(cfg.block_out_channels):
-        raise UserError(
-            f"unet.cross_attention has {len(cfg.cross_attention)} entries but block_out_channels has "
-            f"{len(cfg.block_out_channels)}; give one per level"
-        )
-    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.cross_attention)
-    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.cross_attention))
-    return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        down_block_types=down,
-        up_block_types=up,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=min(32, min(cfg.block_out_channels)),
-    )
 
 
 @torch.no_grad()
@@ -310,8 +246,8 @@ def train_controlnet_base(
             raise UserError(f"vae.pretrained={cfg.vae.pretrained!r}: directory not found; pass a local AutoencoderKL")
         vae = AutoencoderKL.from_pretrained(cfg.vae.pretrained)
     else:
-        vae = build_autoencoder(cfg.vae)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae = cfg.vae.build(3)
+    factor = downsampling_factor(vae)
     if size % factor:
         raise UserError(f"{_paths(data)[0]}: tile size {size} is not a multiple of the autoencoder factor {factor}")
     if cfg.vae.steps > 0:
@@ -333,24 +269,24 @@ def train_controlnet_base(
     prev = load_base(init_from) if init_from is not None else None
     if prev is not None and cfg.vae.steps == 0:
         # Same autoencoder: keep the latent normalisation the UNet was trained with.
-        mean, std = prev.shift, 1 / prev.scale
+        mean, std = prev.norm.shift, 1 / prev.norm.scale
     else:
         mean, std = latent_stats(vae, tiles)
-    shift, scale = mean.to(acc.device), (1 / std).to(acc.device)
+    norm = LatentNorm(mean.to(acc.device), scale=(1 / std).to(acc.device))
 
     # Stage 2: unconditional latent UNet with a learned constant context.
     if prev is not None:
         unet, context, sched = prev.unet, prev.context, prev.noise_scheduler
         unet.requires_grad_(True)
     else:
-        unet = build_latent_unet(cfg.unet, vae.config.latent_channels, size // factor)
-        context = torch.randn(1, cfg.unet.context_tokens, cfg.unet.cross_attention_dim) * 0.02
-        sched = DDPMScheduler(
-            num_train_timesteps=cfg.unet.num_train_timesteps,
-            beta_schedule=cfg.unet.beta_schedule,
-            prediction_type=cfg.unet.prediction_type,
-            clip_sample=False,
-        )
+        u = cfg.unet
+        unet = build_latent_unet(
+            vae.config.latent_channels, size // factor, block_out_channels=tuple(u.block_out_channels),
+            cross_attention=tuple(u.cross_attention), layers_per_block=u.layers_per_block,
+            cross_attention_dim=u.cross_attention_dim, attention_head_dim=u.attention_head_dim,
+        )  # fmt: skip
+        context = torch.randn(1, u.context_tokens, u.cross_attention_dim) * 0.02
+        sched = training_scheduler(u.prediction_type, u.num_train_timesteps, u.beta_schedule)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     model = ContextUNet(unet.train(), context)
@@ -360,7 +296,7 @@ def train_controlnet_base(
         with torch.no_grad():
             z = vae.encode(imgs.to(acc.device) * 2 - 1).latent_dist
             z = z.mean + z.std * torch.randn(z.mean.shape, generator=gen).to(acc.device)
-            z = (z - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+            z = norm.normalize(z)
         x, t, target = noisy(sched, z, gen)
         return F.mse_loss(m(x, t).float(), target.float())
 
@@ -453,39 +389,8 @@ def train_controlnet(
             base=lb.path, prompt=cfg.prompt, scheme=scheme.to_dict(), unconditional=cfg.unconditional,
             sampling=cfg.sampling.model_dump(), tile_size=size,
         )  # fmt: skip
-        _preview(ControlNetGenerator(lb, controlnet, scheme, unconditional=cfg.unconditional,
-                                     **cfg.sampling.model_dump()), tiles, out / "preview.png", cfg.seed)  # fmt: skip
+        gen = ControlNetGenerator(lb, controlnet, scheme, unconditional=cfg.unconditional, **cfg.sampling.model_dump())
+        training_preview(gen, tiles, out / "preview.png", cfg.seed)
     acc.wait_for_everyone()
     return out
 
-
-def _preview(gen: ControlNetGenerator, tiles: ConcatDataset, path: Path, seed: int, n: int = 6) -> None:
-    """mask | real | generated, one row per tile."""
-    from terrasynth.data.preview import grid, save_png
-
-    idx = list(range(0, len(tiles), max(1, len(tiles) // n)))[:n]
-    items = [tiles[i] for i in idx]
-    masks = torch.stack([it["mask"] for it in items])
-    fake = gen.generate(masks, torch.Generator().manual_seed(seed))
-    scheme = gen.scheme
-    rows = []
-    for it, f in zip(items, fake):
-        codes = scheme.to_codes(it["mask"].numpy().astype("uint8"))
-        rows.append([scheme.colourize(codes), _u8(it["image"]), _u8(f)])
-    save_png(path, grid(rows, scale=max(1, 128 // masks.shape[-1])))
-
-
-def _u8(img: torch.Tensor):
-    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-
-__all__ = [
-    "AutoencoderConfig",
-    "ControlNetBaseConfig",
-    "ControlNetConfig",
-    "ControlNetRunConfig",
-    "LatentUNetConfig",
-    "SamplingConfig",
-    "train_controlnet",
-    "train_controlnet_base",
-]

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from terrasynth.classes import ClassScheme
+from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
-from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
+from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
 from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
 from terrasynth.models.discriminators import (

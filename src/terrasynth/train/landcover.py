@@ -1,4 +1,6 @@
-"""Training and sampling of the land-cover generator (categorical autoencoder + latent diffusion).
+"""Training of the land-cover generator (categorical autoencoder + latent diffusion).
+
+Sampling a finished run is :mod:`terrasynth.inference.landcover`.
 
 A run directory::
 
@@ -31,27 +33,15 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from terrasynth.classes import IGNORE_INDEX
-from terrasynth.config import MixedPrecision, StrictModel, config_dict, config_hash, read_yaml, save_resolved
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.config import MixedPrecision, StrictModel, config_dict, save_resolved
+from terrasynth.data.dataset import Dataset
+from terrasynth.data.torchdata import dihedral_t
 from terrasynth.errors import UserError
+from terrasynth.evaluate.segmentation import reconstruction_metrics
 from terrasynth.io import ensure_dir, write_json_atomic
-from terrasynth.models.autoencoder import (
-    autoencoder_loss,
-    build_autoencoder,
-    downsampling_factor,
-    encode,
-    reconstruction_metrics,
-)
-from terrasynth.models.latent_diffusion import (
-    SAMPLERS,
-    LandcoverLDM,
-    LatentNorm,
-    PredictionType,
-    SamplerName,
-    build_denoiser,
-    p_losses,
-    training_scheduler,
-)
+from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode
+from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplingConfig, training_scheduler
+from terrasynth.models.latent_diffusion import LandcoverLDM, build_denoiser, p_losses
 from terrasynth.train.runner import RunResult, RunSpec, Runner, ema_copy, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -60,23 +50,14 @@ log = logging.getLogger(__name__)
 # ---- configuration ------------------------------------------------------------------------
 
 
-class AutoencoderConfig(StrictModel):
-    latent_channels: int = Field(4, ge=1)
-    block_out_channels: list[int] = [32, 64, 128]  # f = 2 ** (levels - 1)
-    layers_per_block: int = Field(1, ge=1)
-    norm_num_groups: int = Field(16, ge=1)
-    mid_attention: bool = False
+class AutoencoderConfig(AutoencoderArch):
+    """The categorical autoencoder: its architecture and how it trains."""
+
     kl_weight: float = Field(1e-4, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     max_steps: int = Field(100_000, ge=1)
     share: float = Field(0.3, gt=0, lt=1)  # of max_minutes and of target_minutes
-
-    @model_validator(mode="after")
-    def _groups(self):
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
-        return self
 
 
 class DiffusionConfig(StrictModel):
@@ -107,10 +88,7 @@ class DiffusionConfig(StrictModel):
         return self
 
 
-class SamplingConfig(StrictModel):
-    sampler: SamplerName = "dpmsolver++"
-    steps: int = Field(25, ge=1)
-    guidance: float = Field(2.0, ge=0)  # classifier-free guidance when a composition is requested
+class LandcoverSamplingConfig(SamplingConfig):
     weights: Literal["raw", "ema"] = "raw"
 
 
@@ -126,7 +104,7 @@ class LandcoverConfig(StrictModel):
     mixed_precision: MixedPrecision = "no"
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: LandcoverSamplingConfig = LandcoverSamplingConfig()
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -138,13 +116,6 @@ def load_masks(ds: Dataset, splits: list[str]) -> torch.Tensor:
     if not recs:
         raise UserError(f"{ds.root}: no tiles in split(s) {splits}; available: {sorted({r.split for r in ds.records})}")
     return torch.from_numpy(np.stack([ds.scheme.to_indices(ds.read_label(r)) for r in recs]))
-
-
-def dihedral_t(x: torch.Tensor, r: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of (..., H, W)."""
-    if r >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, r % 4, (-2, -1)) if r % 4 else x
 
 
 def batch_compositions(masks: torch.Tensor, k: int) -> torch.Tensor:
@@ -171,11 +142,7 @@ class _AutoencoderStage:
     """Runner family: the categorical autoencoder on random dihedral transforms of the maps."""
 
     def __init__(self, runner: Runner, a: AutoencoderConfig, masks: torch.Tensor, k: int, size: int):
-        vae = build_autoencoder(
-            k, latent_channels=a.latent_channels, block_out_channels=tuple(a.block_out_channels),
-            layers_per_block=a.layers_per_block, norm_num_groups=a.norm_num_groups, mid_attention=a.mid_attention,
-            sample_size=size,
-        )  # fmt: skip
+        vae = a.build(k, sample_size=size)
         opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
         self.objective, _ = runner.prepare(_Objective(vae, autoencoder_loss, kl_weight=a.kl_weight), opt)
         self.runner, self.masks, self.batch_size = runner, masks, a.batch_size
@@ -288,7 +255,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
         model = LandcoverLDM(
             vae, unet, dict(training_scheduler(cfg.diffusion.prediction_type, cfg.diffusion.num_train_timesteps).config),
             norm, scheme, class_frequencies=batch_compositions(masks, scheme.num_classes).mean(0).tolist(),
-            default_sampler=s.sampler, default_steps=s.steps, default_guidance=s.guidance,
+            default_sampler=s.scheduler, default_steps=s.steps, default_guidance=s.guidance_scale,
             train_compositions=batch_compositions(masks, scheme.num_classes) if cfg.diffusion.composition_control else None,
         )  # fmt: skip
         model.save_pretrained(out / "model")
@@ -303,7 +270,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
                 "diffusion": _stage_metrics(d_res),
                 "encode_seconds": encode_s,
                 "wall_seconds_this_invocation": time.perf_counter() - t_start,
-                "latent_norm": {"mean": norm.mean, "std": norm.std},
+                "latent_norm": {"mean": norm.shift.tolist(), "std": norm.std.tolist()},
                 "samples_per_step": {"autoencoder": cfg.autoencoder.batch_size, "diffusion": cfg.diffusion.batch_size},
             },
         )
@@ -344,155 +311,3 @@ def _encode_all(vae, masks: torch.Tensor, k: int, augment: bool) -> tuple[torch.
             zs.append(encode(vae, m.to(vae.device)).cpu())
             comps.append(batch_compositions(m, k))
     return torch.cat(zs), torch.cat(comps)
-
-# ---- sampling -----------------------------------------------------------------------------
-
-
-def load_landcover(run: Path, weights: Literal["raw", "ema"] | None = None, device: str = "cpu") -> LandcoverLDM:
-    """The trained generator of a run directory (``weights`` None: the run's sampling.weights)."""
-    run = Path(run)
-    mdir = run / "model"
-    if not (mdir / "landcover_ldm.json").exists():
-        raise UserError(f"{run}: no trained land-cover model (model/landcover_ldm.json); run 'terrasynth landcover train' first")
-    cfg = LandcoverConfig.model_validate(read_yaml(run / "config.yaml"))
-    model = LandcoverLDM.from_pretrained(mdir, device=device)
-    if (weights or cfg.sampling.weights) == "ema":
-        model.unet = type(model.unet).from_pretrained(mdir / "unet_ema").to(device).eval()
-    return model
-
-
-def parse_composition(text: str, codes: list[int], where: str = "--composition") -> dict[int, float]:
-    """``"50:0.3,80:0.2"`` -> {50: 0.3, 80: 0.2}; codes must be in the scheme, shares sum to <= 1."""
-    out: dict[int, float] = {}
-    try:
-        for part in text.split(","):
-            c, v = part.split(":")
-            out[int(c)] = float(v)
-    except ValueError as exc:
-        raise UserError(f"{where} {text!r}: expected CODE:SHARE pairs like 50:0.3,80:0.2") from exc
-    bad = sorted(set(out) - set(codes))
-    if bad:
-        raise UserError(f"{where} {text!r}: class codes {bad} are not in the scheme (known: {codes})")
-    if any(v < 0 for v in out.values()) or sum(out.values()) > 1 + 1e-6:
-        raise UserError(f"{where} {text!r}: shares must be >= 0 and sum to at most 1")
-    return out
-
-
-def generate_maps(
-    model: LandcoverLDM,
-    n: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-    composition: dict[int, float] | None = None,
-    guidance: float | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    skip=lambda b: False,
-    on_batch=None,
-    progress: bool = True,
-) -> tuple[np.ndarray, float]:
-    """``n`` maps as (n, H, W) uint8 class codes and the seconds per map.
-
-    Batch ``b`` is drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + b)`` so any
-    batch can be redone alone (``skip(b)`` True skips it, e.g. when already written).
-    """
-    if composition is not None and not model.conditional:
-        raise UserError("this land-cover model was trained without composition control; retrain with "
-                        "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
-    if sampler is not None and sampler not in SAMPLERS:
-        raise UserError(f"--sampler {sampler!r} is unknown; choose one of {sorted(SAMPLERS)}")
-    cond = model.composition_vector(composition) if composition else None
-    maps = []
-    secs, made = 0.0, 0
-    nb = (n + batch_size - 1) // batch_size
-    for b in tqdm(range(nb), desc="sample maps", unit="batch", disable=not progress):
-        m = min(batch_size, n - b * batch_size)
-        if skip(b):
-            maps.append(None)
-            continue
-        g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        t0 = time.perf_counter()
-        idx = model.generate(m, g, composition=cond, guidance=guidance, sampler=sampler, steps=steps)
-        secs += time.perf_counter() - t0
-        made += m
-        codes = model.scheme.to_codes(idx.cpu().numpy())
-        maps.append(codes)
-        if on_batch:
-            on_batch(b, codes)
-    full = [x for x in maps if x is not None]
-    return (np.concatenate(full) if full else np.zeros((0,), np.uint8)), (secs / made if made else float("nan"))
-
-
-def sample_landcover(
-    run: Path,
-    n: int,
-    out: Path,
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-    composition: dict[int, float] | None = None,
-    guidance: float | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    split: str = "train",
-    overwrite: bool = False,
-) -> Dataset:
-    """Write ``n`` generated maps as a label-only dataset (``kind: synthetic``) at ``out``.
-
-    Rerunning the same command resumes: finished batches are skipped.
-    """
-    run = Path(run)
-    if n < 1:
-        raise UserError(f"--n {n}: ask for at least one map")
-    model = load_landcover(run)
-    params = {
-        "run": str(run.resolve()), "n": n, "seed": seed, "batch_size": batch_size,
-        "composition": {str(k): v for k, v in (composition or {}).items()} or None,
-        "guidance": guidance, "sampler": sampler or model.default_sampler, "steps": steps or model.default_steps,
-        "split": split, "checkpoint": _checkpoint_id(run),
-    }  # fmt: skip
-    gen_info = {"family": "landcover-ldm", "run": str(run.resolve()), "checkpoint": params["checkpoint"],
-                "sampler": params["sampler"], "steps": params["steps"]}  # fmt: skip
-    info = DatasetInfo(
-        name=f"landcover-synthetic-{run.name}", kind="synthetic", scheme=model.scheme,
-        tile_size=model.latent_shape[-1] * downsampling_factor(model.vae), gsd=_run_gsd(run), has_images=False,
-        provenance=provenance(f"landcover-ldm:{run.resolve()}", config_hash=config_hash(params), seed=seed,
-                              generator=gen_info, sampling=params),
-    )  # fmt: skip
-    with DatasetWriter(out, info, overwrite=overwrite) as w:
-        ids = [f"s{seed}_{i:06d}" for i in range(n)]
-
-        def done(b: int) -> bool:
-            return all(w.has(t) for t in ids[b * batch_size : (b + 1) * batch_size])
-
-        def write(b: int, codes: np.ndarray) -> None:
-            for j, m in enumerate(codes):
-                w.write(ids[b * batch_size + j], split, m, source=f"landcover-ldm:{run.name}")
-
-        _, s_per_map = generate_maps(
-            model, n, seed=seed, batch_size=batch_size, composition=composition, guidance=guidance,
-            sampler=sampler, steps=steps, skip=done, on_batch=write,
-        )  # fmt: skip
-        if np.isfinite(s_per_map):
-            info.extra["seconds_per_map"] = s_per_map
-        return w.finalize()
-
-
-def _checkpoint_id(run: Path) -> str:
-    """A short content hash of the exported weights, so provenance pins the exact model."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in sorted((run / "model").rglob("*.safetensors")):
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _run_gsd(run: Path) -> float | None:
-    meta = run / "data.json"
-    if meta.exists():
-        import json
-
-        return json.loads(meta.read_text()).get("gsd")
-    return None

@@ -1,4 +1,4 @@
-"""Sample grids for eyes and docs: mask | real | generated (two noise draws)."""
+"""Sample grids of image generators for eyes and docs: mask | real | generated."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from terrasynth.data.dataset import Dataset
 from terrasynth.data.preview import grid, save_png
-from terrasynth.models.generator import load_generator
+from terrasynth.models.generator import ImageGenerator, load_generator
 
 
 def preview_grid(
@@ -35,3 +35,21 @@ def preview_grid(
         row += [(d[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for d in draws]
         rows.append(row)
     return save_png(out, grid(rows, scale=max(1, 128 // ds.info.tile_size)))
+
+
+def training_preview(gen: ImageGenerator, tiles, path: Path, seed: int, n: int = 6) -> None:
+    """mask | real | generated, one row per tile of ``tiles`` (items with ``mask`` and ``image``)."""
+    idx = list(range(0, len(tiles), max(1, len(tiles) // n)))[:n]
+    items = [tiles[i] for i in idx]
+    masks = torch.stack([it["mask"] for it in items])
+    fake = gen.generate(masks, torch.Generator().manual_seed(seed))
+    scheme = gen.scheme
+    rows = []
+    for it, f in zip(items, fake):
+        codes = scheme.to_codes(it["mask"].numpy().astype("uint8"))
+        rows.append([scheme.colourize(codes), _u8(it["image"]), _u8(f)])
+    save_png(path, grid(rows, scale=max(1, 128 // masks.shape[-1])))
+
+
+def _u8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

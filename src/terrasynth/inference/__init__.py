@@ -1,0 +1,1 @@
+"""Loading trained generators and sampling from them (land-cover maps, preview grids); never imports ``train``."""
