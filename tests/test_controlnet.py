@@ -18,7 +18,9 @@ from terrasynth.models.controlnet import ControlNetGenerator, build_controlnet, 
 from terrasynth.models.controlnet import load_generator as load_controlnet
 from terrasynth.models.generator import ImageGenerator, load_generator
 from terrasynth.models.latent_base import load_base
-from terrasynth.train.diffusion import ControlNetConfig, ControlNetRunConfig, train_controlnet
+from terrasynth.train.diffusion import (
+    ControlNetBaseConfig, ControlNetConfig, ControlNetRunConfig, stage_minutes, train_controlnet,
+)  # fmt: skip
 
 
 def _sets(items):
@@ -175,6 +177,24 @@ def test_interrupted_stages_resume_to_the_uninterrupted_weights(trained, tmp_pat
     # --restart clears the stage's checkpoints and trains from step 0 again
     assert run_cli(*cn_args, "--restart") == 0
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["controlnet"]["resumed_from"] is None
+
+
+def test_target_minutes_sizes_the_steps_and_the_resolved_config_records_them(trained, tmp_path):
+    cfg = ControlNetConfig(max_steps=40, target_minutes=0.01, batch_size=2, warmup_steps=1, checkpoint_every=100,
+                           sampling={"steps": 2, "batch_size": 8})  # fmt: skip
+    run = train_controlnet(cfg, trained / "data", trained / "base", tmp_path / "t")
+    s = json.loads((run / "train_summary.json").read_text())["controlnet"]
+    assert s["probe"]["target_minutes"] == 0.01 and 1 <= s["steps"] == s["max_steps"] == s["probe"]["steps"] <= 40
+    resolved = load_config(ControlNetConfig, run / "config.yaml")
+    assert resolved.max_steps == s["steps"] and resolved.target_minutes is None
+
+
+def test_base_minutes_split_between_autoencoder_and_unet():
+    cfg = ControlNetBaseConfig(max_minutes=10, target_minutes=20, vae_share=0.4)
+    assert stage_minutes(cfg, "vae") == {"max_minutes": 4.0, "target_minutes": 8.0}
+    assert stage_minutes(cfg, "unet", 3.0) == {"max_minutes": 7.0, "target_minutes": 17.0}  # what the vae left
+    assert stage_minutes(cfg, "unet", 12.0)["max_minutes"] == 0.5  # never nothing
+    assert stage_minutes(ControlNetBaseConfig(), "unet", 3.0) == {"max_minutes": None, "target_minutes": None}
 
 
 def test_schedulers_by_name_and_bad_inputs(trained):

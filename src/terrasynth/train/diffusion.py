@@ -295,7 +295,19 @@ def _summary(r: RunResult) -> dict[str, Any]:
     return {k: v for k, v in asdict(r).items() if k != "losses"}
 
 
-def _spec(stage: str, cfg: StrictModel, max_steps: int, **budget: float | None) -> RunSpec:
+def stage_minutes(cfg: ControlNetBaseConfig, stage: str, vae_used: float = 0.0) -> dict[str, float | None]:
+    """``max_minutes``/``target_minutes`` of one base stage: the autoencoder gets ``vae_share`` of them,
+    the UNet what the autoencoder left (``vae_used`` minutes of training, kept in its checkpoints), >= 5%."""
+    out: dict[str, float | None] = {}
+    for key in ("max_minutes", "target_minutes"):
+        total = getattr(cfg, key)
+        if total is not None:
+            total = total * cfg.vae_share if stage == "vae" else max(total - vae_used, 0.05 * total)
+        out[key] = total
+    return out
+
+
+def _spec(stage: str, cfg: ControlNetBaseConfig | ControlNetConfig, max_steps: int, **budget: float | None) -> RunSpec:
     return RunSpec(stage, max_steps=max_steps, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
                    grad_clip=1.0, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, **budget)  # fmt: skip
 
@@ -350,9 +362,7 @@ def train_controlnet_base(
             imgs, _ = batch(tiles, cfg.vae.batch_size, gen, cfg.augment)
             return model(imgs.to(device), gen)
 
-        share = {key: getattr(cfg, key) and getattr(cfg, key) * cfg.vae_share
-                 for key in ("max_minutes", "target_minutes")}  # fmt: skip
-        spec = _spec("vae", cfg, cfg.vae.max_steps, **share)
+        spec = _spec("vae", cfg, cfg.vae.max_steps, **stage_minutes(cfg, "vae"))
         fp = fingerprint({k: v for k, v in conf.items() if k != "unet"}, **inputs)
         ema, summary["vae"] = _fit(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight), cfg.vae.lr, vae_loss,
                                    cfg.mixed_precision, resume)  # fmt: skip
@@ -393,16 +403,16 @@ def train_controlnet_base(
         return F.mse_loss(m(x, t).float(), target.float())
 
     if cfg.unet.max_steps > 0:
-        # The UNet gets the minutes the autoencoder left (its own training time, kept in its checkpoints).
         used = summary["vae"]["elapsed_s"] / 60 if "vae" in summary else 0.0
-        rest = {key: getattr(cfg, key) and max(getattr(cfg, key) - used, 0.05 * getattr(cfg, key))
-                for key in ("max_minutes", "target_minutes")}  # fmt: skip
-        spec = _spec("unet", cfg, cfg.unet.max_steps, **rest)
+        spec = _spec("unet", cfg, cfg.unet.max_steps, **stage_minutes(cfg, "unet", used))
         model, summary["unet"] = _fit(spec, out, fingerprint(conf, **inputs), model, cfg.unet.lr, unet_loss,
                                       cfg.mixed_precision, resume)  # fmt: skip
     if acc.is_main_process:
         save_trained_base(out, vae, model.unet.eval(), sched, model.context.detach(), mean, std)
         write_json_atomic(out / "train_summary.json", summary)
+        if cfg.target_minutes:  # the steps the probe chose: rerunning the resolved config trains the same model
+            sized = {k: getattr(cfg, k).model_copy(update={"max_steps": summary[k]["max_steps"]}) for k in summary}
+            save_resolved(cfg.model_copy(update={"target_minutes": None, **sized}), out)
     acc.wait_for_everyone()
     return out
 
@@ -474,6 +484,8 @@ def train_controlnet(
     if acc.is_main_process:
         controlnet.save_pretrained(out / CONTROLNET_DIR)
         write_json_atomic(out / "train_summary.json", {"controlnet": summary})
+        if cfg.target_minutes:  # the steps the probe chose (see train_controlnet_base)
+            save_resolved(cfg.model_copy(update={"target_minutes": None, "max_steps": summary["max_steps"]}), out)
         write_generator_file(
             out, "controlnet",
             base=lb.path, prompt=cfg.prompt, scheme=scheme.to_dict(), unconditional=cfg.unconditional,
