@@ -3,8 +3,8 @@
 Trains UNet, UNet++ and DeepLabV3+ (same encoder) on the train split of a dataset (e.g.
 the DroneDeploy pairs imported at 64x64, split by source image) for ``--minutes`` each,
 then evaluates the best-by-validation and the last weights on the test split, next to
-the nearest class-mean colour baseline fitted on the train split. The LR schedule length
-is set from a short speed probe so that the cosine decay ends near the time budget.
+the nearest class-mean colour baseline fitted on the train split. The runner's speed probe
+(``target_minutes``) sizes the steps so that the cosine decay ends at the time budget.
 Prints a markdown table and writes JSON. Run it under the heavy lock:
 
     flock /work/heavy.lock python benchmarks/segmentation_quality.py --data outputs/dd64 --out outputs/segq
@@ -26,24 +26,8 @@ from terrasynth.data.torchdata import TileDataset
 from terrasynth.evaluate.colour_baseline import NearestClassColour
 from terrasynth.evaluate.segmentation import SegmentationMetrics, evaluate_segmentation
 from terrasynth.models.segmentation import build_segmenter
-from terrasynth.train.segmentation import SegmentConfig, mixed_precision, train_segmentation
-
-
-def probe_steps_per_s(cfg: SegmentConfig, k: int, steps: int = 12) -> float:
-    """Training steps/s of the architecture on random 64 px data (forward, backward, AdamW)."""
-    model = build_segmenter(cfg.arch, cfg.encoder, 3, k)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=True)
-    x, y = torch.rand(cfg.batch_size, 3, 64, 64), torch.randint(0, k, (cfg.batch_size, 64, 64))
-    bf16 = mixed_precision(cfg.bf16) == "bf16"
-    for i in range(steps + 3):
-        if i == 3:
-            t = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps / (time.perf_counter() - t)
+from terrasynth.accel import resolve_precision
+from terrasynth.train.segmentation import SegmentConfig, train_segmentation
 
 
 def colour_baseline(data: Path) -> dict:
@@ -71,7 +55,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    k = TileDataset(args.data, "train").scheme.num_classes
     rows = []
     t0 = time.time()
     base = colour_baseline(args.data)
@@ -80,9 +63,8 @@ def main() -> None:
                  "test_pixel_accuracy": base["pixel_accuracy"]})  # fmt: skip
     for arch in args.archs:
         cfg = SegmentConfig(arch=arch, encoder=args.encoder, batch_size=8, lr=1e-3, seed=args.seed, val_every=100,
-                            checkpoint_every=200, max_minutes=args.minutes, threads=args.threads)  # fmt: skip
-        rate = probe_steps_per_s(cfg, k)
-        cfg.max_steps = max(50, int(rate * args.minutes * 60))
+                            checkpoint_every=200, max_steps=10**6, target_minutes=args.minutes,
+                            threads=args.threads)  # fmt: skip
         run = args.out / f"{arch}-{args.encoder}"
         shutil.rmtree(run, ignore_errors=True)
         t = time.time()
@@ -91,8 +73,9 @@ def main() -> None:
         best = evaluate_segmentation(run, args.data, "test", which="best")
         last = evaluate_segmentation(run, args.data, "test", which="last")
         steps = json.loads((run / "last.json").read_text())["step"]
-        rows.append({"model": f"{arch} / {args.encoder}", "steps": steps, "planned_steps": cfg.max_steps,
-                     "probe_steps_per_s": round(rate, 2), "seconds": round(seconds, 1),
+        probe = json.loads((run / "run.json").read_text())["budget"]
+        rows.append({"model": f"{arch} / {args.encoder}", "steps": steps, "planned_steps": probe["steps"],
+                     "probe_steps_per_s": round(1 / probe["seconds_per_step"], 2), "seconds": round(seconds, 1),
                      "best_step": best["model"]["step"],
                      "test_macro_miou": best["macro_miou"], "test_micro_iou": best["micro_iou"],
                      "test_pixel_accuracy": best["pixel_accuracy"],
@@ -101,7 +84,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     meta = {"data": str(args.data), "minutes": args.minutes, "seed": args.seed, "threads": args.threads,
             "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "mixed_precision": mixed_precision("auto"), "rows": rows}  # fmt: skip
+            "mixed_precision": resolve_precision("auto"), "rows": rows}  # fmt: skip
     (args.out / "quality.json").write_text(json.dumps(meta, indent=2))
     print("| model | steps | test macro mIoU | test micro IoU | pixel acc. | last macro mIoU | last micro IoU |")
     print("|---|---|---|---|---|---|---|")

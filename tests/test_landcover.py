@@ -54,19 +54,87 @@ def test_training_writes_model_and_loss_decreases(tiny_run):
     assert 0.0 <= m["autoencoder"]["pixel_accuracy"] <= 1.0
     assert set(m["autoencoder"]["iou_by_code"]) == {str(c) for c in WORLDCOVER.codes}
     assert (tiny_run / "config.yaml").exists() and (tiny_run / "model" / "unet" / "config.json").exists()
-    assert any((tiny_run / "logs").rglob("events.out.tfevents*"))
+    assert all(any((tiny_run / "tb" / stage).rglob("events.out.tfevents*")) for stage in ("autoencoder", "diffusion"))
 
 
 def test_rerun_resumes_and_other_config_is_refused(tiny_run, tiny_data, capsys):
-    before = (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns
+    final = tiny_run / "checkpoints" / "diffusion" / "step-00000012"
+    before = final.stat().st_mtime_ns
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY) == 0
-    st = torch.load(tiny_run / "checkpoints" / "diffusion.pt", weights_only=False)
-    assert st["step"] == 12  # nothing retrained past the bound
-    assert (tiny_run / "checkpoints" / "diffusion.pt").stat().st_mtime_ns == before
+    assert [p.name for p in final.parent.iterdir()] == ["step-00000012"]  # nothing retrained past the bound
+    assert final.stat().st_mtime_ns == before
     curve = json.loads((tiny_run / "metrics.json").read_text())["diffusion"]["loss_curve"]
     assert len(curve) >= 2  # the loss history survives a resume
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", tiny_run, *TINY, "--set", "seed=5") == 2
-    assert "another config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different seed (0 vs 5)" in err and "--restart" in err
+    assert run_config(tiny_run)["seed"] == 0  # the refused config did not replace the run's
+
+
+def run_config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted((run / "model").rglob("*.safetensors")):
+        out |= {f"{f.parent.name}/{k}": v for k, v in load_file(f).items()}
+    return out
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    """Stopped in each stage after a checkpoint and rerun, training ends with the weights (raw and EMA)
+    of an uninterrupted run, on CPU."""
+    from terrasynth.train import landcover as lc
+
+    short = [*TINY, "--set", "autoencoder.max_steps=5", "--set", "diffusion.max_steps=5", "--set", "checkpoint_every=2"]
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", tmp_path / "ref", *short) == 0
+    run = tmp_path / "run"
+    for stage in (lc._AutoencoderStage, lc._DiffusionStage):
+        step_fn = stage.training_step
+
+        def stop_at_3(self, step, gen, step_fn=step_fn):
+            if step == 3:
+                raise KeyboardInterrupt
+            return step_fn(self, step, gen)
+
+        with monkeypatch.context() as m:
+            m.setattr(stage, "training_step", stop_at_3)
+            assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *short) == 130
+    assert not (run / "model").exists()
+    assert [p.name for p in (run / "checkpoints" / "diffusion").iterdir()] == ["step-00000002"]
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *short) == 0
+    ref, got = _weights(tmp_path / "ref"), _weights(run)
+    assert {"autoencoder", "unet", "unet_ema"} <= {k.split("/")[0] for k in ref} and ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    steps = json.loads((run / "metrics.json").read_text())
+    assert steps["autoencoder"]["steps"] == steps["diffusion"]["steps"] == 5
+    # --restart starts both stages over, here with another seed the resume would refuse
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *short, "--set", "seed=1", "--restart") == 0
+    assert run_config(run)["seed"] == 1
+    assert not torch.equal(ref["unet/conv_in.weight"], _weights(run)["unet/conv_in.weight"])
+
+
+def test_minutes_split_by_share_and_target_sizes_steps(tiny_data, tmp_path):
+    from terrasynth.train.landcover import LandcoverConfig, _runner
+
+    cfg = LandcoverConfig(max_minutes=10, target_minutes=4, checkpoint_every=7, autoencoder={"share": 0.25})
+    ae = _runner(cfg, "autoencoder", 11, 0.25, 0.0, tmp_path, {}, True).spec
+    assert (ae.max_minutes, ae.target_minutes, ae.checkpoint_every, ae.ema_decay) == (2.5, 1.0, 7, None)
+    dm = _runner(cfg, "diffusion", 13, 1.0, 1.5, tmp_path, {}, True).spec  # what the autoencoder and encoding left
+    assert (dm.max_minutes, dm.target_minutes, dm.max_steps, dm.ema_decay) == (8.5, 2.5, 13, cfg.diffusion.ema_decay)
+    # a target sizes each stage by a speed probe (here capped by max_steps); the run records the choice
+    run = tmp_path / "run"
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY, "--target-minutes", 30,
+                   "--set", "autoencoder.max_steps=3", "--set", "diffusion.max_steps=4") == 0  # fmt: skip
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["autoencoder"]["probe"]["steps"] == m["autoencoder"]["steps"] == 3
+    assert m["diffusion"]["probe"]["target_minutes"] < 30 and m["diffusion"]["steps"] == 4
+    assert run_config(run)["target_minutes"] == 30
 
 
 def test_sample_writes_valid_synthetic_dataset(tiny_run, tmp_path):

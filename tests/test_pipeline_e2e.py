@@ -110,7 +110,7 @@ def test_new_york_twin(shared_data, tmp_path):
     extra |= {f"data.landcover_source.{k}": v for k, v in {**local, "landcover": f"[{lc}]", "max_tiles": "40"}.items()}
     extra |= {"landcover.mixed_precision": "no", "controlnet_base.mixed_precision": "no", "controlnet.mixed_precision": "no",
               "controlnet_base.gradient_checkpointing": "false", "controlnet.gradient_checkpointing": "false",
-              "segment.archs": "[unet]", "segment.seeds": "[0,1]", "segment.train.bf16": "false",
+              "segment.archs": "[unet]", "segment.seeds": "[0,1]", "segment.train.mixed_precision": "no",
               "mixing.synthetic_sets": "[fakergbfakelc]", "spade.model.latent_size": "4", "spade.model.num_middle": "1"}  # fmt: skip
     out = tmp_path / "ny"
     assert run_cli("-q", "run", ROOT / "configs" / "new-york.yaml", "--out", out, *twin_sets(**extra)) == 0

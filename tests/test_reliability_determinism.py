@@ -60,7 +60,7 @@ def test_segment_training_same_seed_same_weights_and_metrics(tmp_path):
 
     data = make_dataset(tmp_path / "d", n=6)
     fast = ["--encoder", "tu-mobilenetv3_small_050", "--batch-size", 4, "--max-steps", 4, "--arch", "unet",
-            "--set", "val_every=2", "--set", "checkpoint_every=2", "--set", "bf16=false"]  # fmt: skip
+            "--set", "val_every=2", "--set", "checkpoint_every=2", "--set", "mixed_precision=no"]  # fmt: skip
     out = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         r = cli("segment", "train", "--data", data, "--out", tmp_path / name, "--seed", seed, *fast)

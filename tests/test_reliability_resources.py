@@ -14,22 +14,34 @@ from conftest import run_cli
 from reliability_util import env
 
 
-def test_segment_checkpoints_keep_n_atomic_and_fall_back_past_a_damaged_one(tmp_path):
-    from terrasynth.io import TMP_PREFIX
-    from terrasynth.train.segmentation import Checkpoints
+def test_runner_checkpoints_keep_n_atomic_and_fall_back_past_a_damaged_one(tmp_path):
+    from terrasynth.accel import make_accelerator
+    from terrasynth.train.runner import Runner, RunSpec
 
-    ck = Checkpoints(tmp_path, keep=2)
-    for step in range(1, 6):
-        ck.save({"step": step, "w": torch.full((4,), float(step))})
-    assert [p.name for p in ck.paths()] == ["step-00000004.pt", "step-00000005.pt"]
-    # What a kill during the next save leaves: a temporary file. The newest checkpoint is then damaged.
-    (ck.dir / f"{TMP_PREFIX}step-00000006-x.pt").write_bytes(b"half a checkpoint")
-    newest = ck.paths()[-1]
-    newest.write_bytes(newest.read_bytes()[:100])
-    again = Checkpoints(tmp_path, keep=2)
-    assert not list(again.dir.glob(f"{TMP_PREFIX}*"))
-    state = again.latest()
-    assert state["step"] == 4 and torch.equal(state["w"], torch.full((4,), 4.0))
+    class Counter:
+        def __init__(self, runner):
+            net = torch.nn.Linear(2, 1)
+            self.net, self.opt = runner.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1))
+
+        def training_step(self, step, gen):
+            return self.net(torch.randn(4, 2, generator=gen)).pow(2).mean()
+
+    def runner(steps):
+        r = Runner(RunSpec("s", max_steps=steps, checkpoint_every=1, keep_checkpoints=2),
+                   make_accelerator(mixed_precision="no"), tmp_path, {}, progress=False)  # fmt: skip
+        return r, Counter(r)
+
+    r, fam = runner(5)
+    r.fit(fam)
+    assert [p.name for p in r.checkpoints()] == ["step-00000004", "step-00000005"]
+    # What a kill during the next save leaves: a temporary folder. The newest checkpoint is then damaged.
+    (r.ckpt_dir / ".step-00000006.tmp").mkdir()
+    for f in r.checkpoints()[-1].iterdir():
+        f.write_bytes(f.read_bytes()[:100])
+    r2, fam2 = runner(6)
+    assert r2.fit(fam2).resumed_from == 4
+    assert not list(r2.ckpt_dir.glob(".step-*"))
+    assert [p.name for p in r2.checkpoints()] == ["step-00000005", "step-00000006"]
 
 
 @pytest.mark.slow

@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_cli
-from segmentation_data import TINY, make_dataset
+from segmentation_data import make_dataset
 from terrasynth.classes import ClassInfo, ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import evaluate_segmentation
 from terrasynth.train.segmentation import SegmentConfig, train_segmentation
 
 ENC = "tu-mobilenetv3_small_050"
-FAST = ["--encoder", ENC, "--batch-size", "4", "--set", "val_every=3", "--set", "checkpoint_every=2", "--set", "bf16=false"]
+FAST = ["--encoder", ENC, "--batch-size", "4", "--set", "val_every=3", "--set", "checkpoint_every=2", "--set", "mixed_precision=no"]
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,12 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
     run = tmp_path / "run"
     rc = run_cli("segment", "train", "--data", data, "--arch", "unet", "--out", run, "--max-steps", "4", "--seed", "1",
-                 *FAST[:-2], "--set", "bf16=auto")  # fmt: skip
+                 *FAST[:-2], "--set", "mixed_precision=auto")  # fmt: skip
     assert rc == 0
     for f in ("config.yaml", "run.json", "segmenter.json", "best.safetensors", "last.safetensors", "best.json"):
         assert (run / f).is_file(), f
-    assert len(list((run / "checkpoints").glob("step-*.pt"))) == 2  # keep_checkpoints=2 of steps 2 and 4
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run / "checkpoints" / "segment").glob("step-*"))) == 2  # keep_checkpoints=2 of steps 2 and 4
+    assert list((run / "tb" / "segment").glob("events.out.tfevents.*"))
     info = json.loads((run / "run.json").read_text())
     assert info["validation"]["tiles"] > 0 and "held-out" in info["validation"]["chosen"]
     assert json.loads((run / "last.json").read_text())["step"] == 4
@@ -73,30 +73,59 @@ def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_training_learns_the_colour_coded_classes(data: Path, tmp_path: Path):
     cfg = SegmentConfig(arch="unet", encoder=ENC, batch_size=4, max_steps=40, lr=3e-3, val_every=20, checkpoint_every=40,
-                        bf16=False)  # fmt: skip
+                        mixed_precision="no")  # fmt: skip
     run = train_segmentation(cfg, [(data, 1.0)], tmp_path / "run")
     res = evaluate_segmentation(run, data, "all", which="last")
     assert res["pixel_accuracy"] > 0.8, res["pixel_accuracy"]  # chance is about 1/3
 
 
-def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Path):
+def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Path, monkeypatch):
     # DeepLabV3+ has dropout in ASPP: this also checks that RNG states are restored.
-    base = dict(arch="deeplabv3plus", encoder=ENC, batch_size=4, schedule_steps=6, val_every=2, checkpoint_every=2,
-                bf16=False)  # fmt: skip
-    full = train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], tmp_path / "full")
+    from terrasynth.train.segmentation import SegmentationFamily
+
+    base = dict(arch="deeplabv3plus", encoder=ENC, batch_size=4, val_every=2, checkpoint_every=2, max_steps=6,
+                mixed_precision="no")  # fmt: skip
+    full = train_segmentation(SegmentConfig(**base), [(data, 1.0)], tmp_path / "full")
     part = tmp_path / "part"
-    train_segmentation(SegmentConfig(**base, max_steps=3), [(data, 1.0)], part)
-    assert json.loads((part / "last.json").read_text())["step"] == 3
-    train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], part)
+    after_step = SegmentationFamily.after_step
+
+    def interrupt(self, step, logs):
+        after_step(self, step, logs)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(SegmentationFamily, "after_step", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train_segmentation(SegmentConfig(**base), [(data, 1.0)], part)
+    assert json.loads((part / "last.json").read_text())["step"] == 2
+    train_segmentation(SegmentConfig(**base), [(data, 1.0)], part)
     assert_same_weights(weights(full), weights(part))
-    # A finished run is not trained again; a different config is refused.
+    # A finished run is not trained again; a different config is refused; --restart starts over.
     before = (part / "last.safetensors").stat().st_mtime_ns
-    train_segmentation(SegmentConfig(**base, max_steps=6), [(data, 1.0)], part)
+    train_segmentation(SegmentConfig(**base), [(data, 1.0)], part)
     assert (part / "last.safetensors").stat().st_mtime_ns == before
-    with pytest.raises(UserError, match="different lr"):
-        train_segmentation(SegmentConfig(**base, max_steps=8, lr=0.01), [(data, 1.0)], part)
-    with pytest.raises(UserError, match="already holds a training run"):
-        train_segmentation(SegmentConfig(**base, max_steps=8), [(data, 1.0)], part, resume=False)
+    with pytest.raises(UserError, match=r"different lr \(0.001 vs 0.01\).*--restart"):
+        train_segmentation(SegmentConfig(**{**base, "lr": 0.01}), [(data, 1.0)], part)
+    train_segmentation(SegmentConfig(**{**base, "lr": 0.01, "max_steps": 2}), [(data, 1.0)], part, resume=False)
+    assert json.loads((part / "last.json").read_text())["step"] == 2
+
+
+def test_target_minutes_sizes_the_steps_and_writes_them_to_the_resolved_config(data: Path, tmp_path: Path):
+    import yaml
+
+    cfg = SegmentConfig(arch="unet", encoder=ENC, batch_size=4, max_steps=10_000, target_minutes=0.05,
+                        val_every=1000, checkpoint_every=1000, mixed_precision="no")  # fmt: skip
+    run = train_segmentation(cfg, [(data, 1.0)], tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    steps = info["max_steps"]
+    assert 1 <= steps < 10_000 and info["budget"]["steps"] == steps and info["budget"]["seconds_per_step"] > 0
+    assert json.loads((run / "last.json").read_text())["step"] == steps
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["max_steps"] == steps and resolved["target_minutes"] is None
+    # the resolved config alone reproduces the run
+    again = train_segmentation(SegmentConfig.model_validate(resolved), [(data, 1.0)], tmp_path / "again")
+    assert_same_weights(weights(run), weights(again))
 
 
 @pytest.mark.slow
@@ -109,14 +138,14 @@ def test_sigkilled_training_resumes_to_the_same_weights(data: Path, tmp_path: Pa
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "terrasynth", *args, "--out", str(killed)], env=env)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-00000004.pt").exists():
+    while not (killed / "checkpoints" / "segment" / "step-00000004").exists():
         assert proc.poll() is None, "training finished before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    step_at_kill = max(int(p.stem.split("-")[1]) for p in (killed / "checkpoints").glob("step-*.pt"))
+    step_at_kill = max(int(p.name.split("-")[1]) for p in (killed / "checkpoints" / "segment").glob("step-*"))
     assert step_at_kill < 14
     assert run_cli(*args, "--out", killed) == 0
     assert_same_weights(weights(tmp_path / "full"), weights(killed))

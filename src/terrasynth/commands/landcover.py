@@ -14,9 +14,10 @@ def register(cli: CLI) -> None:
     p = g.add_parser("train", help="train the autoencoder and the latent diffusion model on a dataset's label maps")
     p.add_argument("--data", required=True, metavar="DIR", help="terrasynth dataset (label-only or paired)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (rerun the command to resume)")
-    p.add_argument("--max-minutes", type=float, help="wall-time budget for both phases together")
+    p.add_argument("--max-minutes", type=float, help="wall-time budget for both stages together")
+    p.add_argument("--target-minutes", type=float, help="size both stages' steps by a speed probe to fit this")
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from RUN/checkpoints")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming from RUN/checkpoints")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -55,8 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from terrasynth.config import load_config
     from terrasynth.train.landcover import LandcoverConfig, train_landcover
 
-    cfg = load_config(LandcoverConfig, args.config, {"max_minutes": args.max_minutes, "seed": args.seed}, args.sets)
-    run = train_landcover(cfg, Path(args.data), Path(args.out), resume=not args.no_resume)
+    flags = {"max_minutes": args.max_minutes, "target_minutes": args.target_minutes, "seed": args.seed}
+    cfg = load_config(LandcoverConfig, args.config, flags, args.sets)
+    run = train_landcover(cfg, Path(args.data), Path(args.out), resume=not args.restart)
     print(f"model written to {run / 'model'}")
     return 0
 

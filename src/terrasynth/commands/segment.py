@@ -28,10 +28,12 @@ def register(cli: CLI) -> None:
     p.add_argument("--encoder-weights", metavar="PATH", help="local state dict for the encoder (default: random init)")
     p.add_argument("--max-steps", type=int, metavar="N", help="step budget")
     p.add_argument("--max-minutes", type=float, metavar="M", help="wall-time budget (whichever ends first)")
+    p.add_argument("--target-minutes", type=float, metavar="M",
+                   help="size --max-steps by a short speed probe to fit M minutes on this machine")
     p.add_argument("--batch-size", type=int, metavar="B")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --out")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming the run in --out")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -60,11 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {
         "arch": args.arch, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
-        "max_steps": args.max_steps, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
+        "max_steps": args.max_steps, "max_minutes": args.max_minutes,
+        "target_minutes": args.target_minutes, "batch_size": args.batch_size,
         "lr": args.lr, "seed": args.seed,
     }  # fmt: skip
     cfg = load_config(SegmentConfig, args.config, flags, args.sets)
-    run = train_segmentation(cfg, mixture(args.data, args.weight), Path(args.out), resume=not args.no_resume)
+    run = train_segmentation(cfg, mixture(args.data, args.weight), Path(args.out), resume=not args.restart)
     print(f"trained {cfg.arch}/{cfg.encoder}: {run} (best.safetensors, last.safetensors)")
     return 0
 

@@ -2,41 +2,39 @@
 
 A run directory::
 
-    config.yaml               resolved config
-    checkpoints/*.pt          training state (atomic; a rerun resumes from them)
+    config.yaml               resolved config (a speed probe's chosen max_steps written in)
+    checkpoints/<stage>/      training state of each stage (the runner's; a rerun resumes from it)
     autoencoder_metrics.json  reconstruction pixel accuracy and per-class IoU (validation split)
     model/                    LandcoverLDM.save_pretrained: autoencoder/, unet/ (+ unet_ema/)
     metrics.json              steps, wall times, losses
-    logs/                     TensorBoard
+    tb/<stage>/               TensorBoard
 
-Training runs in two phases, each bounded by steps and by its share of ``max_minutes``:
-the autoencoder, then the diffusion model on the normalised latents of all training maps
-(and their 8 dihedral transforms). Multi-GPU: ``accelerate launch -m terrasynth landcover train ...``.
+Training runs as two stages of the one training runner (:mod:`terrasynth.train.runner`),
+"autoencoder" then "diffusion" (on the normalised latents of all training maps and their 8
+dihedral transforms). The autoencoder gets ``autoencoder.share`` of ``max_minutes`` (and of
+``target_minutes``), the diffusion model what is left after the autoencoder and the encoding.
+Multi-GPU: ``accelerate launch -m terrasynth landcover train ...``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
-from terrasynth.accel import make_accelerator
-from diffusers.training_utils import EMAModel
+from terrasynth.accel import make_accelerator, resolve_precision
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from terrasynth.classes import IGNORE_INDEX
-from terrasynth.config import StrictModel, config_hash, read_yaml, save_resolved
+from terrasynth.config import MixedPrecision, StrictModel, config_dict, config_hash, read_yaml, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
+from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.autoencoder import (
     autoencoder_loss,
     build_autoencoder,
@@ -54,6 +52,7 @@ from terrasynth.models.latent_diffusion import (
     p_losses,
     training_scheduler,
 )
+from terrasynth.train.runner import RunResult, RunSpec, Runner, ema_copy, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class AutoencoderConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     max_steps: int = Field(100_000, ge=1)
-    share: float = Field(0.3, gt=0, lt=1)  # of max_minutes
+    share: float = Field(0.3, gt=0, lt=1)  # of max_minutes and of target_minutes
 
     @model_validator(mode="after")
     def _groups(self):
@@ -116,24 +115,21 @@ class SamplingConfig(StrictModel):
 
 
 class LandcoverConfig(StrictModel):
+    """The budget keys follow :class:`terrasynth.config.TrainBudget`; ``max_steps`` is per stage."""
+
     seed: int = 0
     max_minutes: float | None = Field(15.0, gt=0)  # total for autoencoder + diffusion; None = steps only
+    target_minutes: float | None = Field(None, gt=0)  # total; sizes each stage's max_steps by a speed probe
     splits: list[str] = ["train"]
     val_split: str = "val"  # autoencoder metrics; falls back to the training maps when absent
-    checkpoint_every_s: float = Field(120.0, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = Field(500, ge=1)  # steps, in each stage
+    mixed_precision: MixedPrecision = "no"
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     sampling: SamplingConfig = SamplingConfig()
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def load_masks(ds: Dataset, splits: list[str]) -> torch.Tensor:
@@ -159,20 +155,9 @@ def batch_compositions(masks: torch.Tensor, k: int) -> torch.Tensor:
     return counts / counts.sum(1, keepdim=True).clamp_min(1)
 
 
-def lr_factor(schedule: str, step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up, then constant or cosine decay to zero over ``progress`` in [0, 1]."""
-    w = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    return w * (0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) if schedule == "cosine" else 1.0)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    ensure_dir(path.parent)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 class _Objective(torch.nn.Module):
-    """Wraps a loss in ``forward`` so Accelerate/DDP synchronises gradients through it."""
+    """Wraps a loss in ``forward`` so Accelerate/DDP synchronises gradients through it (the
+    autoencoder's loss calls ``encode``/``decode``, and ``denoise`` needs the bare UNet's type)."""
 
     def __init__(self, net: torch.nn.Module, fn, **kw):
         super().__init__()
@@ -182,24 +167,57 @@ class _Objective(torch.nn.Module):
         return self.fn(self.net, *args, **self.kw, **kwargs)
 
 
-class _Phase:
-    """A time- and step-bounded training loop with periodic atomic checkpoints."""
+class _AutoencoderStage:
+    """Runner family: the categorical autoencoder on random dihedral transforms of the maps."""
 
-    def __init__(self, name: str, acc: Accelerator, ckpt: Path, max_steps: int, budget_s: float | None, every_s: float):
-        self.name, self.acc, self.ckpt = name, acc, ckpt
-        self.max_steps, self.budget_s, self.every_s = max_steps, budget_s, every_s
-        self.step, self.elapsed = 0, 0.0
-        self.losses: list[float] = []
+    def __init__(self, runner: Runner, a: AutoencoderConfig, masks: torch.Tensor, k: int, size: int):
+        vae = build_autoencoder(
+            k, latent_channels=a.latent_channels, block_out_channels=tuple(a.block_out_channels),
+            layers_per_block=a.layers_per_block, norm_num_groups=a.norm_num_groups, mid_attention=a.mid_attention,
+            sample_size=size,
+        )  # fmt: skip
+        opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
+        self.objective, _ = runner.prepare(_Objective(vae, autoencoder_loss, kl_weight=a.kl_weight), opt)
+        self.runner, self.masks, self.batch_size = runner, masks, a.batch_size
 
-    def progress(self) -> float:
-        p = self.step / self.max_steps
-        if self.budget_s:
-            p = max(p, self.elapsed / self.budget_s)
-        return p
+    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
+        i = torch.randint(0, len(self.masks), (self.batch_size,), generator=gen)
+        r = int(torch.randint(0, 8, (1,), generator=gen))
+        return self.objective(dihedral_t(self.masks[i], r).long().to(self.runner.acc.device))[0]
 
-    def should_stop(self) -> bool:
-        stop = torch.tensor(float(self.progress() >= 1.0), device=self.acc.device)
-        return bool(self.acc.reduce(stop, "max") > 0)  # every process stops at the same step
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.runner.unwrap(self.objective).net
+
+
+class _DiffusionStage:
+    """Runner family: the denoiser on normalised latents ``z`` (N, C, h, w), conditioned on
+    their compositions ``comp`` (N, K) with dropout to the all-zero "null" condition."""
+
+    def __init__(self, runner: Runner, d: DiffusionConfig, z: torch.Tensor, comp: torch.Tensor):
+        unet = build_denoiser(
+            z.shape[1], z.shape[-1], block_out_channels=tuple(d.block_out_channels), layers_per_block=d.layers_per_block,
+            attention=tuple(d.attention), attention_head_dim=d.attention_head_dim, norm_num_groups=d.norm_num_groups,
+            composition_classes=comp.shape[1] if d.composition_control else None,
+        )  # fmt: skip
+        sched = training_scheduler(d.prediction_type, d.num_train_timesteps)
+        opt = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=0.0)
+        self.objective, _ = runner.prepare(_Objective(unet, p_losses, scheduler=sched, snr_gamma=d.snr_gamma), opt)
+        self.runner, self.d, self.z, self.comp = runner, d, z, comp
+        runner.track_ema(self.net.parameters())
+
+    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
+        d, dev = self.d, self.runner.acc.device
+        i = torch.randint(0, len(self.z), (d.batch_size,), generator=gen)
+        cond = None
+        if d.composition_control:
+            keep = (torch.rand(d.batch_size, 1, generator=gen) >= d.condition_dropout).float()
+            cond = (self.comp[i] * keep).to(dev)
+        return self.objective(self.z[i].to(dev), cond, generator=gen)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.runner.unwrap(self.objective).net
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -209,7 +227,8 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     """Train autoencoder then latent diffusion on the label maps of ``data``; returns ``out``.
 
     Rerunning with the same config resumes from ``out/checkpoints``; ``resume=False``
-    starts over. The finished model is ``out/model`` (:meth:`LandcoverLDM.from_pretrained`).
+    (``--restart``) starts over. The finished model is ``out/model``
+    (:meth:`LandcoverLDM.from_pretrained`).
     """
     data, out = Path(data), Path(out)
     ds = Dataset.open(data)
@@ -222,103 +241,96 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
             "change autoencoder/diffusion block_out_channels or the tile size"
         )
     ensure_dir(out)
-    h = config_hash(cfg, str(data.resolve()))
-    if (out / "config.yaml").exists() and resume:
-        old = config_hash(LandcoverConfig.model_validate(read_yaml(out / "config.yaml")), str(data.resolve()))
-        if old != h:
-            raise UserError(f"{out}: holds a run with another config or data; choose a new --out or pass --no-resume")
-    if not resume:
-        for p in (out / "checkpoints").glob("*.pt"):
-            p.unlink()
-    save_resolved(cfg, out)
-    write_json_atomic(out / "data.json", {"path": str(data.resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
-                                          "tile_size": size, "splits": cfg.splits})
-    seed_everything(cfg.seed)
-    acc = make_accelerator(
-        mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out / "logs")
-    )
-    acc.init_trackers("landcover")
+    fp = fingerprint(config_dict(cfg), data=str(data.resolve()))
+    if not resume or not any((out / "checkpoints").glob("*/step-*")):
+        save_resolved(cfg, out)  # a run in progress keeps its config until the runner has accepted this one
     masks = load_masks(ds, cfg.splits)
     val = ds.split(cfg.val_split)
     val_masks = load_masks(ds, [cfg.val_split]) if val else masks[:256]
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    share = cfg.autoencoder.share
     t_start = time.perf_counter()
 
-    vae, ae_phase = _train_autoencoder(cfg, acc, masks, scheme.num_classes, size, out, budget)
+    ae_runner = _runner(cfg, "autoencoder", cfg.autoencoder.max_steps, share, 0.0, out, fp, resume)
+    seed_everything(cfg.seed)
+    ae = _AutoencoderStage(ae_runner, cfg.autoencoder, masks, scheme.num_classes, size)
+    ae_res = ae_runner.fit(ae)
+    vae = ae.net.eval()
+    acc = ae_runner.acc
+    if acc.is_main_process:
+        save_resolved(cfg, out)
+        write_json_atomic(out / "data.json", {"path": str(data.resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
+                                              "tile_size": size, "splits": cfg.splits})  # fmt: skip
     ae_metrics = reconstruction_metrics(vae, val_masks.long().split(64), scheme.num_classes)
     ae_metrics["iou_by_code"] = {str(c): v for c, v in zip(scheme.codes, ae_metrics["iou"])}
     if acc.is_main_process:
-        write_json_atomic(out / "autoencoder_metrics.json", {**ae_metrics, "steps": ae_phase.step})
-    log.info("autoencoder: pixel accuracy %.4f after %d steps", ae_metrics["pixel_accuracy"], ae_phase.step)
+        write_json_atomic(out / "autoencoder_metrics.json", {**ae_metrics, "steps": ae_res.steps})
+    log.info("autoencoder: pixel accuracy %.4f after %d steps", ae_metrics["pixel_accuracy"], ae_res.steps)
 
     t0 = time.perf_counter()
     z, comp = _encode_all(vae, masks, scheme.num_classes, cfg.diffusion.dihedral_augment)
     norm = LatentNorm.fit(z)
     z = norm.normalize(z)
     encode_s = time.perf_counter() - t0
-    dbudget = None if budget is None else max(1.0, budget - ae_phase.elapsed - encode_s)
-    unet, ema, d_phase, losses = _train_diffusion(cfg, acc, z, comp, out, dbudget)
+    # Diffusion checkpoints hold a model of the latents of the autoencoder that was there when they were
+    # written: when this invocation trained the autoencoder further, the diffusion stage starts over.
+    ae_unchanged = ae_res.resumed_from == ae_res.steps
+    if resume and not ae_unchanged and any((out / "checkpoints" / "diffusion").glob("step-*")):
+        log.warning("%s: the autoencoder was trained further; training the diffusion model from step 0", out)
+    used_min = (ae_res.elapsed_s + encode_s) / 60
+    d_runner = _runner(cfg, "diffusion", cfg.diffusion.max_steps, 1.0, used_min, out, fp, resume and ae_unchanged)
+    seed_everything(cfg.seed)
+    dm = _DiffusionStage(d_runner, cfg.diffusion, z, comp)
+    d_res = d_runner.fit(dm)
+    unet = dm.net.eval()
 
-    freqs = batch_compositions(masks, scheme.num_classes).mean(0).tolist()
-    if acc.is_main_process:
+    if d_runner.acc.is_main_process:
         s = cfg.sampling
         model = LandcoverLDM(
             vae, unet, dict(training_scheduler(cfg.diffusion.prediction_type, cfg.diffusion.num_train_timesteps).config),
-            norm, scheme, class_frequencies=freqs,
+            norm, scheme, class_frequencies=batch_compositions(masks, scheme.num_classes).mean(0).tolist(),
             default_sampler=s.sampler, default_steps=s.steps, default_guidance=s.guidance,
             train_compositions=batch_compositions(masks, scheme.num_classes) if cfg.diffusion.composition_control else None,
         )  # fmt: skip
         model.save_pretrained(out / "model")
-        ema_unet = build_unet_like(unet)
-        ema.copy_to(ema_unet.parameters())
-        ema_unet.save_pretrained(out / "model" / "unet_ema")
+        ema_copy(d_runner, dm.net).save_pretrained(out / "model" / "unet_ema")
+        resolved = cfg.model_copy(deep=True)  # a speed probe's choice, so the config reproduces the run
+        resolved.autoencoder.max_steps, resolved.diffusion.max_steps = ae_res.max_steps, d_res.max_steps
+        save_resolved(resolved, out)
         write_json_atomic(
             out / "metrics.json",
             {
-                "autoencoder": {"steps": ae_phase.step, "seconds": ae_phase.elapsed, "loss_curve": ae_phase.losses,
-                                **ae_metrics},
-                "diffusion": {"steps": d_phase.step, "seconds": d_phase.elapsed, "loss_curve": losses},
+                "autoencoder": {**_stage_metrics(ae_res), **ae_metrics},
+                "diffusion": _stage_metrics(d_res),
                 "encode_seconds": encode_s,
                 "wall_seconds_this_invocation": time.perf_counter() - t_start,
                 "latent_norm": {"mean": norm.mean, "std": norm.std},
                 "samples_per_step": {"autoencoder": cfg.autoencoder.batch_size, "diffusion": cfg.diffusion.batch_size},
             },
         )
-    acc.end_training()
     return out
 
 
-def build_unet_like(unet):
-    return type(unet).from_config(unet.config)
+def _runner(cfg: LandcoverConfig, stage: str, max_steps: int, share: float, used_min: float, out: Path, fp,
+            resume: bool) -> Runner:  # fmt: skip
+    """One stage's runner: ``share`` of the run's minutes, less the ``used_min`` already spent."""
 
+    def part(total: float | None) -> float | None:
+        return None if total is None else max(1 / 60, total * share - used_min)
 
-def _train_autoencoder(cfg: LandcoverConfig, acc: Accelerator, masks, k: int, size: int, out: Path, budget):
-    a = cfg.autoencoder
-    vae = build_autoencoder(
-        k, latent_channels=a.latent_channels, block_out_channels=tuple(a.block_out_channels),
-        layers_per_block=a.layers_per_block, norm_num_groups=a.norm_num_groups, mid_attention=a.mid_attention,
-        sample_size=size,
+    d = cfg.diffusion
+    spec = RunSpec(
+        stage, max_steps=max_steps, max_minutes=part(cfg.max_minutes), target_minutes=part(cfg.target_minutes),
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        **({"lr_schedule": d.lr_schedule, "warmup_steps": d.warmup_steps, "ema_decay": d.ema_decay}
+           if stage == "diffusion" else {}),
     )  # fmt: skip
-    opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0)
-    ckpt = out / "checkpoints" / "autoencoder.pt"
-    phase = _Phase("autoencoder", acc, ckpt, a.max_steps, budget * a.share if budget else None, cfg.checkpoint_every_s)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        phase.step, phase.elapsed, phase.losses = st["step"], st["elapsed"], st.get("losses", [])
-        gen.set_state(st["gen"])
-    objective, opt = acc.prepare(_Objective(vae, autoencoder_loss, kl_weight=a.kl_weight), opt)
+    acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+    return Runner(spec, acc, out, fp, resume=resume)
 
-    def state():
-        return {"model": acc.unwrap_model(objective).net.state_dict(), "opt": opt.state_dict(),
-                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state(), "losses": phase.losses}  # fmt: skip
 
-    _loop(phase, acc, objective, opt, a.lr, "cosine", 0, state,
-          lambda: (dihedral_t(masks[torch.randint(0, len(masks), (a.batch_size,), generator=gen)],
-                              int(torch.randint(0, 8, (1,), generator=gen))).long().to(acc.device),), {})  # fmt: skip
-    return acc.unwrap_model(objective).net.eval(), phase
+def _stage_metrics(res: RunResult) -> dict:
+    return {"steps": res.steps, "max_steps": res.max_steps, "seconds": res.elapsed_s, "loss_curve": res.losses,
+            "probe": res.probe}  # fmt: skip
 
 
 @torch.no_grad()
@@ -332,91 +344,6 @@ def _encode_all(vae, masks: torch.Tensor, k: int, augment: bool) -> tuple[torch.
             zs.append(encode(vae, m.to(vae.device)).cpu())
             comps.append(batch_compositions(m, k))
     return torch.cat(zs), torch.cat(comps)
-
-
-def _train_diffusion(cfg: LandcoverConfig, acc: Accelerator, z: torch.Tensor, comp: torch.Tensor, out: Path, budget):
-    d = cfg.diffusion
-    unet = build_denoiser(
-        z.shape[1], z.shape[-1], block_out_channels=tuple(d.block_out_channels), layers_per_block=d.layers_per_block,
-        attention=tuple(d.attention), attention_head_dim=d.attention_head_dim, norm_num_groups=d.norm_num_groups,
-        composition_classes=comp.shape[1] if d.composition_control else None,
-    )  # fmt: skip
-    sched = training_scheduler(d.prediction_type, d.num_train_timesteps)
-    opt = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=0.0)
-    ema = EMAModel(unet.parameters(), decay=d.ema_decay, use_ema_warmup=True, power=2 / 3)
-    ckpt = out / "checkpoints" / "diffusion.pt"
-    phase = _Phase("diffusion", acc, ckpt, d.max_steps, budget, cfg.checkpoint_every_s)
-    gen = torch.Generator().manual_seed(cfg.seed * 104729 + acc.process_index)
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        ema.load_state_dict(st["ema"])
-        phase.step, phase.elapsed, phase.losses = st["step"], st["elapsed"], st.get("losses", [])
-        gen.set_state(st["gen"])
-    objective, opt = acc.prepare(_Objective(unet, p_losses, scheduler=sched, snr_gamma=d.snr_gamma), opt)
-    ema.to(acc.device)  # the shadow weights live beside the model (GPU after prepare)
-
-    def state():
-        return {"model": acc.unwrap_model(objective).net.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-                "step": phase.step, "elapsed": phase.elapsed, "gen": gen.get_state(), "losses": phase.losses}  # fmt: skip
-
-    def batch():
-        i = torch.randint(0, len(z), (d.batch_size,), generator=gen)
-        cond = None
-        if d.composition_control:
-            keep = (torch.rand(d.batch_size, 1, generator=gen) >= d.condition_dropout).float()
-            cond = (comp[i] * keep).to(acc.device)  # all-zero = the unconditional "null" condition
-        return (z[i].to(acc.device), cond)
-
-    _loop(phase, acc, objective, opt, d.lr, d.lr_schedule, d.warmup_steps, state, batch,
-          {"generator": gen}, after_step=lambda: ema.step(acc.unwrap_model(objective).net.parameters()))  # fmt: skip
-    return acc.unwrap_model(objective).net.eval(), ema, phase, phase.losses
-
-
-def _loop(phase: _Phase, acc, objective, opt, base_lr, schedule, warmup, state, batch, kwargs, after_step=None):
-    """Steps until the phase's step or time bound; records the smoothed loss at step 1, every 50 steps
-    and at the end in ``phase.losses`` (kept across resumes)."""
-    losses = phase.losses
-    if phase.progress() >= 1.0:
-        return losses
-    objective.train()
-    bar = tqdm(total=phase.max_steps if not phase.budget_s else None, initial=phase.step, desc=phase.name,
-               unit="step", disable=not acc.is_local_main_process)  # fmt: skip
-    t_last = time.perf_counter()
-    last_ckpt = t_last
-    ema_loss = None
-    while not phase.should_stop():
-        for g in opt.param_groups:
-            g["lr"] = base_lr * lr_factor(schedule, phase.step, warmup, phase.progress())
-        out = objective(*batch(), **kwargs)
-        loss = out[0] if isinstance(out, tuple) else out
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        opt.step()
-        if after_step:
-            after_step()
-        phase.step += 1
-        now = time.perf_counter()
-        phase.elapsed += now - t_last
-        t_last = now
-        lv = float(loss.detach())
-        ema_loss = lv if ema_loss is None else 0.95 * ema_loss + 0.05 * lv
-        if phase.step % 50 == 0 or phase.step == 1:
-            losses.append(ema_loss)
-            acc.log({f"{phase.name}/loss": lv, f"{phase.name}/lr": opt.param_groups[0]["lr"]}, step=phase.step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.4f}", min=f"{phase.elapsed / 60:.1f}")
-        if now - last_ckpt > phase.every_s and acc.is_main_process:
-            save_checkpoint(phase.ckpt, state())
-            last_ckpt = now
-    bar.close()
-    if ema_loss is not None and (not losses or losses[-1] != ema_loss):
-        losses.append(ema_loss)
-    if acc.is_main_process:
-        save_checkpoint(phase.ckpt, state())
-    return losses
-
 
 # ---- sampling -----------------------------------------------------------------------------
 

@@ -395,7 +395,8 @@ class Runner:
     def fit(self, family: Any) -> RunResult:
         """Train ``family`` to the budget, resuming from this stage's checkpoints; see the module docstring.
 
-        Hooks the family may define: ``after_step(step, logs)`` (after every step; e.g. validation),
+        Hooks the family may define: ``on_start(max_steps)`` (before the first step of this
+        invocation, with the steps that will run: the probe's choice when sized), ``after_step(step, logs)`` (after every step; e.g. validation),
         ``on_checkpoint(step)`` (before each checkpoint is written), ``on_end(step)`` (after the
         last step, before the final checkpoint), ``state_dict()``/``load_state_dict(d)`` (JSON-able
         state kept in checkpoints).
@@ -405,6 +406,9 @@ class Runner:
         self._register(family)
         if not self.resume:
             self._clear()
+        elif self.acc.is_main_process and self.ckpt_dir.is_dir():
+            for p in self.ckpt_dir.glob(".step-*.tmp"):  # what a kill during a save left behind
+                shutil.rmtree(p, ignore_errors=True)
         resumed = self._load_latest() if self.checkpoints() else None
         if resumed is not None and self.state.fingerprint != fp:
             diff = first_difference(self.state.fingerprint, fp)
@@ -425,6 +429,8 @@ class Runner:
         if self.state.done and self._progress() >= 1.0:
             return self._result(resumed)  # finished: a rerun does nothing
         self.state.done = False
+        if hasattr(family, "on_start"):
+            family.on_start(self.state.max_steps)
 
         main = self.acc.is_main_process
         tb = None

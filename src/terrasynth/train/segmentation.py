@@ -7,14 +7,14 @@ A run directory holds::
     segmenter.json          constructor arguments (see terrasynth.models.segmentation)
     best.safetensors/.json  weights with the best validation macro mIoU (and when)
     last.safetensors/.json  weights at the most recent checkpoint / end of training
-    checkpoints/step-*.pt   full training state (model, optimiser, scheduler, grad scaler,
-                            RNG states, step, elapsed time, best score), newest ``keep_checkpoints``
-    tb/                     TensorBoard scalars (train/loss, train/lr, val/*)
+    checkpoints/segment/    the runner's training state (terrasynth.train.runner), newest ``keep_checkpoints``
+    tb/segment/             TensorBoard scalars (train/loss, train/lr, val/*)
 
-Rerunning with the same config and data resumes from the newest readable checkpoint.
-Every batch is a pure function of (seed, step) (:mod:`terrasynth.data.mixture`) and the
-global RNG states are restored, so on CPU an interrupted and resumed run ends with the same
-weights as an uninterrupted one.
+Training runs on the one runner (:mod:`terrasynth.train.runner`): budgets, LR schedule,
+precision, checkpoints and resume are its. Rerunning with the same config and data resumes
+from the newest readable checkpoint. Every batch is a pure function of (seed, step)
+(:mod:`terrasynth.data.mixture`), so on CPU an interrupted and resumed run ends with the
+same weights as an uninterrupted one.
 
 Validation: the ``val`` split of the FIRST dataset given; if it has none, a held-out part
 of its ``train`` split (``val_fraction`` of its source images when it has at least two
@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -38,23 +37,23 @@ from pydantic import Field, field_validator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from terrasynth.accel import make_accelerator, resolve_precision
 from terrasynth.classes import IGNORE_INDEX, ClassScheme
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, class_pixels, provenance
 from terrasynth.data.mixture import MixtureBatchSampler, MixtureDataset
 from terrasynth.data.torchdata import TileDataset
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import SegmentationMetrics
-from terrasynth.io import atomic_path, ensure_dir, remove_stale_tmp, write_json_atomic
+from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.segmentation import Arch, build_segmenter, predict, save_weights, segmenter_spec, write_spec
+from terrasynth.train.runner import Runner, RunSpec, Schedule, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
-
-# Keys that may change between an interrupted run and its continuation (budgets and plumbing).
-RESUMABLE_CHANGES = {"max_steps", "max_minutes", "num_workers", "keep_checkpoints", "checkpoint_every", "threads"}
+STAGE = "segment"
 
 
-class SegmentConfig(StrictModel):
+class SegmentConfig(TrainBudget):
     """How to train one segmenter. Data (paths + mixture weights) is passed separately."""
 
     arch: Arch = "unet"
@@ -63,17 +62,15 @@ class SegmentConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "onecycle"] = "cosine"
+    lr_schedule: Schedule = "cosine"
     warmup_steps: int = Field(0, ge=0, description="linear warm-up before the cosine decay")
     max_steps: int = Field(2000, ge=1, description="step budget")
-    schedule_steps: int | None = Field(None, ge=1, description="LR schedule length; default max_steps, fixed at start")
-    max_minutes: float | None = Field(None, gt=0, description="wall-time budget over all resumes; whichever ends first")
     dice: bool = False
     dice_weight: float = Field(1.0, ge=0)
     class_weights: list[float] | Literal["balanced"] | None = None
     augment: bool = True
     seed: int = 0
-    bf16: bool | Literal["auto"] = "auto"
+    mixed_precision: MixedPrecision = "auto"
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -88,26 +85,6 @@ class SegmentConfig(StrictModel):
         if isinstance(v, list) and any(w < 0 for w in v):
             raise ValueError("class weights must be >= 0")
         return v
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def mixed_precision(bf16: bool | str) -> str:
-    """Accelerate's ``mixed_precision`` for this machine: bf16/fp16 autocast (AMP) or "no"."""
-    if torch.cuda.is_available():
-        if bf16 is False:
-            return "no"
-        return "bf16" if (bf16 is True or torch.cuda.is_bf16_supported()) else "fp16"
-    if bf16 == "auto":
-        return "bf16" if cpu_supports_bf16() else "no"
-    return "bf16" if bf16 else "no"
 
 
 def same_scheme(a: ClassScheme, b: ClassScheme) -> bool:
@@ -146,73 +123,6 @@ def balanced_class_weights(records: Sequence[TileRecord], scheme: ClassScheme) -
     return [min(med / f, 50.0) if f > 0 else 1.0 for f in freq]
 
 
-def make_scheduler(
-    opt: torch.optim.Optimizer, kind: str, horizon: int, lr: float, warmup: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=horizon)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, horizon - warmup))
-    if warmup == 0:
-        return cosine
-    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warmup])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def fingerprint(cfg: SegmentConfig, data: Sequence[tuple[Path, float]]) -> dict[str, Any]:
-    """What must not change for a run to be resumed."""
-    c = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUMABLE_CHANGES}
-    return {"config": c, "data": [[str(Path(p).resolve()), float(w)] for p, w in data]}
-
-
-class Checkpoints:
-    """Training-state files ``checkpoints/step-XXXXXXXX.pt``, written atomically, newest ``keep`` kept."""
-
-    def __init__(self, run: Path, keep: int):
-        self.dir = ensure_dir(run / "checkpoints")
-        self.keep = keep
-        remove_stale_tmp(self.dir)
-
-    def paths(self) -> list[Path]:
-        return sorted(self.dir.glob("step-*.pt"))
-
-    def save(self, state: dict[str, Any]) -> Path:
-        path = self.dir / f"step-{state['step']:08d}.pt"
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def latest(self) -> dict[str, Any] | None:
-        for path in reversed(self.paths()):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # noqa: BLE001 - a damaged file: fall back to the one before
-                log.warning("checkpoint %s unreadable (%s); trying an older one", path, exc)
-        return None
-
-
 def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
     if not data:
         raise UserError("no training data; pass at least one --data DIR")
@@ -240,45 +150,134 @@ def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
     return datasets
 
 
+class SegmentationFamily:
+    """The segmenter's step for the runner: cross-entropy (+ Dice) on a mixture batch; validation and best weights."""
+
+    def __init__(self, cfg: SegmentConfig, runner: Runner, scheme: ClassScheme, parts: list[TileDataset],
+                 weights: Sequence[float], val_tiles: TileDataset | None, val_how: str, out: Path,
+                 class_weights: list[float] | None):  # fmt: skip
+        self.cfg, self.runner, self.out, self.val_tiles, self.val_how = cfg, runner, out, val_tiles, val_how
+        self.k = scheme.num_classes
+        acc = runner.acc
+        model = build_segmenter(cfg.arch, cfg.encoder, 3, scheme.num_classes, cfg.encoder_weights)
+        self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.fmt)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        self.model, self.opt = runner.prepare(model, opt)
+        self.ce = torch.nn.CrossEntropyLoss(
+            weight=torch.tensor(class_weights, dtype=torch.float32, device=acc.device) if class_weights else None,
+            ignore_index=IGNORE_INDEX,
+        )
+        self.dice = None
+        if cfg.dice:
+            from segmentation_models_pytorch.losses import DiceLoss
+
+            self.dice = DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
+        self.parts, self.weights = parts, list(weights)
+        self.dataset = MixtureDataset(parts)
+        self._it, self._next = None, -1
+        self.best: dict[str, Any] = {"score": None, "step": None}
+        self.last_val = -1
+
+    # -- data: batch t is a pure function of (seed, t); rebuilt when the runner asks for another step
+    def _batch(self, step: int) -> dict[str, torch.Tensor]:
+        if step != self._next or self._it is None:
+            acc = self.runner.acc
+            sampler = MixtureBatchSampler(
+                [len(p) for p in self.parts], self.weights, self.cfg.batch_size, self.cfg.seed,
+                start_step=step, augment=self.cfg.augment, rank=acc.process_index, world=acc.num_processes,
+            )  # fmt: skip
+            # An explicit generator keeps the DataLoader from drawing on the global RNG.
+            self._it = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                                       generator=torch.Generator().manual_seed(self.cfg.seed)))  # fmt: skip
+        self._next = step + 1
+        return next(self._it)
+
+    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
+        batch = self._batch(step)
+        dev = self.runner.acc.device
+        x = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=self.fmt)
+        y = batch["mask"].to(dev, non_blocking=True)
+        logits = self.model(x).float()  # prepare() wrapped forward in autocast when mixed precision is on
+        loss = self.ce(logits, y)
+        if self.dice is not None:
+            loss = loss + self.cfg.dice_weight * self.dice(logits, y)
+        return loss
+
+    def validate(self) -> dict[str, Any] | None:
+        if self.val_tiles is None:
+            return None
+        dev = self.runner.acc.device
+        self.model.eval()
+        metrics = SegmentationMetrics(self.k, dev)
+        with torch.no_grad():
+            loader = DataLoader(self.val_tiles, batch_size=max(self.cfg.batch_size, 16), generator=torch.Generator())
+            for batch in loader:
+                x = batch["image"].to(dev).contiguous(memory_format=self.fmt)
+                metrics.update(predict(self.model, x), batch["mask"].to(dev))
+        self.model.train()
+        return metrics.compute()
+
+    def _after_validation(self, step: int, m: dict[str, Any] | None) -> None:
+        self.last_val = step
+        score = m["macro_miou"] if m is not None and not math.isnan(m["macro_miou"]) else None
+        main = self.runner.acc.is_main_process
+        if m is not None and main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(self.out / "tb" / STAGE)) as tb:
+                for key in ("macro_miou", "micro_iou", "pixel_accuracy"):
+                    tb.add_scalar(f"val/{key}", m[key], step)
+        if score is None and self.val_tiles is not None:
+            return
+        # Without validation tiles, the newest weights count as the best.
+        if score is None or self.best["score"] is None or score > self.best["score"]:
+            self.best = {"score": score, "step": step}
+            if main:
+                save_weights(self.runner.unwrap(self.model), self.out / "best.safetensors")
+                write_json_atomic(self.out / "best.json", {"step": step, "val_macro_miou": score,
+                                                           "val_micro_iou": m and m["micro_iou"], "validation": self.val_how})  # fmt: skip
+
+    def after_step(self, step: int, logs: dict[str, float]) -> None:
+        if step % self.cfg.val_every == 0:
+            self._after_validation(step, self.validate())
+
+    def on_checkpoint(self, step: int) -> None:
+        if self.runner.acc.is_main_process:
+            save_weights(self.runner.unwrap(self.model), self.out / "last.safetensors")
+            write_json_atomic(self.out / "last.json", {"step": step, "elapsed_s": round(self.runner.state.elapsed, 1)})
+
+    def on_end(self, step: int) -> None:
+        if self.last_val != step or self.best["step"] is None:
+            self._after_validation(step, self.validate())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "last_val": self.last_val}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.best, self.last_val = d["best"], d["last_val"]
+
+
 def train_segmentation(
     cfg: SegmentConfig, data: Sequence[tuple[Path, float]], out: Path, *, resume: bool = True
 ) -> Path:
     """Train ``cfg.arch`` on the weighted mixture ``data`` [(dataset dir, weight), ...]; return the run dir.
 
-    Stops at ``cfg.max_steps`` or ``cfg.max_minutes``, whichever comes first. With
-    ``resume`` (default) an existing run with the same config and data continues from its
-    newest checkpoint (a finished one returns at once); ``resume=False`` refuses to touch a
-    directory that already holds checkpoints.
+    Stops at ``cfg.max_steps`` or ``cfg.max_minutes``, whichever comes first (``target_minutes``:
+    steps sized by a speed probe, written to the resolved config). An existing run with the same
+    config and data continues from its newest checkpoint (a finished one returns at once);
+    ``resume=False`` (``--restart``) starts over.
     """
-    from terrasynth.accel import make_accelerator
-    from accelerate.state import AcceleratorState
-    from torch.utils.tensorboard import SummaryWriter
-
     out = Path(out)
     data = [(Path(p), float(w)) for p, w in data]
     datasets = check_data(data)
     scheme = datasets[0].scheme
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # Accelerate keeps its state in a process-wide singleton; several runs in one process (the
-    # experiment pipeline) with different precisions need it cleared. The distributed part
-    # (PartialState: ranks, device) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = make_accelerator(mixed_precision=mixed_precision(cfg.bf16))
-    main = accelerator.is_main_process
+    acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+    main = acc.is_main_process
     ensure_dir(out)
-    ckpts = Checkpoints(out, cfg.keep_checkpoints)
-    state = ckpts.latest()
-    fp = fingerprint(cfg, data)
-    if state is not None:
-        if not resume:
-            raise UserError(f"{out}: already holds a training run; choose a new --out or resume it (drop --no-resume)")
-        if state["fingerprint"] != fp:
-            diff = _first_difference(state["fingerprint"], fp)
-            raise UserError(
-                f"{out}: holds a run made with a different {diff}; rerun with the original settings to resume "
-                "or choose a new --out"
-            )
+    fp = fingerprint(config_dict(cfg), data=[[str(p.resolve()), w] for p, w in data])
 
     # ---- data --------------------------------------------------------------------------
     seed_everything(cfg.seed)
@@ -300,172 +299,43 @@ def train_segmentation(
             )
         weights = list(cfg.class_weights)
 
-    # ---- model, optimiser, schedule ----------------------------------------------------
-    model = build_segmenter(cfg.arch, cfg.encoder, 3, scheme.num_classes, cfg.encoder_weights)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    horizon = state["horizon"] if state else (cfg.schedule_steps or cfg.max_steps)
-    sched = make_scheduler(opt, cfg.schedule, horizon, cfg.lr, cfg.warmup_steps)
-    model, opt = accelerator.prepare(model, opt)
-    ce = torch.nn.CrossEntropyLoss(
-        weight=torch.tensor(weights, dtype=torch.float32, device=accelerator.device) if weights else None,
-        ignore_index=IGNORE_INDEX,
-    )
-    dice = None
-    if cfg.dice:
-        from segmentation_models_pytorch.losses import DiceLoss
+    spec = RunSpec(
+        STAGE, max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, target_minutes=cfg.target_minutes,
+        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed,
+    )  # fmt: skip
+    runner = Runner(spec, acc, out, fp, resume=resume)
+    family = SegmentationFamily(cfg, runner, scheme, parts, [w for _, w in data], val_tiles, val_how, out, weights)
 
-        dice = DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
-
-    step, elapsed, best = 0, 0.0, {"score": -math.inf, "step": None}
-    if state is not None:
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler") is not None and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step, elapsed, best = state["step"], state["elapsed"], state["best"]
-        log.info("resuming %s at step %d (%.1f min trained)", out, step, elapsed / 60)
-
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    if step >= cfg.max_steps or elapsed >= budget_s:
-        log.info("%s: already trained to its budget (step %d); nothing to do", out, step)
-        return out
-    if main:
-        save_resolved(cfg, out)
+    def on_start(max_steps: int) -> None:
+        if not main:
+            return
+        # The steps that will run: a rerun of this resolved config trains the same model.
+        resolved = cfg.model_copy(update={"max_steps": max_steps, "target_minutes": None}) if cfg.target_minutes else cfg
+        save_resolved(resolved, out)
         write_spec(out, segmenter_spec(cfg.arch, cfg.encoder, 3, scheme.num_classes, scheme))
         write_json_atomic(out / "run.json", {
             "data": [{"path": str(p.resolve()), "weight": w, "name": ds.info.name, "kind": ds.info.kind,
                       "train_tiles": len(r)} for (p, w), ds, r in zip(data, datasets, parts_recs)],
             "validation": {"dataset": str(data[0][0].resolve()), "tiles": len(val_recs), "chosen": val_how},
             "class_weights": weights,
-            "mixed_precision": accelerator.mixed_precision,
-            "processes": accelerator.num_processes,
-            "schedule_horizon": horizon,
+            "mixed_precision": acc.mixed_precision,
+            "processes": acc.num_processes,
+            "max_steps": max_steps,
+            "budget": runner.state.probe,
             "provenance": provenance("segment train", config_hash=config_hash(cfg, fp["data"]), seed=cfg.seed),
         })  # fmt: skip
 
-    sampler = MixtureBatchSampler(
-        [len(p) for p in parts], [w for _, w in data], cfg.batch_size, cfg.seed,
-        start_step=step, stop_step=cfg.max_steps, augment=cfg.augment,
-        rank=accelerator.process_index, world=accelerator.num_processes,
-    )  # fmt: skip
-    # An explicit generator keeps the DataLoader from drawing on the global RNG (which is
-    # checkpointed): otherwise a resumed run would shift every later random draw.
-    loader = DataLoader(
-        MixtureDataset(parts), batch_sampler=sampler, num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )  # fmt: skip
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    tb = SummaryWriter(str(out / "tb"), purge_step=step) if main else None
-
-    def validate() -> dict[str, Any] | None:
-        if val_tiles is None:
-            return None
-        model.eval()
-        metrics = SegmentationMetrics(scheme.num_classes, accelerator.device)
-        with torch.no_grad():
-            # Its own generator: creating a DataLoader iterator otherwise draws on the global RNG.
-            val_loader = DataLoader(val_tiles, batch_size=max(cfg.batch_size, 16), generator=torch.Generator())
-            for batch in val_loader:
-                x = batch["image"].to(accelerator.device).contiguous(memory_format=fmt)
-                metrics.update(predict(model, x), batch["mask"].to(accelerator.device))
-        model.train()
-        return metrics.compute()
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "step": step, "elapsed": elapsed, "best": best, "horizon": horizon, "fingerprint": fp,
-            "model": {k: v.detach().cpu() for k, v in accelerator.unwrap_model(model).state_dict().items()},
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": rng_state(),
-        }  # fmt: skip
-
-    def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        if main:
-            unwrapped = accelerator.unwrap_model(model)
-            save_weights(unwrapped, out / "last.safetensors")
-            write_json_atomic(out / "last.json", {"step": step, "elapsed_s": round(elapsed, 1)})
-            ckpts.save(snapshot())
-
-    def after_validation(m: dict[str, Any] | None) -> None:
-        nonlocal best
-        score = m["macro_miou"] if m is not None and not math.isnan(m["macro_miou"]) else None
-        if tb is not None and m is not None:
-            for key in ("macro_miou", "micro_iou", "pixel_accuracy"):
-                tb.add_scalar(f"val/{key}", m[key], step)
-        # Without validation tiles, the newest weights count as the best.
-        if score is None and val_tiles is not None:
-            return
-        if score is None or score > best["score"]:
-            best = {"score": score if score is not None else -math.inf, "step": step}
-            if main:
-                save_weights(accelerator.unwrap_model(model), out / "best.safetensors")
-                write_json_atomic(out / "best.json", {"step": step, "val_macro_miou": score,
-                                                      "val_micro_iou": m and m["micro_iou"], "validation": val_how})
-
+    family.on_start = on_start
     if cfg.num_workers == 0:
         # Read every tile into the datasets' caches before the clock starts: the wall-time
         # budget then measures training, not the one-off decoding of GeoTIFFs.
         for part in [*parts, *([val_tiles] if val_tiles is not None else [])]:
             for i in tqdm(range(len(part)), desc=f"read {part.ds.root.name}", unit="tile", leave=False, disable=not main):
                 part[i]
-    model.train()
-    t_start = time.time() - elapsed
-    last_val = last_ckpt = step
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.arch}", unit="step", disable=not main)
-    for batch in loader:
-        x = batch["image"].to(accelerator.device, non_blocking=True).contiguous(memory_format=fmt)
-        y = batch["mask"].to(accelerator.device, non_blocking=True)
-        logits = model(x).float()  # prepare() wrapped forward in autocast when mixed precision is on
-        loss = ce(logits, y)
-        if dice is not None:
-            loss = loss + cfg.dice_weight * dice(logits, y)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        if sched.last_epoch < horizon:  # past the horizon (max_steps extended) the LR stays at its end value
-            sched.step()
-        step += 1
-        elapsed = time.time() - t_start
-        loss_v = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
-        if tb is not None and (step % 10 == 0 or step == 1):
-            tb.add_scalar("train/loss", loss_v, step)
-            tb.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
-        out_of_time = elapsed >= budget_s
-        if step % cfg.val_every == 0:
-            after_validation(validate())
-            last_val = step
-        if step % cfg.checkpoint_every == 0 or out_of_time:
-            save_checkpoint()
-            last_ckpt = step
-        if out_of_time:
-            log.info("wall-time budget of %.1f min reached at step %d", cfg.max_minutes, step)
-            break
-    bar.close()
-    if last_val != step or best["step"] is None:
-        after_validation(validate())
-    if last_ckpt != step or not (out / "last.safetensors").exists():
-        save_checkpoint()
-    if tb is not None:
-        tb.close()
-    accelerator.wait_for_everyone()
+    runner.fit(family)
+    acc.wait_for_everyone()
     return out
-
-
-def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    if old["data"] != new["data"]:
-        return f"--data/--weight list ({old['data']} vs {new['data']})"
-    for k in sorted(set(old["config"]) | set(new["config"])):
-        if old["config"].get(k) != new["config"].get(k):
-            return f"{k} ({old['config'].get(k)!r} vs {new['config'].get(k)!r})"
-    return "configuration"
 
 
 def load_run_info(run: Path) -> dict[str, Any]:
