@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from terrasynth.config import load_config

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from terrasynth.data.torchdata import TileDataset
 from terrasynth.evaluate.colour_baseline import NearestClassColour
 from terrasynth.evaluate.segmentation import SegmentationMetrics, evaluate_segmentation
-from terrasynth.models.segmentation import build_segmenter
 from terrasynth.accel import resolve_precision
 from terrasynth.train.segmentation import SegmentConfig, train_segmentation
 

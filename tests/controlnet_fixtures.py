@@ -35,13 +35,15 @@ def toy_pairs(root: Path, n: int = 16, size: int = 32, seed: int = 0) -> Path:
     return root
 
 
+# No wall-time budget: the LR schedule then depends on steps only, so reruns give the same weights.
 TINY_BASE = [
-    "vae.block_out_channels=[8,16,16]", "vae.latent_channels=4", "vae.steps=4", "vae.batch_size=4",
+    "vae.block_out_channels=[8,16,16]", "vae.latent_channels=4", "vae.max_steps=4", "vae.batch_size=4",
     "unet.block_out_channels=[16,32]", "unet.cross_attention=[false,true]", "unet.layers_per_block=1",
     "unet.cross_attention_dim=16", "unet.attention_head_dim=8", "unet.context_tokens=2",
-    "unet.steps=4", "unet.batch_size=4", "checkpoint_every=2", "warmup_steps=1",
+    "unet.max_steps=4", "unet.batch_size=4", "checkpoint_every=2", "warmup_steps=1", "max_minutes=null",
 ]  # fmt: skip
-TINY_CONTROLNET = ["steps=4", "batch_size=4", "warmup_steps=1", "lr=3e-3", "checkpoint_every=2", "sampling.steps=3", "sampling.batch_size=4"]
+TINY_CONTROLNET = ["max_steps=4", "batch_size=4", "warmup_steps=1", "lr=3e-3", "checkpoint_every=2", "max_minutes=null",
+                   "sampling.steps=3", "sampling.batch_size=4"]  # fmt: skip
 
 
 def tiny_sd_checkpoint(root: Path) -> Path:

@@ -14,7 +14,6 @@ from scipy.ndimage import maximum_filter, minimum_filter
 from conftest import run_cli
 from geo_fixtures import codes_from_rgb, naip_like, palette, worldcover_patch, write_cog
 from terrasynth.data.acquire import AcquireConfig, acquire
-from terrasynth.data.dataset import Dataset
 
 PATCH = (6.69, 0.27, 6.77, 0.35)  # São Tomé east coast, EPSG:4326
 HOLE = (slice(360, 400), slice(360, 420))  # a nodata hole punched into the land cover

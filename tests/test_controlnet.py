@@ -19,7 +19,9 @@ from terrasynth.models.controlnet import load_generator as load_controlnet
 from terrasynth.models.generator import ImageGenerator, load_generator
 from terrasynth.models.diffusion import make_scheduler
 from terrasynth.models.latent_base import load_base
-from terrasynth.train.diffusion import ControlNetConfig, ControlNetRunConfig, train_controlnet
+from terrasynth.train.diffusion import (
+    ControlNetBaseConfig, ControlNetConfig, ControlNetRunConfig, stage_minutes, train_controlnet,
+)  # fmt: skip
 
 
 def _sets(items):
@@ -82,7 +84,7 @@ def test_fresh_controlnet_leaves_base_prediction_unchanged(trained):
 def test_condition_changes_output_after_training(trained, tmp_path):
     # A fresh ControlNet's zero convolutions (and the embedding's zero output conv) make every
     # mask give the same prediction; after training on the toy task the condition must matter.
-    cfg = ControlNetConfig(steps=30, batch_size=4, lr=4e-3, warmup_steps=1, checkpoint_every=100, augment=False,
+    cfg = ControlNetConfig(max_steps=30, batch_size=4, lr=4e-3, warmup_steps=1, checkpoint_every=100, augment=False,
                            sampling={"steps": 3, "batch_size": 8})  # fmt: skip
     run = train_controlnet(cfg, trained / "data", trained / "base", tmp_path / "toy")
     gen = load_generator(run)
@@ -110,15 +112,90 @@ def test_save_load_round_trip(trained, tmp_path):
     assert torch.allclose(x, y, atol=1e-5)
 
 
-def test_rerun_resumes_and_finished_stages_are_kept(trained):
-    ckpt = trained / "run" / "checkpoints" / "controlnet.pt"
-    before = ckpt.stat().st_mtime_ns
-    assert run_cli(
-        "controlnet", "train", "--data", trained / "data", "--base", trained / "base", "--out", trained / "run",
-        *_sets(TINY_CONTROLNET),
-    ) == 0  # fmt: skip
-    assert ckpt.stat().st_mtime_ns == before  # done: not retrained
-    assert torch.load(ckpt, weights_only=False)["step"] == 4
+def _newest_write(folder):
+    return max(p.stat().st_mtime_ns for p in folder.rglob("*"))
+
+
+def test_rerun_resumes_and_finished_stages_are_kept(trained, capsys):
+    ckpts = trained / "run" / "checkpoints" / "controlnet"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000002", "step-00000004"]
+    before = _newest_write(ckpts)
+    args = ["controlnet", "train", "--data", trained / "data", "--base", trained / "base", "--out", trained / "run",
+            "--config", ROOT / "configs" / "controlnet-cpu.yaml", *_sets(TINY_CONTROLNET)]  # fmt: skip
+    assert run_cli(*args) == 0
+    assert _newest_write(ckpts) == before  # done: not retrained
+    assert json.loads((trained / "run" / "train_summary.json").read_text())["controlnet"]["steps"] == 4
+    # a changed setting is refused in one line; the checkpoints are kept
+    assert run_cli(*args, "--set", "lr=1e-3") == 2
+    assert "different lr (0.003 vs 0.001)" in capsys.readouterr().err and _newest_write(ckpts) == before
+
+
+def _interrupt_at(monkeypatch, calls):
+    """Make the ``calls``-th training batch of this process raise KeyboardInterrupt (1-based)."""
+    import terrasynth.train.diffusion as diffusion
+
+    real, n = diffusion.batch, [0]
+
+    def batch(*a, **kw):
+        n[0] += 1
+        if n[0] == calls:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(diffusion, "batch", batch)
+
+
+def test_interrupted_stages_resume_to_the_uninterrupted_weights(trained, tmp_path, monkeypatch):
+    """vae, unet and controlnet each stopped after a checkpoint and rerun: the weights of the fixture's
+    uninterrupted runs (same config, same data), bit for bit on CPU."""
+    cfg = ("--config", ROOT / "configs" / "controlnet-cpu.yaml")
+    base_args = ["controlnet", "train-base", "--data", trained / "data", "--out", tmp_path / "base", *cfg,
+                 *_sets([*TINY_BASE, "splits=[train]"])]  # fmt: skip
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4)  # vae step 3: resumes from its step-2 checkpoint
+        assert run_cli(*base_args) == 130
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 5)  # vae steps 2-3, unet steps 0-1, then unet step 2 stops
+        assert run_cli(*base_args) == 130
+    assert run_cli(*base_args) == 0
+    a, b = load_base(trained / "base"), load_base(tmp_path / "base")
+    for x, y in ((a.vae, b.vae), (a.unet, b.unet)):
+        sx, sy = x.state_dict(), y.state_dict()
+        assert sx.keys() == sy.keys() and all(torch.equal(sx[k], sy[k]) for k in sx)
+    assert torch.equal(a.context, b.context) and torch.equal(a.shift, b.shift) and torch.equal(a.scale, b.scale)
+    summary = json.loads((tmp_path / "base" / "train_summary.json").read_text())
+    assert summary["vae"]["resumed_from"] == 4 and summary["unet"]["resumed_from"] == 2  # vae: done, kept
+
+    cn_args = ["controlnet", "train", "--data", trained / "data", "--base", trained / "base", "--out",
+               tmp_path / "run", *cfg, *_sets(TINY_CONTROLNET)]  # fmt: skip
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4)
+        assert run_cli(*cn_args) == 130
+    assert run_cli(*cn_args) == 0
+    sa = ControlNetModel.from_pretrained(trained / "run" / "controlnet").state_dict()
+    sb = ControlNetModel.from_pretrained(tmp_path / "run" / "controlnet").state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # --restart clears the stage's checkpoints and trains from step 0 again
+    assert run_cli(*cn_args, "--restart") == 0
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["controlnet"]["resumed_from"] is None
+
+
+def test_target_minutes_sizes_the_steps_and_the_resolved_config_records_them(trained, tmp_path):
+    cfg = ControlNetConfig(max_steps=40, target_minutes=0.01, batch_size=2, warmup_steps=1, checkpoint_every=100,
+                           sampling={"steps": 2, "batch_size": 8})  # fmt: skip
+    run = train_controlnet(cfg, trained / "data", trained / "base", tmp_path / "t")
+    s = json.loads((run / "train_summary.json").read_text())["controlnet"]
+    assert s["probe"]["target_minutes"] == 0.01 and 1 <= s["steps"] == s["max_steps"] == s["probe"]["steps"] <= 40
+    resolved = load_config(ControlNetConfig, run / "config.yaml")
+    assert resolved.max_steps == s["steps"] and resolved.target_minutes is None
+
+
+def test_base_minutes_split_between_autoencoder_and_unet():
+    cfg = ControlNetBaseConfig(max_minutes=10, target_minutes=20, vae_share=0.4)
+    assert stage_minutes(cfg, "vae") == {"max_minutes": 4.0, "target_minutes": 8.0}
+    assert stage_minutes(cfg, "unet", 3.0) == {"max_minutes": 7.0, "target_minutes": 17.0}  # what the vae left
+    assert stage_minutes(cfg, "unet", 12.0)["max_minutes"] == 0.5  # never nothing
+    assert stage_minutes(ControlNetBaseConfig(), "unet", 3.0) == {"max_minutes": None, "target_minutes": None}
 
 
 def test_schedulers_by_name_and_bad_inputs(trained):
@@ -137,7 +214,7 @@ def test_schedulers_by_name_and_bad_inputs(trained):
 
 def test_init_from_continues_on_new_data(trained, tmp_path):
     toy_pairs(tmp_path / "target", n=6, seed=3)
-    sets = [s for s in TINY_BASE if not s.startswith("vae.steps")] + ["vae.steps=0", "unet.steps=2"]
+    sets = [s for s in TINY_BASE if not s.startswith("vae.max_steps")] + ["vae.max_steps=0", "unet.max_steps=2"]
     assert run_cli("controlnet", "train-base", "--data", tmp_path / "target", "--out", tmp_path / "b2",
                    "--init-from", trained / "base", *_sets(sets)) == 0  # fmt: skip
     old, new = load_base(trained / "base"), load_base(tmp_path / "b2")

@@ -26,7 +26,7 @@ def test_cache_keys_change_when_and_only_when_relevant():
     assert _changed(base, stage_keys(_cfg("spade.max_steps=7"))) == {"spade", "datasets", "segment", "evaluate", "mixing", "report"}
     assert _changed(base, stage_keys(_cfg("mixing.fractions=[0.5]"))) == {"mixing", "report"}
     assert _changed(base, stage_keys(_cfg("report.sample_rows=2"))) == {"report"}
-    assert _changed(base, stage_keys(_cfg("controlnet_base.unet.steps=7"))) == {
+    assert _changed(base, stage_keys(_cfg("controlnet_base.unet.max_steps=7"))) == {
         "controlnet_base", "controlnet", "datasets", "segment", "evaluate", "mixing", "report"}  # fmt: skip
     assert _changed(base, stage_keys(_cfg("data.world.seed=3"))) == set(STAGES)
 

@@ -21,7 +21,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for both stages")
     p.add_argument("--init-from", type=Path, metavar="RUN", help="continue from a previous base run (fine-tuning)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in RUN and start over")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in RUN and start over")
     add_config_args(p)
     p.set_defaults(func=cmd_train_base)
 
@@ -34,7 +34,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--init-from", type=Path, metavar="RUN", help="continue from a previous ControlNet run")
     p.add_argument("--prompt", help="text prompt for Stable-Diffusion-layout bases (default 'aerial photograph')")
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in RUN and start over")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in RUN and start over")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -52,7 +52,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     from terrasynth.train.diffusion import train_controlnet_base
 
     cfg = _section(args, "base", {"max_minutes": args.max_minutes, "seed": args.seed})
-    out = train_controlnet_base(cfg, args.data, args.out, init_from=args.init_from, resume=not args.no_resume)
+    out = train_controlnet_base(cfg, args.data, args.out, init_from=args.init_from, resume=not args.restart)
     print(f"base model written to {out}")
     return 0
 
@@ -61,6 +61,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from terrasynth.train.diffusion import train_controlnet
 
     cfg = _section(args, "controlnet", {"max_minutes": args.max_minutes, "seed": args.seed, "prompt": args.prompt})
-    out = train_controlnet(cfg, args.data, args.base, args.out, init_from=args.init_from, resume=not args.no_resume)
+    out = train_controlnet(cfg, args.data, args.base, args.out, init_from=args.init_from, resume=not args.restart)
     print(f"ControlNet generator written to {out} (use: terrasynth synthesize --generator {out} ...)")
     return 0

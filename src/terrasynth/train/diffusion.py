@@ -4,28 +4,29 @@ UNet) and a ControlNet on top of it.
 ``train_controlnet_base`` writes a base-model directory (see
 :mod:`terrasynth.models.latent_base`); ``train_controlnet`` trains a ControlNet on any
 base (that directory or a local Stable-Diffusion checkpoint) and writes a generator run
-that ``terrasynth synthesize --generator RUN`` loads. Both run under Accelerate
-(``accelerate launch -m terrasynth controlnet ...`` for several GPUs), keep EMA weights,
-checkpoint atomically and resume on rerun.
+that ``terrasynth synthesize --generator RUN`` loads. Every stage ("vae", "unet",
+"controlnet") trains through :class:`terrasynth.train.runner.Runner` (budgets, LR schedule,
+EMA, checkpoints, resume); this module supplies the models and each stage's loss. The EMA
+weights are what is saved. ``accelerate launch -m terrasynth controlnet ...`` for several GPUs.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from terrasynth.accel import make_accelerator
+from terrasynth.accel import make_accelerator, resolve_precision
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler
 from pydantic import Field
 from torch.utils.data import ConcatDataset
 
 from terrasynth.classes import one_hot
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, provenance
 from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
@@ -43,7 +44,7 @@ from terrasynth.models.latent_base import (
     load_base,
     save_trained_base,
 )
-from terrasynth.train.loop import LoopSettings, MixedPrecision, fit
+from terrasynth.train.runner import RunResult, Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
 # ---- configs --------------------------------------------------------------------------
 
@@ -56,7 +57,7 @@ class AutoencoderConfig(AutoencoderArch):
     mid_attention: bool = True
     pretrained: str | None = None  # a local diffusers AutoencoderKL directory to use instead
     kl_weight: float = Field(1e-6, ge=0)
-    steps: int = Field(3000, ge=0)  # 0 with ``pretrained`` or ``init_from``: keep it frozen
+    max_steps: int = Field(3000, ge=0)  # 0 with ``pretrained`` or ``init_from``: keep it frozen
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
 
@@ -73,7 +74,7 @@ class LatentUNetConfig(StrictModel):
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
-    steps: int = Field(6000, ge=0)
+    max_steps: int = Field(6000, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-4, gt=0)
 
@@ -82,13 +83,15 @@ class ControlNetBaseConfig(StrictModel):
     seed: int = 0
     splits: list[str] = ["train", "val"]  # imagery to learn from; labels are not used
     augment: bool = True
-    max_minutes: float | None = None  # total, shared between autoencoder and UNet
-    vae_share: float = Field(0.4, gt=0, lt=1)  # of max_minutes for the autoencoder
+    # Budgets for both stages together (the steps are per stage: vae.max_steps, unet.max_steps).
+    max_minutes: float | None = Field(None, gt=0, description="wall-time cap of both stages")
+    target_minutes: float | None = Field(None, gt=0, description="size both stages' steps to fit this")
+    vae_share: float = Field(0.4, gt=0, lt=1)  # of the minutes for the autoencoder; the UNet gets the rest
     warmup_steps: int = Field(100, ge=0)
     vae: AutoencoderConfig = AutoencoderConfig()
     unet: LatentUNetConfig = LatentUNetConfig()
     ema_decay: float = 0.999
-    checkpoint_every: int = 500
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
 
@@ -99,7 +102,7 @@ class ControlNetSamplingConfig(SamplingConfig):
     batch_size: int = Field(64, ge=1)
 
 
-class ControlNetConfig(StrictModel):
+class ControlNetConfig(TrainBudget):
     seed: int = 0
     splits: list[str] = ["train"]
     augment: bool = True
@@ -107,13 +110,11 @@ class ControlNetConfig(StrictModel):
     conditioning_embedding_out_channels: list[int] | None = None  # None: by the base's factor
     unconditional: Unconditional = "base"
     condition_dropout: float = Field(0.0, ge=0, lt=1)  # use ~0.1 with unconditional=zero_condition
-    steps: int = Field(4000, ge=1)
+    max_steps: int = Field(4000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)
-    max_minutes: float | None = None
     ema_decay: float = 0.999
-    checkpoint_every: int = 500
     mixed_precision: MixedPrecision = "no"
     gradient_checkpointing: bool = False
     sampling: ControlNetSamplingConfig = ControlNetSamplingConfig()
@@ -175,16 +176,6 @@ def _paths(data: object) -> list[Path]:
     return [Path(data)] if isinstance(data, (str, Path)) else [Path(p) for p in data]  # type: ignore[union-attr]
 
 
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @torch.no_grad()
 def latent_stats(vae: AutoencoderKL, tiles: ConcatDataset, n: int = 512, bs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (C,) of posterior samples over up to ``n`` tiles."""
@@ -201,13 +192,60 @@ def latent_stats(vae: AutoencoderKL, tiles: ConcatDataset, n: int = 512, bs: int
 
 
 def _accelerator(mixed_precision: str) -> Accelerator:
-    return make_accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    # One per stage: Accelerate checkpoints every model prepared on it.
+    return make_accelerator(mixed_precision=resolve_precision(mixed_precision), cpu=not torch.cuda.is_available())
 
 
-def _budget(max_minutes: float | None, t_start: float) -> float | None:
-    if max_minutes is None:
-        return None
-    return max(0.0, max_minutes - (time.monotonic() - t_start) / 60)
+class _LossStep:
+    """A runner family whose step is one loss ``loss(model, step, gen)`` of the prepared ``model``."""
+
+    def __init__(self, acc: Accelerator, model: torch.nn.Module, loss: Callable[..., torch.Tensor]):
+        self.acc, self.model, self.loss = acc, model, loss
+
+    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
+        with self.acc.autocast():
+            return self.loss(self.model, step, gen)
+
+
+def _fit(
+    spec: RunSpec, out: Path, fp: dict[str, Any], model: torch.nn.Module, lr: float,
+    loss: Callable[..., torch.Tensor], mixed_precision: str, resume: bool,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train the trainable parameters of ``model`` (AdamW) through the runner; returns (EMA copy, summary)."""
+    acc = _accelerator(mixed_precision)
+    runner = Runner(spec, acc, out, fp, resume=resume)
+    params = [p for p in model.parameters() if p.requires_grad]
+    wrapped, _ = runner.prepare(model, torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
+    runner.track_ema(p for p in runner.unwrap(wrapped).parameters() if p.requires_grad)
+    result = runner.fit(_LossStep(acc, wrapped, loss))
+    return ema_copy(runner, wrapped), _summary(result)
+
+
+def _inputs(data: object, init_from: Path | None = None) -> dict[str, Any]:
+    """What a run was trained on, for its fingerprint (a changed input refuses the resume)."""
+    prev = str(Path(init_from).resolve()) if init_from else None
+    return {"data": [str(p.resolve()) for p in _paths(data)], "init_from": prev}
+
+
+def _summary(r: RunResult) -> dict[str, Any]:
+    return {k: v for k, v in asdict(r).items() if k != "losses"}
+
+
+def stage_minutes(cfg: ControlNetBaseConfig, stage: str, vae_used: float = 0.0) -> dict[str, float | None]:
+    """``max_minutes``/``target_minutes`` of one base stage: the autoencoder gets ``vae_share`` of them,
+    the UNet what the autoencoder left (``vae_used`` minutes of training, kept in its checkpoints), >= 5%."""
+    out: dict[str, float | None] = {}
+    for key in ("max_minutes", "target_minutes"):
+        total = getattr(cfg, key)
+        if total is not None:
+            total = total * cfg.vae_share if stage == "vae" else max(total - vae_used, 0.05 * total)
+        out[key] = total
+    return out
+
+
+def _spec(stage: str, cfg: ControlNetBaseConfig | ControlNetConfig, max_steps: int, **budget: float | None) -> RunSpec:
+    return RunSpec(stage, max_steps=max_steps, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
+                   grad_clip=1.0, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, **budget)  # fmt: skip
 
 
 # ---- base -----------------------------------------------------------------------------
@@ -227,18 +265,19 @@ def train_controlnet_base(
     (fine-tuning to a new region). Returns ``out``, a base directory for ``train_controlnet``.
     """
     out = Path(out)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     tiles = open_tiles(data, cfg.splits)
     size = tiles.datasets[0].ds.info.tile_size
     if init_from is not None and not (is_trained_base(Path(init_from)) or is_pretrained_base(Path(init_from))):
         load_base(init_from)  # raises the one-line error now, not after the autoencoder has trained
     _prepare_out(cfg, out, "controlnet-base", data)
     acc = _accelerator(cfg.mixed_precision)
-    t_start = time.monotonic()
-    vae_minutes = cfg.max_minutes * cfg.vae_share if cfg.max_minutes else None
+    device = acc.device
+    inputs = _inputs(data, init_from)
+    conf = config_dict(cfg)
     summary: dict = {}
 
-    # Stage 1: autoencoder.
+    # Stage 1: autoencoder, with vae_share of the minutes.
     if init_from is not None:
         vae = AutoencoderKL.from_pretrained(Path(init_from) / "vae")
     elif cfg.vae.pretrained:
@@ -250,29 +289,28 @@ def train_controlnet_base(
     factor = downsampling_factor(vae)
     if size % factor:
         raise UserError(f"{_paths(data)[0]}: tile size {size} is not a multiple of the autoencoder factor {factor}")
-    if cfg.vae.steps > 0:
+    if cfg.vae.max_steps > 0:
         vae.train()
         if cfg.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
 
         def vae_loss(model: torch.nn.Module, step: int, gen: torch.Generator) -> torch.Tensor:
             imgs, _ = batch(tiles, cfg.vae.batch_size, gen, cfg.augment)
-            return model(imgs.to(acc.device), gen)
+            return model(imgs.to(device), gen)
 
-        settings = LoopSettings(
-            steps=cfg.vae.steps, lr=cfg.vae.lr, max_minutes=vae_minutes, ema_decay=cfg.ema_decay,
-            checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, warmup_steps=cfg.warmup_steps,
-        )  # fmt: skip
-        summary["vae"] = fit("vae", VAELoss(vae, cfg.vae.kl_weight), vae_loss, settings, acc, out / "checkpoints",
-                             resume=resume, log_dir=out / "tb")  # fmt: skip
-    vae = acc.unwrap_model(vae).to(acc.device).eval().requires_grad_(False)
+        spec = _spec("vae", cfg, cfg.vae.max_steps, **stage_minutes(cfg, "vae"))
+        fp = fingerprint({k: v for k, v in conf.items() if k != "unet"}, **inputs)
+        ema, summary["vae"] = _fit(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight), cfg.vae.lr, vae_loss,
+                                   cfg.mixed_precision, resume)  # fmt: skip
+        vae = ema.vae
+    vae = vae.to(device).eval().requires_grad_(False)
     prev = load_base(init_from) if init_from is not None else None
-    if prev is not None and cfg.vae.steps == 0:
+    if prev is not None and cfg.vae.max_steps == 0:
         # Same autoencoder: keep the latent normalisation the UNet was trained with.
         mean, std = prev.norm.shift, 1 / prev.norm.scale
     else:
         mean, std = latent_stats(vae, tiles)
-    norm = LatentNorm(mean.to(acc.device), scale=(1 / std).to(acc.device))
+    norm = LatentNorm(mean.to(device), scale=(1 / std).to(device))
 
     # Stage 2: unconditional latent UNet with a learned constant context.
     if prev is not None:
@@ -294,23 +332,23 @@ def train_controlnet_base(
     def unet_loss(m: torch.nn.Module, step: int, gen: torch.Generator) -> torch.Tensor:
         imgs, _ = batch(tiles, cfg.unet.batch_size, gen, cfg.augment)
         with torch.no_grad():
-            z = vae.encode(imgs.to(acc.device) * 2 - 1).latent_dist
-            z = z.mean + z.std * torch.randn(z.mean.shape, generator=gen).to(acc.device)
+            z = vae.encode(imgs.to(device) * 2 - 1).latent_dist
+            z = z.mean + z.std * torch.randn(z.mean.shape, generator=gen).to(device)
             z = norm.normalize(z)
         x, t, target = noisy(sched, z, gen)
         return F.mse_loss(m(x, t).float(), target.float())
 
-    if cfg.unet.steps > 0:
-        settings = LoopSettings(
-            steps=cfg.unet.steps, lr=cfg.unet.lr, max_minutes=_budget(cfg.max_minutes, t_start),
-            ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
-            warmup_steps=cfg.warmup_steps,
-        )  # fmt: skip
-        summary["unet"] = fit("unet", model, unet_loss, settings, acc, out / "checkpoints", resume=resume,
-                              log_dir=out / "tb")  # fmt: skip
+    if cfg.unet.max_steps > 0:
+        used = summary["vae"]["elapsed_s"] / 60 if "vae" in summary else 0.0
+        spec = _spec("unet", cfg, cfg.unet.max_steps, **stage_minutes(cfg, "unet", used))
+        model, summary["unet"] = _fit(spec, out, fingerprint(conf, **inputs), model, cfg.unet.lr, unet_loss,
+                                      cfg.mixed_precision, resume)  # fmt: skip
     if acc.is_main_process:
         save_trained_base(out, vae, model.unet.eval(), sched, model.context.detach(), mean, std)
         write_json_atomic(out / "train_summary.json", summary)
+        if cfg.target_minutes:  # the steps the probe chose: rerunning the resolved config trains the same model
+            sized = {k: getattr(cfg, k).model_copy(update={"max_steps": summary[k]["max_steps"]}) for k in summary}
+            save_resolved(cfg.model_copy(update={"target_minutes": None, **sized}), out)
     acc.wait_for_everyone()
     return out
 
@@ -333,7 +371,7 @@ def train_controlnet(
     ``init_from``: a previous ControlNet run to continue from (fine-tuning to a new region).
     """
     out = Path(out)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     tiles = open_tiles(data, cfg.splits)
     scheme = tiles.datasets[0].scheme
     k = scheme.num_classes
@@ -365,7 +403,7 @@ def train_controlnet(
             keep = (torch.rand(cond.shape[0], generator=gen) >= cfg.condition_dropout).float().to(acc.device)
             cond = cond * keep.view(-1, 1, 1, 1)
         with torch.no_grad():
-            z = lb.encode(imgs.to(acc.device), generator=None)
+            z = lb.encode(imgs.to(acc.device), generator=gen)
         x, t, target = noisy(sched, z, gen)
         ctx = lb.contexts(x.shape[0])
         down, mid = m(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, return_dict=False)
@@ -374,16 +412,16 @@ def train_controlnet(
         ).sample
         return F.mse_loss(pred.float(), target.float())
 
-    settings = LoopSettings(
-        steps=cfg.steps, lr=cfg.lr, max_minutes=cfg.max_minutes, ema_decay=cfg.ema_decay,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, warmup_steps=cfg.warmup_steps,
-    )  # fmt: skip
-    summary = fit("controlnet", controlnet, loss_fn, settings, acc, out / "checkpoints", resume=resume,
-                  log_dir=out / "tb")  # fmt: skip
-    controlnet = acc.unwrap_model(controlnet).eval()
+    budget = {"max_minutes": cfg.max_minutes, "target_minutes": cfg.target_minutes}
+    conf = {key: v for key, v in config_dict(cfg).items() if key != "sampling"}  # sampling may change on a rerun
+    fp = fingerprint(conf, base=str(lb.path), **_inputs(data, init_from))
+    controlnet, summary = _fit(_spec("controlnet", cfg, cfg.max_steps, **budget), out, fp, controlnet, cfg.lr,
+                               loss_fn, cfg.mixed_precision, resume)  # fmt: skip
     if acc.is_main_process:
         controlnet.save_pretrained(out / CONTROLNET_DIR)
         write_json_atomic(out / "train_summary.json", {"controlnet": summary})
+        if cfg.target_minutes:  # the steps the probe chose (see train_controlnet_base)
+            save_resolved(cfg.model_copy(update={"target_minutes": None, "max_steps": summary["max_steps"]}), out)
         write_generator_file(
             out, "controlnet",
             base=lb.path, prompt=cfg.prompt, scheme=scheme.to_dict(), unconditional=cfg.unconditional,
@@ -393,4 +431,3 @@ def train_controlnet(
         training_preview(gen, tiles, out / "preview.png", cfg.seed)
     acc.wait_for_everyone()
     return out
-
