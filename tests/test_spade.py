@@ -19,7 +19,7 @@ from terrasynth.train.diffaugment import diff_augment
 from conftest import run_cli
 
 TINY = ["--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.hidden=8", "--set", "model.latent_size=4",
-        "--set", "select.judge_steps=2", "--set", "select.judge_encoder=resnet18", "--set", "select.every=2",
+        "--set", "select.judge_steps=2", "--set", "select.judge_encoder=resnet18", "--set", "checkpoint_every=2",
         "--set", "batch_size=2", "--set", "log_every=1"]  # fmt: skip
 
 

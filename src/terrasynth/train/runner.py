@@ -201,6 +201,7 @@ class Runner:
         self.ema: EMAModel | None = None
         self._ema_params: list[torch.nn.Parameter] = []
         self._registered = False
+        self.tb: Any = None  # the stage's SummaryWriter during fit (main process), for the family's own logs
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -395,7 +396,9 @@ class Runner:
     def fit(self, family: Any) -> RunResult:
         """Train ``family`` to the budget, resuming from this stage's checkpoints; see the module docstring.
 
-        Hooks the family may define: ``after_step(step, logs)`` (after every step; e.g. validation),
+        Hooks the family may define: ``on_start(step)`` (after resume and the speed probe, before
+        the first step of this call; e.g. writing the resolved config with the chosen steps),
+        ``after_step(step, logs)`` (after every step; e.g. validation),
         ``on_checkpoint(step)`` (before each checkpoint is written), ``on_end(step)`` (after the
         last step, before the final checkpoint), ``state_dict()``/``load_state_dict(d)`` (JSON-able
         state kept in checkpoints).
@@ -432,6 +435,9 @@ class Runner:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(self.run_dir / "tb" / s.stage), purge_step=self.state.step or None)
+        self.tb = tb
+        if hasattr(family, "on_start"):
+            family.on_start(self.state.step)
         for m in self.models:
             m.train()
         bar = tqdm(total=self.state.max_steps, initial=self.state.step, desc=s.stage, unit="step",
