@@ -173,6 +173,17 @@ def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
     return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm)
 
 
+def build_spec(cfg: SpadeConfig) -> RunSpec:
+    """How the runner trains SPADE: constant learning rates, the EMA of G when ``remedies.ema``."""
+    r = cfg.remedies
+    return RunSpec(
+        "spade", max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, target_minutes=cfg.target_minutes,
+        lr_schedule="constant", ema_decay=r.ema_decay if r.ema else None,
+        ema_warmup="linear" if r.ema_warmup else "none", checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        log_every=cfg.log_every,
+    )  # fmt: skip
+
+
 # ---- data ----------------------------------------------------------------------------
 
 
@@ -476,14 +487,7 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True,
             raise UserError(f"{data}: the judge segmenter scores 0 on real validation tiles; use select.metric=last")
 
     acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
-    r = cfg.remedies
-    spec = RunSpec(
-        "spade", max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, target_minutes=cfg.target_minutes,
-        lr_schedule="constant", ema_decay=r.ema_decay if r.ema else None,
-        ema_warmup="linear" if r.ema_warmup else "none", checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
-        log_every=cfg.log_every,
-    )  # fmt: skip
-    runner = Runner(spec, acc, out, fp, resume=resume, progress=progress)
+    runner = Runner(build_spec(cfg), acc, out, fp, resume=resume, progress=progress)
     prov = provenance(str(data.resolve()), config_hash=config_hash(fp), seed=cfg.seed, dataset=ds.info.name,
                       tile_size=tile)  # fmt: skip
     select = Snapshots(cfg, out, scheme, g_kwargs, va_mask, judge, judge_real, prov)
