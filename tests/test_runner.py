@@ -186,3 +186,22 @@ def test_on_start_hook_and_tensorboard_writer_for_the_family(tmp_path):
     f2.on_start = lambda step: calls.append((step, r2.max_steps, None))
     r2.fit(f2)
     assert calls[1:] == [(r.max_steps, 6, None)]
+
+
+def test_a_changed_architecture_is_refused_not_taken_for_a_damaged_checkpoint(tmp_path):
+    """Another model shape cannot even load the checkpoint: still the one refusal, not a silent start over."""
+    spec = RunSpec("reg", max_steps=3, checkpoint_every=3)
+    r, f = _run(tmp_path, spec)
+    r.fit(f)
+    r2 = Runner(spec, make_accelerator(mixed_precision="no", cpu=True), tmp_path,
+                fingerprint({"lr": 0.05, "width": 2}), progress=False)  # fmt: skip
+    net = torch.nn.Linear(4, 2)
+    r2.prepare(net, torch.optim.AdamW(net.parameters()))
+
+    class Wide:
+        def training_step(self, step, gen):
+            return net(torch.randn(2, 4, generator=gen)).square().mean()
+
+    with pytest.raises(UserError, match=r"different width \(None vs 2\).*--restart"):
+        r2.fit(Wide())
+    assert [p.name for p in r.checkpoints()] == ["step-00000003"]

@@ -30,7 +30,7 @@ from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_d
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
 from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, write_json_atomic
+from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
 from terrasynth.models.discriminators import (
     MultiscalePatchGAN,
     OASISDiscriminator,
@@ -408,6 +408,7 @@ class Snapshots:
                 fake2 = generate_images(net, va_mask, k, seed=cfg.seed + 1)
                 extra["diversity_l1"] = float((fake - fake2).abs().mean())
         name = f"checkpoints/step_{step:07d}.safetensors"
+        ensure_dir(self.out / "checkpoints")
         with atomic_path(self.out / name) as tmp:
             save_file({n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}, str(tmp))
         self.scores.append({"step": step, "score": score, "checkpoint": name, "minutes": minutes, **extra})

@@ -164,6 +164,14 @@ class _State:
         self.__dict__.update(json.loads(sd["json"]))
 
 
+def _saved_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The fingerprint a checkpoint was written with (the runner's state is its first custom object)."""
+    try:
+        return json.loads(torch.load(path / "custom_checkpoint_0.pkl", weights_only=False)["json"])["fingerprint"]
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it will say so
+        return None
+
+
 class _Extra:
     """A family's own resumable state (scores, best checkpoint, ...), as plain JSON."""
 
@@ -288,8 +296,9 @@ class Runner:
 
     def _load_latest(self) -> int | None:
         """Load the newest readable checkpoint; returns its step (None: none readable)."""
-        found = self.checkpoints()
+        found, fp = self.checkpoints(), self.state.fingerprint
         for path in reversed(found):
+            self._refuse_if_changed(_saved_fingerprint(path), fp)  # before loading: another model may not load
             try:
                 self.acc.load_state(str(path), load_kwargs={"weights_only": False})
             except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
@@ -301,6 +310,14 @@ class Runner:
         if found:
             log.warning("%s: no readable checkpoint among %d; starting over from step 0", self.ckpt_dir, len(found))
         return None
+
+    def _refuse_if_changed(self, saved: dict[str, Any] | None, fp: dict[str, Any] | None) -> None:
+        """The one message for a run that cannot be resumed: its fingerprint changed."""
+        if saved is not None and saved != fp:
+            raise UserError(
+                f"{self.run_dir}: holds a {self.spec.stage} run made with a different {first_difference(saved, fp)}; "
+                "rerun with the original settings to resume it, or pass --restart to start over, or choose a new --out"
+            )
 
     def _clear(self) -> None:
         """``--restart``: remove this stage's checkpoints (only the runner's own step-* folders)."""
@@ -409,12 +426,8 @@ class Runner:
         if not self.resume:
             self._clear()
         resumed = self._load_latest() if self.checkpoints() else None
-        if resumed is not None and self.state.fingerprint != fp:
-            diff = first_difference(self.state.fingerprint, fp)
-            raise UserError(
-                f"{self.run_dir}: holds a {s.stage} run made with a different {diff}; rerun with the original "
-                "settings to resume it, or pass --restart to start over, or choose a new --out"
-            )
+        if resumed is not None:
+            self._refuse_if_changed(self.state.fingerprint, fp)
         if resumed is None:
             self.state.step, self.state.elapsed, self.state.done, self.state.losses = 0, 0.0, False, []
             self.state.max_steps = s.max_steps
