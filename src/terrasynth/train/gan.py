@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from accelerate import PartialState
-
 from terrasynth.accel import dist_state, make_accelerator, resolve_precision
 from terrasynth.classes import ClassScheme
 from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
@@ -380,9 +378,9 @@ class Snapshots:
 
     def __init__(self, cfg: SpadeConfig, out: Path, scheme: ClassScheme, g_kwargs: dict[str, Any],
                  va_mask: torch.Tensor, judge: torch.nn.Module | None, judge_real: float,
-                 provenance: dict[str, Any]):  # fmt: skip
+                 prov: dict[str, Any]):  # fmt: skip
         self.cfg, self.out, self.scheme, self.g_kwargs = cfg, out, scheme, g_kwargs
-        self.va_mask, self.judge, self.judge_real, self.provenance = va_mask, judge, judge_real, provenance
+        self.va_mask, self.judge, self.judge_real, self.prov = va_mask, judge, judge_real, prov
         self.k = scheme.num_classes
         self.scores: list[dict[str, Any]] = []
 
@@ -393,7 +391,10 @@ class Snapshots:
     def start(self, max_steps: int) -> None:
         """The resolved config (with the steps the speed probe chose) and provenance, once training starts."""
         save_resolved(self.cfg.model_copy(update={"max_steps": max_steps}), self.out)
-        write_json_atomic(self.out / "provenance.json", self.provenance)
+        write_json_atomic(self.out / "provenance.json", self.prov)
+        if not self.scores:  # started over: snapshots of an earlier run are no candidates
+            for f in (self.out / "checkpoints").glob("step_*.safetensors"):
+                f.unlink()
 
     def take(self, net: SPADEGenerator, step: int, minutes: float, tb: Any) -> None:
         from safetensors.torch import save_file
@@ -512,9 +513,9 @@ def _ready_judge(cfg: SpadeConfig, data: Path, out: Path, tr_recs: list[TileReco
         if cached.is_file():
             judge.load_state_dict(load_file(str(cached)))
             return judge.to(dist_state().device).eval()
-    judge = train_judge(judge, tr_img, tr_mask, steps=s.judge_steps, batch_size=8, seed=cfg.seed, run_dir=out,
+    judge = train_judge(judge, tr_img, tr_mask, steps=s.judge_steps, seed=cfg.seed, run_dir=out,
                         fingerprint=fingerprint(settings, **inputs), resume=resume, progress=progress)  # fmt: skip
-    if cached is not None and PartialState().is_main_process:
+    if cached is not None and dist_state().is_main_process:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             save_file({n: t.detach().cpu().contiguous() for n, t in judge.state_dict().items()}, str(tmp))

@@ -33,13 +33,12 @@ def build_judge(num_classes: int, encoder: str = "resnet18") -> nn.Module:
 
 
 class JudgeTraining:
-    """The judge as a runner family: cross-entropy on augmented real tiles, one Adam optimiser."""
+    """The judge as a runner family: cross-entropy on augmented real tiles, Adam at a constant 1e-3."""
 
     def __init__(self, runner: Runner, judge: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                 batch_size: int, lr: float = 1e-3):  # fmt: skip
-        self.images, self.masks, self.batch_size = images, masks, batch_size
-        self.device = runner.acc.device
-        self.net, self.opt = runner.prepare(judge, torch.optim.Adam(judge.parameters(), lr=lr))
+                 batch_size: int = 8):  # fmt: skip
+        self.images, self.masks, self.batch_size, self.device = images, masks, batch_size, runner.acc.device
+        self.net, self.opt = runner.prepare(judge, torch.optim.Adam(judge.parameters(), lr=1e-3))
 
     def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(self.images), (self.batch_size,), generator=gen)
@@ -49,28 +48,17 @@ class JudgeTraining:
         return F.cross_entropy(self.net(x * 2 - 1), y, ignore_index=IGNORE_INDEX)
 
 
-def train_judge(
-    judge: nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    *,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    run_dir: str | os.PathLike,
-    fingerprint: dict[str, Any],
-    resume: bool = True,
-    lr: float = 1e-3,
-    progress: bool = True,
-) -> nn.Module:
+def train_judge(judge: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, steps: int, seed: int,
+                run_dir: str | os.PathLike, fingerprint: dict[str, Any], resume: bool = True,
+                progress: bool = True) -> nn.Module:  # fmt: skip
     """Train ``judge`` on real tiles as stage ``judge`` of ``run_dir``: ``images`` (N, 3, H, W) uint8,
     ``masks`` (N, H, W) uint8 (255 nodata). Builds its own fp32 accelerator, so call it before the
     accelerator of the model it judges (Accelerate's state is process-wide)."""
-    acc = make_accelerator(mixed_precision="no")
     spec = RunSpec("judge", max_steps=steps, lr_schedule="constant", checkpoint_every=100, keep_checkpoints=1,
                    seed=seed)  # fmt: skip
-    runner = Runner(spec, acc, run_dir, fingerprint, resume=resume, progress=progress)
-    family = JudgeTraining(runner, judge, images, masks, batch_size, lr)
+    runner = Runner(spec, make_accelerator(mixed_precision="no"), run_dir, fingerprint, resume=resume,
+                    progress=progress)  # fmt: skip
+    family = JudgeTraining(runner, judge, images, masks)
     runner.fit(family)
     return runner.unwrap(family.net).eval()
 
