@@ -163,7 +163,7 @@ def test_generate_deterministic_given_generator(run):
     assert not torch.equal(a, c)  # 3D noise on: another draw, another image
 
 
-def test_resume_is_exact(pairs, tmp_path):
+def test_resume_is_exact(pairs, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     base = ["spade", "train", "--data", pairs, *TINY, "--set", "remedies.discriminator=oasis",
             "--set", "remedies.labelmix=true", "--set", "remedies.diffaugment=[color,translation,cutout]"]  # fmt: skip
@@ -174,8 +174,11 @@ def test_resume_is_exact(pairs, tmp_path):
     assert_same(a["G"], b["G"])
     assert_same(a["D"], b["D"])
     assert scores_without_time(full) == scores_without_time(part)
-    # Another config in the same run directory is refused, in one line.
+    # Another config in the same run directory is refused, in one line (the judge's settings by its own stage).
     assert run_cli(*base, "--out", part, "--max-steps", 6, "--set", "model.ngf=16") == 2
+    assert "spade run made with a different model.ngf (8 vs 16)" in capsys.readouterr().err
+    assert run_cli(*base, "--out", part, "--set", "select.judge_steps=3") == 2
+    assert "judge run made with a different select.judge_steps (2 vs 3)" in capsys.readouterr().err
 
 
 def test_bad_config_is_a_user_error(pairs, tmp_path, capsys):

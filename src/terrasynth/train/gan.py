@@ -505,7 +505,7 @@ def _ready_judge(cfg: SpadeConfig, data: Path, out: Path, tr_recs: list[TileReco
     s = cfg.select
     seed_everything(cfg.seed)
     judge = build_judge(k, s.judge_encoder)
-    settings = {"encoder": s.judge_encoder, "steps": s.judge_steps, "seed": cfg.seed, "batch_size": 8}
+    settings = {"select": {"judge_encoder": s.judge_encoder, "judge_steps": s.judge_steps}, "seed": cfg.seed}
     inputs = {"data": str(data.resolve()), "train": [r.id for r in tr_recs]}
     cached = None
     if s.judge_cache:
