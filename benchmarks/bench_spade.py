@@ -13,7 +13,7 @@ Run it in stages under the shared heavy lock (each stage well under 20 minutes):
     flock /work/heavy.lock python benchmarks/bench_spade.py spade --data DD64 --work W --variants plain,noise3d --minutes 3
     flock /work/heavy.lock python benchmarks/bench_spade.py segment --data DD64 --work W --variants real,flat,plain,noise3d --minutes 2
     python benchmarks/bench_spade.py report --work W
-    python benchmarks/bench_spade.py speed --work W --steps 30      # G/D steps/s: fp32 vs bf16 autocast
+    python benchmarks/bench_spade.py speed --work W --steps 30      # G/D steps/s: fp32 vs mixed_precision=bf16
 
 Every stage appends to ``W/results.json``; ``report`` prints the markdown table. A variant may
 carry a tag after ``@`` to keep several runs of it apart (``noise3d_ema@10min``).
@@ -165,20 +165,22 @@ def _speed_one(args) -> None:
 
     from terrasynth.accel import make_accelerator
     from terrasynth.config import load_config
-    from terrasynth.train.gan import SpadeConfig, SpadeTrainer, step_generator
+    from terrasynth.train.gan import SpadeConfig, SpadeTrainer, build_spec
+    from terrasynth.train.runner import Runner, fingerprint
 
     cfg = load_config(SpadeConfig, None, None, ["model.ngf=32", "model.ndf=32"] + list(args.set or []))
     acc = make_accelerator(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    runner = Runner(build_spec(cfg), acc, args.work / "speed", fingerprint({}), progress=False)  # never fitted
     k, size = 6, 64
-    tr = SpadeTrainer(cfg, k, size, acc)
     gen = torch.Generator().manual_seed(0)
     real = torch.rand(cfg.batch_size, 3, size, size, generator=gen) * 2 - 1
     masks = torch.randint(0, k, (cfg.batch_size, size, size), generator=gen)
+    tr = SpadeTrainer(cfg, k, size, runner, real, masks)
     for i in range(5):
-        tr.step(real, masks, step_generator(0, i))
+        tr.update(real, masks, runner.generator(i))
     t0 = time.perf_counter()
     for i in range(args.steps):
-        tr.step(real, masks, step_generator(0, 5 + i))
+        tr.update(real, masks, runner.generator(5 + i))
     dt = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"steps_per_s": round(args.steps / dt, 3), "peak_rss_mb": round(rss), "batch": cfg.batch_size}))

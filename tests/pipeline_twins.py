@@ -20,7 +20,7 @@ TINY_MODELS = {
     "spade.max_steps": "3",
     "spade.max_minutes": "null",
     "spade.batch_size": "2",
-    "spade.select.every": "2",
+    "spade.checkpoint_every": "2",
     "spade.select.judge_steps": "2",
     "spade.select.val_tiles": "4",
     "controlnet_base.max_minutes": "null",

@@ -51,7 +51,7 @@ def test_spade_keeps_only_the_best_n_snapshots(tmp_path):
     data = make_pairs(tmp_path / "pairs")
     out = tmp_path / "run"
     assert run_cli("spade", "train", "--data", data, "--out", out, "--max-steps", 8, *TINY,
-                   "--set", "select.keep=2", "--set", "select.every=2") == 0  # fmt: skip
+                   "--set", "select.keep=2", "--set", "checkpoint_every=2") == 0  # fmt: skip
     snaps = sorted((out / "checkpoints").glob("step_*.safetensors"))
     assert len(snaps) == 2
     gen = json.loads((out / "generator.json").read_text())

@@ -166,3 +166,42 @@ def test_wall_time_budget_stops_and_anneals(tmp_path):
     assert 0 < res.steps < 10**7
     assert r.optimizers[0].param_groups[0]["lr"] < 0.05 * 0.2  # near the end of the cosine
     shutil.rmtree(tmp_path)
+
+
+def test_on_start_hook_and_tensorboard_writer_for_the_family(tmp_path):
+    """``on_start`` runs once per fit, after resume and the probe; ``runner.tb`` takes the family's own scalars."""
+    spec = RunSpec("reg", max_steps=4, checkpoint_every=2, target_minutes=0.001)
+    r, f = _run(tmp_path, spec)
+    calls = []
+
+    def on_start(step):
+        calls.append((step, r.max_steps, f.seen[:]))
+        r.tb.add_scalar("val/extra", 1.0, step)
+
+    f.on_start = on_start
+    r.fit(f)
+    assert calls == [(0, r.max_steps, [])]  # the probe's steps were undone before it
+    assert r.tb.log_dir == str(tmp_path / "tb" / "reg")
+    r2, f2 = _run(tmp_path, RunSpec("reg", max_steps=6, checkpoint_every=2))
+    f2.on_start = lambda step: calls.append((step, r2.max_steps, None))
+    r2.fit(f2)
+    assert calls[1:] == [(r.max_steps, 6, None)]
+
+
+def test_a_changed_architecture_is_refused_not_taken_for_a_damaged_checkpoint(tmp_path):
+    """Another model shape cannot even load the checkpoint: still the one refusal, not a silent start over."""
+    spec = RunSpec("reg", max_steps=3, checkpoint_every=3)
+    r, f = _run(tmp_path, spec)
+    r.fit(f)
+    r2 = Runner(spec, make_accelerator(mixed_precision="no", cpu=True), tmp_path,
+                fingerprint({"lr": 0.05, "width": 2}), progress=False)  # fmt: skip
+    net = torch.nn.Linear(4, 2)
+    r2.prepare(net, torch.optim.AdamW(net.parameters()))
+
+    class Wide:
+        def training_step(self, step, gen):
+            return net(torch.randn(2, 4, generator=gen)).square().mean()
+
+    with pytest.raises(UserError, match=r"different width \(None vs 2\).*--restart"):
+        r2.fit(Wide())
+    assert [p.name for p in r.checkpoints()] == ["step-00000003"]

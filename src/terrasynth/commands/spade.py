@@ -17,7 +17,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (rerun the same command to resume)")
     p.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (overrides max_minutes)")
     p.add_argument("--max-steps", type=int, metavar="N", help="step budget (overrides max_steps)")
-    p.add_argument("--restart", action="store_true", help="ignore a saved state in RUN and start over")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming RUN")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -1,26 +1,20 @@
-"""Training loop of the SPADE family (generator + discriminator, hinge GAN).
+"""The SPADE family (generator + discriminator, hinge GAN) on the training runner.
 
 One step: the generator paints a batch from its masks; the discriminator learns real vs
 fake; the generator learns to fool it (plus feature matching, or OASIS's class-aware
-loss). Every ``select.every`` steps the inference generator (EMA weights when on) is
-scored on validation masks (see :mod:`terrasynth.train.judge`), its weights are saved,
-the best ``select.keep`` are kept, and ``generator.json`` points at the best one.
-
-Reproducible and resumable: all per-step randomness (batch, flips, noise, DiffAugment,
-LabelMix) is drawn from a ``torch.Generator`` seeded by (seed, step), so rerunning the
-same command continues from ``state.pt`` exactly where it stopped.
+loss). The runner owns the rest (budgets, EMA, seeding, checkpoints, resume, logging). At
+every checkpoint (``checkpoint_every`` steps, and at the end) the inference generator (EMA
+weights when on) is scored on validation masks (see :mod:`terrasynth.train.judge`), its
+weights are saved, the best ``select.keep`` are kept, and ``generator.json`` points at the
+best one.
 
 Multi-GPU: ``accelerate launch -m terrasynth spade train ...`` (Accelerate wraps G and D).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import random
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +22,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from terrasynth.accel import dist_state, make_accelerator, resolve_precision
 from terrasynth.classes import ClassScheme, one_hot
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
 from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
@@ -53,11 +48,10 @@ from terrasynth.train.gan_losses import (
     multiscale,
 )
 from terrasynth.train.judge import build_judge, judge_miou, train_judge
-from terrasynth.train.segmentation import mixed_precision
+from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
 SCORES_FILE = "scores.json"
 
 
@@ -101,7 +95,8 @@ class SpadeRemedies(StrictModel):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     ema_warmup: bool = Field(
         True,
-        description="decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so short runs do not average in "
+        description="decay min(ema_decay, n / (9 + n)) at the n-th update (the runner's 'linear' EMA warm-up), so "
+        "short runs do not average in "
         "the random initial weights (with 0.999 and no warm-up a third of the EMA is still the init after 1,100 steps)",
     )
     diffaugment: list[Policy] = Field(default_factory=list, description="e.g. [color, translation, cutout]")
@@ -124,7 +119,6 @@ class SpadeSelect(StrictModel):
     """Checkpoint selection by a validation score (GAN training drifts; the last is not the best)."""
 
     metric: Literal["judge", "last"] = "judge"
-    every: int = Field(200, ge=1, description="steps between snapshots")
     keep: int = Field(3, ge=1, description="snapshots kept (the best by score)")
     judge_steps: int = Field(400, ge=1, description="training steps of the judge segmenter")
     judge_encoder: str = "resnet18"
@@ -134,32 +128,25 @@ class SpadeSelect(StrictModel):
     val_tiles: int = Field(128, ge=1, description="validation tiles scored per snapshot")
 
 
-class SpadeConfig(StrictModel):
+class SpadeConfig(TrainBudget):
     model: SpadeModelConfig = Field(default_factory=SpadeModelConfig)
     loss: SpadeLossConfig = Field(default_factory=SpadeLossConfig)
     remedies: SpadeRemedies = Field(default_factory=SpadeRemedies)
     optim: SpadeOptim = Field(default_factory=SpadeOptim)
     select: SpadeSelect = Field(default_factory=SpadeSelect)
     batch_size: int = Field(8, ge=1)
-    max_steps: int = Field(100_000, ge=1)
     max_minutes: float | None = Field(
         10.0, gt=0, description="wall-clock budget of GAN training (data loading and the judge not counted)"
     )
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints, each a scored snapshot")
     seed: int = 0
-    bf16: bool | Literal["auto"] = Field(
-        False, description="bf16 autocast of G and D (CUDA: fp16 where bf16 is missing); 'auto' = when the CPU has bf16"
+    mixed_precision: MixedPrecision = Field(
+        "no", description="autocast of G and D (CUDA: fp16 where bf16 is missing); 'auto' = bf16 where the CPU has it"
     )
     augment: bool = Field(True, description="random flips / 90-degree rotations of (image, mask)")
     train_split: str = "train"
     val_split: str = Field("val", description="falls back to held-out training sources when absent")
     log_every: int = Field(20, ge=1)
-
-
-def resume_hash(cfg: SpadeConfig, data: Path) -> str:
-    """What must match to continue a run: everything except the step/time budget."""
-    d = cfg.model_dump(mode="json")
-    d.pop("max_steps"), d.pop("max_minutes")
-    return config_hash(d, str(Path(data).resolve()))
 
 
 def generator_kwargs(cfg: SpadeConfig, num_classes: int, tile_size: int) -> dict[str, Any]:
@@ -182,6 +169,17 @@ def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
     if cfg.remedies.discriminator == "oasis":
         return OASISDiscriminator(num_classes, ndf=m.ndf, depth=m.oasis_depth, spectral=m.spectral_norm)
     return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm)
+
+
+def build_spec(cfg: SpadeConfig) -> RunSpec:
+    """How the runner trains SPADE: constant learning rates, the EMA of G when ``remedies.ema``."""
+    r = cfg.remedies
+    return RunSpec(
+        "spade", max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, target_minutes=cfg.target_minutes,
+        lr_schedule="constant", ema_decay=r.ema_decay if r.ema else None,
+        ema_warmup="linear" if r.ema_warmup else "none", checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        log_every=cfg.log_every,
+    )  # fmt: skip
 
 
 # ---- data ----------------------------------------------------------------------------
@@ -213,10 +211,6 @@ def split_train_val(ds: Dataset, train: str, val: str) -> tuple[list[TileRecord]
     return tr[:-k] or tr, tr[-k:]
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
-
-
 def sample_batch(
     images: torch.Tensor, masks: torch.Tensor, batch_size: int, gen: torch.Generator, augment: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,43 +226,56 @@ def sample_batch(
     return torch.stack(xs), torch.stack(ys)
 
 
-# ---- one training step -----------------------------------------------------------------
+# ---- the family ---------------------------------------------------------------------
 
 
 class SpadeTrainer:
-    """Holds the networks and optimisers; :meth:`step` runs one D and one G update."""
+    """The SPADE family on a :class:`Runner`: G, D and their optimisers; a step is one D and one G update.
 
-    def __init__(self, cfg: SpadeConfig, num_classes: int, tile_size: int, accelerator):
-        self.cfg = cfg
-        self.k = num_classes
-        self.acc = accelerator
+    ``images`` (N, 3, H, W) uint8 and ``masks`` (N, H, W) uint8 (255 nodata) are the training
+    tiles a step samples its batch from; ``select`` scores and keeps snapshots (None: none).
+    """
+
+    def __init__(self, cfg: SpadeConfig, num_classes: int, tile_size: int, runner: Runner,
+                 images: torch.Tensor, masks: torch.Tensor, select: Snapshots | None = None):  # fmt: skip
+        self.cfg, self.k, self.runner, self.select = cfg, num_classes, runner, select
+        self.images, self.masks = images, masks
+        self.acc = runner.acc
         self.g_kwargs = generator_kwargs(cfg, num_classes, tile_size)
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         G = SPADEGenerator(**self.g_kwargs)
         D = build_discriminator(cfg, num_classes)
         o = cfg.optim
         opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
         opt_d = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-        self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.remedies.ema else None
-        self.updates = 0  # generator updates so far (EMA warm-up)
-        self.vgg = VGGLoss(cfg.loss.vgg_weights).to(accelerator.device) if cfg.loss.vgg > 0 else None
+        self.G, self.D, self.opt_g, self.opt_d = runner.prepare(G, D, opt_g, opt_d)
+        if cfg.remedies.ema:
+            runner.track_ema(self.g.parameters())
+        self.vgg = VGGLoss(cfg.loss.vgg_weights).to(self.acc.device) if cfg.loss.vgg > 0 else None
         # Freezing D during the G update saves its weight gradients; DDP needs a static graph.
-        self._can_freeze = accelerator.num_processes == 1
+        self._can_freeze = self.acc.num_processes == 1
 
     @property
     def g(self) -> SPADEGenerator:
-        return self.acc.unwrap_model(self.G)
+        return self.runner.unwrap(self.G)
 
     def inference_generator(self) -> SPADEGenerator:
-        return self.G_ema if self.G_ema is not None else self.g
+        """A frozen copy of the generator to save: the EMA weights when ``remedies.ema``."""
+        return ema_copy(self.runner, self.G)
 
     def _d_inputs(self, imgs: list[torch.Tensor], masks: torch.Tensor, gen: torch.Generator):
         if self.cfg.remedies.diffaugment:
             imgs, masks = diff_augment(imgs, masks, self.cfg.remedies.diffaugment, gen)
         return imgs, masks
 
-    def step(self, real: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+    def training_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        real, masks = sample_batch(self.images, self.masks, self.cfg.batch_size, gen, self.cfg.augment)
+        logs = self.update(real, masks, gen)
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise RuntimeError(f"spade: non-finite loss at step {step}: {logs}; lower the learning rates")
+        return logs
+
+    def update(self, real: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         """``real`` (B, 3, H, W) in [-1, 1], ``masks`` (B, H, W) int64; returns the losses."""
         cfg, dev = self.cfg, self.acc.device
         real, masks = real.to(dev), masks.to(dev)
@@ -302,7 +309,7 @@ class SpadeTrainer:
             fk, rl = _split_scales(outs, real.shape[0])
             d_loss = multiscale(hinge_d_loss, rl, fk)
         self.opt_d.zero_grad(set_to_none=True)
-        self.acc.backward(d_loss)
+        self.runner.backward(d_loss)
         self.opt_d.step()
         logs["d_loss"] = d_loss.item()
 
@@ -329,53 +336,101 @@ class SpadeTrainer:
             logs["g_vgg"] = vgg.item()
             g_loss = g_loss + cfg.loss.vgg * vgg
         self.opt_g.zero_grad(set_to_none=True)
-        self.acc.backward(g_loss)
+        self.runner.backward(g_loss)
         self.opt_g.step()
         logs["g_adv"] = adv.item()
         logs["g_loss"] = g_loss.item()
-        self.updates += 1
-        if self.G_ema is not None:
-            self._update_ema()
         return logs
 
-    def ema_decay(self) -> float:
-        """The EMA decay for the update just made (warm-up: short horizons early in training)."""
-        r = self.cfg.remedies
-        if not r.ema_warmup:
-            return r.ema_decay
-        return min(r.ema_decay, (1 + self.updates) / (10 + self.updates))
+    # ---- runner hooks: the resolved config, snapshots, their scores in checkpoints
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.ema_decay()
-        for pe, p in zip(self.G_ema.parameters(), self.g.parameters()):
-            pe.lerp_(p.detach(), 1 - decay)
-        for be, b in zip(self.G_ema.buffers(), self.g.buffers()):
-            be.copy_(b)
+    def on_start(self, step: int) -> None:
+        if self.select is not None and self.acc.is_main_process:
+            self.select.start(self.runner.max_steps)
+
+    def after_step(self, step: int, logs: dict[str, float]) -> None:
+        # At each checkpoint step; here, not in on_checkpoint, so scoring counts in the time budget.
+        if step % self.runner.spec.checkpoint_every == 0:
+            self._snapshot(step)
+
+    def on_end(self, step: int) -> None:
+        self._snapshot(step)
+
+    def _snapshot(self, step: int) -> None:
+        if self.select is not None and self.acc.is_main_process and self.select.last_step != step:
+            self.select.take(self.inference_generator(), step, self.runner.state.elapsed / 60, self.runner.tb)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "G": self.g.state_dict(),
-            "D": self.acc.unwrap_model(self.D).state_dict(),
-            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "updates": self.updates,
-        }
+        return {"scores": self.select.scores if self.select is not None else []}
 
-    def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.g.load_state_dict(s["G"])
-        self.acc.unwrap_model(self.D).load_state_dict(s["D"])
-        if self.G_ema is not None and s.get("G_ema") is not None:
-            self.G_ema.load_state_dict(s["G_ema"])
-        self.opt_g.load_state_dict(s["opt_g"])
-        self.opt_d.load_state_dict(s["opt_d"])
-        self.updates = s.get("updates", 0)
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if self.select is not None:
+            self.select.scores = d["scores"]
 
 
 def _split_scales(outs: list[list[torch.Tensor]], b: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
     """Per-scale features of a (fake; real) batch -> (fake features, real features)."""
     return [[f[:b] for f in s] for s in outs], [[f[b:] for f in s] for s in outs]
+
+
+class Snapshots:
+    """Scores inference generators, keeps the best ``select.keep`` weight files, points generator.json at the best."""
+
+    def __init__(self, cfg: SpadeConfig, out: Path, scheme: ClassScheme, g_kwargs: dict[str, Any],
+                 va_mask: torch.Tensor, judge: torch.nn.Module | None, judge_real: float,
+                 prov: dict[str, Any]):  # fmt: skip
+        self.cfg, self.out, self.scheme, self.g_kwargs = cfg, out, scheme, g_kwargs
+        self.va_mask, self.judge, self.judge_real, self.prov = va_mask, judge, judge_real, prov
+        self.k = scheme.num_classes
+        self.scores: list[dict[str, Any]] = []
+
+    @property
+    def last_step(self) -> int | None:
+        return self.scores[-1]["step"] if self.scores else None
+
+    def start(self, max_steps: int) -> None:
+        """The resolved config (with the steps the speed probe chose) and provenance, once training starts."""
+        save_resolved(self.cfg.model_copy(update={"max_steps": max_steps}), self.out)
+        write_json_atomic(self.out / "provenance.json", self.prov)
+        if not self.scores:  # started over: snapshots of an earlier run are no candidates
+            for f in (self.out / "checkpoints").glob("step_*.safetensors"):
+                f.unlink()
+
+    def take(self, net: SPADEGenerator, step: int, minutes: float, tb: Any) -> None:
+        from safetensors.torch import save_file
+
+        cfg, k, va_mask = self.cfg, self.k, self.va_mask
+        score, extra = float(step), {}
+        if self.judge is not None:
+            fake = generate_images(net, va_mask, k, seed=cfg.seed)
+            score = judge_miou(self.judge, fake, va_mask, k) / self.judge_real
+            extra["judge_miou"] = score * self.judge_real
+            if net.noise_dim:  # diversity: two noise draws for the same masks
+                fake2 = generate_images(net, va_mask, k, seed=cfg.seed + 1)
+                extra["diversity_l1"] = float((fake - fake2).abs().mean())
+        name = f"checkpoints/step_{step:07d}.safetensors"
+        ensure_dir(self.out / "checkpoints")
+        with atomic_path(self.out / name) as tmp:
+            save_file({n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}, str(tmp))
+        self.scores.append({"step": step, "score": score, "checkpoint": name, "minutes": minutes, **extra})
+        ranked = sorted(self.scores, key=lambda s: (s["score"], s["step"]), reverse=True)
+        for s in ranked[cfg.select.keep :]:
+            if s["checkpoint"]:  # dropped earlier ones are already gone
+                (self.out / s["checkpoint"]).unlink(missing_ok=True)
+                s["checkpoint"] = None
+        best = ranked[0]
+        write_json_atomic(self.out / SCORES_FILE, self.scores)
+        write_generator_file(
+            self.out, "spade", checkpoint=best["checkpoint"], step=best["step"], score=best["score"],
+            selection=cfg.select.metric, generator_kwargs=self.g_kwargs, scheme=self.scheme.to_dict(),
+            ema=cfg.remedies.ema,
+        )  # fmt: skip
+        if tb is not None:
+            tb.add_scalar("select/score", score, step)
+            for key, v in extra.items():
+                tb.add_scalar(f"select/{key}", v, step)
+            tb.add_images("samples", generate_images(net, va_mask[:8], k, seed=cfg.seed), step)
+        log.info("step %d: score %.3f %s (best: step %d, %.3f)", step, score, extra, best["step"], best["score"])
 
 
 # ---- the loop --------------------------------------------------------------------------
@@ -399,167 +454,69 @@ def generate_images(
     return torch.cat(out)
 
 
-def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True) -> Path:
+def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True, progress: bool = True) -> Path:
     """Train SPADE on the paired dataset ``data``; write the run to ``out`` and return it.
 
-    ``out`` gets ``config.yaml``, ``provenance.json``, ``state.pt`` (latest full state),
+    ``out`` gets ``config.yaml``, ``provenance.json``, ``checkpoints/spade/step-*/`` (the
+    runner's full training state; ``checkpoints/judge/`` the judge's),
     ``checkpoints/step_*.safetensors`` (best ``select.keep`` inference generators),
-    ``scores.json``, ``generator.json`` (the selected checkpoint) and ``tb/``.
+    ``scores.json``, ``generator.json`` (the selected checkpoint) and ``tb/``. Rerunning
+    resumes; ``resume=False`` starts over.
     """
-    from terrasynth.accel import make_accelerator
-    from safetensors.torch import load_file, save_file
-    from tqdm.auto import tqdm
-
     data, out = Path(data), Path(out)
     ds = Dataset.open(data)
     if not ds.info.has_images:
         raise UserError(f"{data}: label-only dataset; SPADE trains on image/label pairs (a paired dataset)")
     scheme, tile = ds.scheme, ds.info.tile_size
     k = scheme.num_classes
-    g_kwargs_check = generator_kwargs(cfg, k, tile)  # raises a UserError on a bad latent size
-    del g_kwargs_check
+    g_kwargs = generator_kwargs(cfg, k, tile)  # raises a UserError on a bad latent size
+    fp = fingerprint(config_dict(cfg), data=str(data.resolve()))
 
-    acc = make_accelerator(mixed_precision=mixed_precision(cfg.bf16))
-    main = acc.is_main_process
-    ensure_dir(out / "checkpoints")
-    rhash = resume_hash(cfg, data)
-    state_path = out / STATE_FILE
-    state = None
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if not resume:
-            state = None
-        elif state["resume_hash"] != rhash:
-            raise UserError(
-                f"{out}: holds a SPADE run from another config or dataset (hash {state['resume_hash']} vs {rhash}); "
-                "choose a new --out or pass --restart"
-            )
-    if main:
-        save_resolved(cfg, out)
-        write_json_atomic(
-            out / "provenance.json",
-            provenance(str(data.resolve()), config_hash=rhash, seed=cfg.seed, dataset=ds.info.name, tile_size=tile),
-        )
-
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     tr_recs, va_recs = split_train_val(ds, cfg.train_split, cfg.val_split)
     tr_img, tr_mask = load_tiles(ds, tr_recs)
     va_recs = va_recs[:: max(1, len(va_recs) // cfg.select.val_tiles)][: cfg.select.val_tiles]
     va_img, va_mask = load_tiles(ds, va_recs)
-    trainer = SpadeTrainer(cfg, k, tile, acc)
-    step, elapsed, scores = 0, 0.0, []
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        step, elapsed, scores = state["step"], state["elapsed"], state["scores"]
-        log.info("resuming %s at step %d (%.0f s already spent)", out, step, elapsed)
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
 
-    judge = None
-    judge_real = None
+    # The judge trains first, on its own fp32 accelerator (Accelerate's state is process-wide),
+    # and outside SPADE's time budget.
+    judge, judge_real = None, 1.0
     if cfg.select.metric == "judge":
-        t_judge = time.monotonic()
-        judge = build_judge(k, cfg.select.judge_encoder)
-        jpath = out / "judge.safetensors"
-        if cfg.select.judge_cache:
-            key = config_hash(
-                {"data": str(data.resolve()), "train": [r.id for r in tr_recs], "seed": cfg.seed,
-                 "steps": cfg.select.judge_steps, "encoder": cfg.select.judge_encoder}
-            )  # fmt: skip
-            jpath = ensure_dir(cfg.select.judge_cache) / f"judge-{key}.safetensors"
-        if jpath.exists():
-            judge.load_state_dict(load_file(str(jpath)))
-            judge.to(acc.device).eval()
-        else:
-            train_judge(
-                judge, tr_img, tr_mask, steps=cfg.select.judge_steps, batch_size=8, seed=cfg.seed, device=acc.device
-            )
-            if main:
-                with atomic_path(jpath) as tmp:
-                    save_file(judge.state_dict(), str(tmp))
-        log.info("judge ready in %.0f s (not counted in max_minutes)", time.monotonic() - t_judge)
+        judge = _ready_judge(cfg, data, out, tr_recs, tr_img, tr_mask, k, resume=resume, progress=progress)
         judge_real = judge_miou(judge, va_img.float() / 255, va_mask, k)
         log.info("judge mIoU on real validation tiles: %.3f", judge_real)
-        if judge_real <= 0:
+        if not judge_real > 0:
             raise UserError(f"{data}: the judge segmenter scores 0 on real validation tiles; use select.metric=last")
 
-    tb = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(out / "tb"))
-
-    def snapshot() -> None:
-        """Score the inference generator, save its weights, keep the best, point generator.json at it."""
-        net = trainer.inference_generator()
-        score, extra = float(step), {}
-        if judge is not None:
-            fake = generate_images(net, va_mask, k, seed=cfg.seed)
-            score = judge_miou(judge, fake, va_mask, k) / judge_real
-            extra["judge_miou"] = score * judge_real
-            if net.noise_dim:  # diversity: two noise draws for the same masks
-                fake2 = generate_images(net, va_mask, k, seed=cfg.seed + 1)
-                extra["diversity_l1"] = float((fake - fake2).abs().mean())
-        name = f"checkpoints/step_{step:07d}.safetensors"
-        with atomic_path(out / name) as tmp:
-            save_file({n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}, str(tmp))
-        scores.append({"step": step, "score": score, "checkpoint": name, "minutes": clock() / 60, **extra})
-        ranked = sorted(scores, key=lambda s: (s["score"], s["step"]), reverse=True)
-        for s in ranked[cfg.select.keep :]:
-            if s["checkpoint"]:  # dropped earlier ones are already gone
-                (out / s["checkpoint"]).unlink(missing_ok=True)
-                s["checkpoint"] = None
-        best = ranked[0]
-        write_json_atomic(out / SCORES_FILE, scores)
-        write_generator_file(
-            out, "spade", checkpoint=best["checkpoint"], step=best["step"], score=best["score"],
-            selection=cfg.select.metric, generator_kwargs=trainer.g_kwargs, scheme=scheme.to_dict(),
-            ema=cfg.remedies.ema,
-        )  # fmt: skip
-        if tb is not None:
-            tb.add_scalar("select/score", score, step)
-            for key, v in extra.items():
-                tb.add_scalar(f"select/{key}", v, step)
-            grid = generate_images(net, va_mask[:8], k, seed=cfg.seed)
-            tb.add_images("samples", grid, step)
-        log.info("step %d: score %.3f %s (best: step %d, %.3f)", step, score, extra, best["step"], best["score"])
-
-    def save_state() -> None:
-        with atomic_path(state_path) as tmp:
-            torch.save(
-                {"trainer": trainer.state_dict(), "step": step, "elapsed": clock(), "scores": scores,
-                 "resume_hash": rhash},
-                tmp,
-            )  # fmt: skip
-
-    t0 = time.monotonic()
-    clock = lambda: elapsed + time.monotonic() - t0  # noqa: E731  (training time across resumes)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="spade", unit="step", disable=not main)
-    trainer.G.train()
-    trainer.D.train()
-    while step < cfg.max_steps and clock() < budget:
-        gen = step_generator(cfg.seed, step, acc.process_index)
-        real, masks = sample_batch(tr_img, tr_mask, cfg.batch_size, gen, cfg.augment)
-        logs = trainer.step(real, masks, gen)
-        if not all(math.isfinite(v) for v in logs.values()):
-            raise RuntimeError(f"non-finite loss at step {step}: {logs}; lower the learning rates")
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            bar.set_postfix({k_: f"{v:.3f}" for k_, v in logs.items()})
-            if tb is not None:
-                for k_, v in logs.items():
-                    tb.add_scalar(f"loss/{k_}", v, step)
-        if step % cfg.select.every == 0:
-            if main:
-                snapshot()
-                save_state()
-            acc.wait_for_everyone()
-    bar.close()
-    if main and (not scores or scores[-1]["step"] != step):
-        snapshot()
-        save_state()
-    acc.wait_for_everyone()
-    if tb is not None:
-        tb.close()
+    acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+    runner = Runner(build_spec(cfg), acc, out, fp, resume=resume, progress=progress)
+    prov = provenance(str(data.resolve()), config_hash=config_hash(fp), seed=cfg.seed, dataset=ds.info.name,
+                      tile_size=tile)  # fmt: skip
+    select = Snapshots(cfg, out, scheme, g_kwargs, va_mask, judge, judge_real, prov)
+    runner.fit(SpadeTrainer(cfg, k, tile, runner, tr_img, tr_mask, select))
     return out
+
+
+def _ready_judge(cfg: SpadeConfig, data: Path, out: Path, tr_recs: list[TileRecord], tr_img: torch.Tensor,
+                 tr_mask: torch.Tensor, k: int, *, resume: bool, progress: bool) -> torch.nn.Module:  # fmt: skip
+    """The judge from ``select.judge_cache`` when it holds one for these settings, else trained (stage ``judge``)."""
+    from safetensors.torch import load_file, save_file
+
+    s = cfg.select
+    seed_everything(cfg.seed)
+    judge = build_judge(k, s.judge_encoder)
+    settings = {"select": {"judge_encoder": s.judge_encoder, "judge_steps": s.judge_steps}, "seed": cfg.seed}
+    inputs = {"data": str(data.resolve()), "train": [r.id for r in tr_recs]}
+    cached = None
+    if s.judge_cache:
+        cached = Path(s.judge_cache) / f"judge-{config_hash(settings, inputs)}.safetensors"
+        if cached.is_file():
+            judge.load_state_dict(load_file(str(cached)))
+            return judge.to(dist_state().device).eval()
+    judge = train_judge(judge, tr_img, tr_mask, steps=s.judge_steps, seed=cfg.seed, run_dir=out,
+                        fingerprint=fingerprint(settings, **inputs), resume=resume, progress=progress)  # fmt: skip
+    if cached is not None and dist_state().is_main_process:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            save_file({n: t.detach().cpu().contiguous() for n, t in judge.state_dict().items()}, str(tmp))
+    return judge

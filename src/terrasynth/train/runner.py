@@ -164,6 +164,14 @@ class _State:
         self.__dict__.update(json.loads(sd["json"]))
 
 
+def _saved_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The fingerprint a checkpoint was written with (the runner's state is its first custom object)."""
+    try:
+        return json.loads(torch.load(path / "custom_checkpoint_0.pkl", weights_only=False)["json"])["fingerprint"]
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it will say so
+        return None
+
+
 class _Extra:
     """A family's own resumable state (scores, best checkpoint, ...), as plain JSON."""
 
@@ -201,6 +209,7 @@ class Runner:
         self.ema: EMAModel | None = None
         self._ema_params: list[torch.nn.Parameter] = []
         self._registered = False
+        self.tb: Any = None  # the stage's SummaryWriter during fit (main process), for the family's own logs
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -287,8 +296,9 @@ class Runner:
 
     def _load_latest(self) -> int | None:
         """Load the newest readable checkpoint; returns its step (None: none readable)."""
-        found = self.checkpoints()
+        found, fp = self.checkpoints(), self.state.fingerprint
         for path in reversed(found):
+            self._refuse_if_changed(_saved_fingerprint(path), fp)  # before loading: another model may not load
             try:
                 self.acc.load_state(str(path), load_kwargs={"weights_only": False})
             except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
@@ -300,6 +310,14 @@ class Runner:
         if found:
             log.warning("%s: no readable checkpoint among %d; starting over from step 0", self.ckpt_dir, len(found))
         return None
+
+    def _refuse_if_changed(self, saved: dict[str, Any] | None, fp: dict[str, Any] | None) -> None:
+        """The one message for a run that cannot be resumed: its fingerprint changed."""
+        if saved is not None and saved != fp:
+            raise UserError(
+                f"{self.run_dir}: holds a {self.spec.stage} run made with a different {first_difference(saved, fp)}; "
+                "rerun with the original settings to resume it, or pass --restart to start over, or choose a new --out"
+            )
 
     def _clear(self) -> None:
         """``--restart``: remove this stage's checkpoints (only the runner's own step-* folders)."""
@@ -395,8 +413,10 @@ class Runner:
     def fit(self, family: Any) -> RunResult:
         """Train ``family`` to the budget, resuming from this stage's checkpoints; see the module docstring.
 
-        Hooks the family may define: ``on_start(max_steps)`` (before the first step of this
-        invocation, with the steps that will run: the probe's choice when sized), ``after_step(step, logs)`` (after every step; e.g. validation),
+        Hooks the family may define: ``on_start(step)`` (after resume and the speed probe, before
+        the first step of this call, with ``runner.max_steps`` the steps that will run; e.g. writing
+        the resolved config with the probe's choice), ``after_step(step, logs)`` (after every step;
+        e.g. validation),
         ``on_checkpoint(step)`` (before each checkpoint is written), ``on_end(step)`` (after the
         last step, before the final checkpoint), ``state_dict()``/``load_state_dict(d)`` (JSON-able
         state kept in checkpoints).
@@ -410,12 +430,8 @@ class Runner:
             for p in self.ckpt_dir.glob(".step-*.tmp"):  # what a kill during a save left behind
                 shutil.rmtree(p, ignore_errors=True)
         resumed = self._load_latest() if self.checkpoints() else None
-        if resumed is not None and self.state.fingerprint != fp:
-            diff = first_difference(self.state.fingerprint, fp)
-            raise UserError(
-                f"{self.run_dir}: holds a {s.stage} run made with a different {diff}; rerun with the original "
-                "settings to resume it, or pass --restart to start over, or choose a new --out"
-            )
+        if resumed is not None:
+            self._refuse_if_changed(self.state.fingerprint, fp)
         if resumed is None:
             self.state.step, self.state.elapsed, self.state.done, self.state.losses = 0, 0.0, False, []
             self.state.max_steps = s.max_steps
@@ -429,8 +445,6 @@ class Runner:
         if self.state.done and self._progress() >= 1.0:
             return self._result(resumed)  # finished: a rerun does nothing
         self.state.done = False
-        if hasattr(family, "on_start"):
-            family.on_start(self.state.max_steps)
 
         main = self.acc.is_main_process
         tb = None
@@ -438,6 +452,9 @@ class Runner:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(self.run_dir / "tb" / s.stage), purge_step=self.state.step or None)
+        self.tb = tb
+        if hasattr(family, "on_start"):
+            family.on_start(self.state.step)
         for m in self.models:
             m.train()
         bar = tqdm(total=self.state.max_steps, initial=self.state.step, desc=s.stage, unit="step",

@@ -307,7 +307,8 @@ def train_segmentation(
     runner = Runner(spec, acc, out, fp, resume=resume)
     family = SegmentationFamily(cfg, runner, scheme, parts, [w for _, w in data], val_tiles, val_how, out, weights)
 
-    def on_start(max_steps: int) -> None:
+    def on_start(step: int) -> None:
+        max_steps = runner.max_steps
         if not main:
             return
         # The steps that will run: a rerun of this resolved config trains the same model.
