@@ -1,39 +1,9 @@
-"""Tiny data and models for the ControlNet tests (32 px, channels 8/16)."""
+"""Tiny models and CLI overrides for the ControlNet tests (32 px, channels 8/16); the data is conftest's ``toy_pairs``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
-
-from terrasynth.classes import load_scheme
-from terrasynth.data.dataset import DatasetInfo, DatasetWriter
-
-# Toy task: a two-class map (vegetation / building halves at a random position) whose
-# image is green where the map says vegetation and red where it says building.
-COLOURS = {2: (40, 160, 40), 0: (200, 40, 40)}
-
-
-def toy_pairs(root: Path, n: int = 16, size: int = 32, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    info = DatasetInfo(name="toy", kind="procedural", scheme=load_scheme("dronedeploy"), tile_size=size)
-    with DatasetWriter(root, info) as w:
-        for i in range(n):
-            cut = int(rng.integers(4, size - 4))
-            lab = np.full((size, size), 2, np.uint8)
-            if i % 2:
-                lab[:, cut:] = 0
-            else:
-                lab[cut:, :] = 0
-            img = np.zeros((size, size, 3), np.uint8)
-            for code, col in COLOURS.items():
-                img[lab == code] = col
-            img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
-            w.write(f"t{i:03d}", "test" if i >= n - 2 else "train", lab, img, source="toy")
-        w.finalize()
-    return root
-
 
 # No wall-time budget: the LR schedule then depends on steps only, so reruns give the same weights.
 TINY_BASE = [

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +146,25 @@ def run_and_kill(args: list[object], after_s: float, runner: bool = False, **env
     p.wait()
     p.stderr.close()
     return p.returncode
+
+
+# ---- CLI error cases (shared by the bad-input test modules) ---------------------------------
+
+
+@dataclass
+class Case:
+    argv: list[object]
+    needles: list[str]
+    out: Path | None = None
+    runner: bool = False
+    strict: bool = True  # nothing at all may be created at ``out``
+    setup_env: dict[str, str] = field(default_factory=dict)
+
+
+def imported_dataset(tmp: Path) -> Path:
+    """A finished 8-tile dataset at ``tmp/out``, built in-process (it is set-up, not the case under test)."""
+    from terrasynth.data.importers import PairImportConfig, import_pairs
+
+    img, msk = make_pairs(tmp, n=2)
+    import_pairs(img, msk, PairImportConfig(tile=16), tmp / "out")
+    return tmp / "out"

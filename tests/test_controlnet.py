@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from controlnet_fixtures import TINY_BASE, TINY_CONTROLNET, tiny_sd_checkpoint, toy_pairs
+from controlnet_fixtures import TINY_BASE, TINY_CONTROLNET, tiny_sd_checkpoint
 from diffusers import ControlNetModel
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, toy_pairs
 from terrasynth.classes import load_scheme
 from terrasynth.config import load_config
 from terrasynth.errors import UserError

@@ -10,8 +10,7 @@ import pytest
 import rasterio
 import torch
 
-from conftest import run_cli
-from landcover_data import make_tiny_dataset
+from conftest import landcover_dataset, run_cli
 from terrasynth.classes import WORLDCOVER
 from terrasynth.data.dataset import Dataset
 from terrasynth.errors import UserError
@@ -35,7 +34,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+    return landcover_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
-from landcover_data import make_tiny_dataset
+from conftest import landcover_dataset, run_cli
 from terrasynth.evaluate.realism import compositions
 from terrasynth.inference.landcover import generate_maps, load_landcover
 
@@ -13,7 +12,7 @@ from terrasynth.inference.landcover import generate_maps, load_landcover
 @pytest.mark.slow
 def test_composition_control_moves_composition(tmp_path):
     # Half the maps are forest with a small town, half are built-up with water: very different shares.
-    data = make_tiny_dataset(tmp_path / "data", n=40)
+    data = landcover_dataset(tmp_path / "data", n=40)
     run = tmp_path / "run"
     rc = run_cli(
         "landcover", "train", "--data", data, "--out", run, "--set", "max_minutes=null",

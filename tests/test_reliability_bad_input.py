@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,17 +18,16 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from reliability_gen import make_run
-from reliability_util import assert_no_partial_output, assert_user_error, cli, make_pairs, truncate, write_tif
-
-
-@dataclass
-class Case:
-    argv: list[object]
-    needles: list[str]
-    out: Path | None = None
-    runner: bool = False
-    strict: bool = True  # nothing at all may be created at ``out``
-    setup_env: dict[str, str] = field(default_factory=dict)
+from reliability_util import (
+    Case,
+    assert_no_partial_output,
+    assert_user_error,
+    cli,
+    imported_dataset as _dataset,
+    make_pairs,
+    truncate,
+    write_tif,
+)
 
 
 # ---- import-pairs ------------------------------------------------------------------------------
@@ -305,15 +303,6 @@ def imp_out_other_config(tmp):
 
 
 # ---- data info ---------------------------------------------------------------------------------
-
-
-def _dataset(tmp: Path) -> Path:
-    """A finished 8-tile dataset at ``tmp/out``, built in-process (it is set-up, not the case under test)."""
-    from terrasynth.data.importers import PairImportConfig, import_pairs
-
-    img, msk = make_pairs(tmp, n=2)
-    import_pairs(img, msk, PairImportConfig(tile=16), tmp / "out")
-    return tmp / "out"
 
 
 def info_missing_dir(tmp):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from rasterio.transform import from_origin
 
-from reliability_util import assert_no_partial_output, assert_user_error, cli, write_tif
-from test_reliability_bad_input import Case, _dataset
+from reliability_util import Case, assert_no_partial_output, assert_user_error, cli, write_tif
+from reliability_util import imported_dataset as _dataset
 
 
 # ---- data world --------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def cnbase_missing_data(tmp):
 
 
 def cnbase_init_from_not_a_base(tmp):
-    from controlnet_fixtures import toy_pairs
+    from conftest import toy_pairs
 
     (tmp / "nobase").mkdir()
     argv = ["controlnet", "train-base", "--data", toy_pairs(tmp / "pairs", n=4), "--init-from", tmp / "nobase",

@@ -56,7 +56,7 @@ def test_segment_training_same_seed_same_weights_and_metrics(tmp_path):
     from safetensors.torch import load_file
     import torch
 
-    from segmentation_data import make_dataset
+    from conftest import make_dataset
 
     data = make_dataset(tmp_path / "d", n=6)
     fast = ["--encoder", "tu-mobilenetv3_small_050", "--batch-size", 4, "--max-steps", 4, "--arch", "unet",

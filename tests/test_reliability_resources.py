@@ -46,7 +46,7 @@ def test_runner_checkpoints_keep_n_atomic_and_fall_back_past_a_damaged_one(tmp_p
 
 @pytest.mark.slow
 def test_spade_keeps_only_the_best_n_snapshots(tmp_path):
-    from test_spade import TINY, make_pairs
+    from conftest import SPADE_TINY as TINY, spade_pairs as make_pairs
 
     data = make_pairs(tmp_path / "pairs")
     out = tmp_path / "run"

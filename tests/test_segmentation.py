@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from terrasynth.classes import ClassInfo, ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import SegmentationMetrics
 from terrasynth.data.mixture import MixtureBatchSampler, batch_quotas
@@ -21,9 +22,11 @@ from terrasynth.models.segmentation import (
     segmenter_spec,
     write_spec,
 )
-from segmentation_data import TINY
+from conftest import TINY_SCHEME as TINY
+from model_contract import ModelContract
 
 ENC = "tu-mobilenetv3_small_050"
+FIVE = ClassScheme("five", tuple(ClassInfo(c, f"c{c}", (c, c, c)) for c in range(1, 6)), nodata=0)
 
 
 # ---- metrics against hand-computed confusion matrices --------------------------------
@@ -139,19 +142,32 @@ def test_batch_quotas_tiny_weight_never_negative():
 # ---- models --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "deeplabv3plus"])
-def test_builder_shapes_backward_and_seeded_determinism(arch):
-    torch.manual_seed(0)
-    a = build_segmenter(arch, ENC, 3, 5)
-    torch.manual_seed(0)
-    b = build_segmenter(arch, ENC, 3, 5)
-    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
-        assert torch.equal(pa, pb)
-    x = torch.rand(2, 3, 32, 32)
-    y = a(x)
-    assert y.shape == (2, 5, 32, 32)
-    y.mean().backward()
-    assert all(p.grad is not None for p in a.parameters() if p.requires_grad)
+class SegmenterContract(ModelContract):
+    arch: str
+    expected_shape = (2, 5, 32, 32)
+
+    def build(self):
+        return build_segmenter(self.arch, ENC, 3, 5)
+
+    def inputs(self):
+        return (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+    def save_load(self, model, path):
+        write_spec(path, segmenter_spec(self.arch, ENC, 3, 5, FIVE))
+        save_weights(model, path / "best.safetensors")
+        return load_segmenter(path, "best")[0]
+
+
+class TestUnetContract(SegmenterContract):
+    arch = "unet"
+
+
+class TestUnetPlusPlusContract(SegmenterContract):
+    arch = "unetplusplus"
+
+
+class TestDeepLabV3PlusContract(SegmenterContract):
+    arch = "deeplabv3plus"
 
 
 def test_predict_pads_odd_sizes():

@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
-from segmentation_data import make_dataset
+from conftest import ROOT, make_dataset, run_cli
 from terrasynth.classes import ClassInfo, ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import evaluate_segmentation

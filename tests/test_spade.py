@@ -8,37 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rasterio.transform import from_origin
 
-from terrasynth.classes import load_scheme
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import Dataset
 from terrasynth.models.discriminators import MultiscalePatchGAN, OASISDiscriminator, labelmix
 from terrasynth.models.spade import SPADEGenerator, load_generator
 from terrasynth.train.diffaugment import diff_augment
 
-from conftest import run_cli
+from conftest import SPADE_TINY, run_cli, spade_pairs
 
-TINY = ["--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.hidden=8", "--set", "model.latent_size=4",
-        "--set", "select.judge_steps=2", "--set", "select.judge_encoder=resnet18", "--set", "checkpoint_every=2",
-        "--set", "batch_size=2", "--set", "log_every=1"]  # fmt: skip
-
-
-def make_pairs(root: Path, n: int = 12, size: int = 32) -> Path:
-    """A paired dataset whose image colours follow the labels, georeferenced in UTM 33N."""
-    scheme = load_scheme("dronedeploy")
-    rng = np.random.default_rng(0)
-    info = DatasetInfo(name="tiny", kind="real", scheme=scheme, tile_size=size, provenance=provenance("test"))
-    w = DatasetWriter(root, info)
-    for i in range(n):
-        lab = np.full((size, size), 4, np.uint8)
-        lab[rng.integers(0, size // 2) :, : rng.integers(4, size)] = 2
-        lab[:6, -8:] = 0
-        img = (scheme.palette[lab].astype(float) * 0.7 + rng.normal(0, 10, (size, size, 3)) + 30).clip(0, 255)
-        split = ("train", "train", "val", "test")[i % 4]
-        w.write(f"t{i:02d}", split, lab, img.astype(np.uint8), source=f"src{i % 3}",
-                crs="EPSG:32633", transform=from_origin(500000 + 100 * i, 4000000, 1.0, 1.0))  # fmt: skip
-    w.finalize()
-    return root
+TINY = SPADE_TINY
 
 
 def checkpoint(run: Path, step: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
@@ -62,7 +40,7 @@ def scores_without_time(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    return make_pairs(tmp_path_factory.mktemp("pairs") / "ds")
+    return spade_pairs(tmp_path_factory.mktemp("pairs") / "ds")
 
 
 @pytest.fixture(scope="module")
