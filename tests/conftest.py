@@ -22,6 +22,9 @@ from rasterio.transform import from_origin
 from terrasynth.classes import WORLDCOVER, ClassInfo, ClassScheme, load_scheme
 from terrasynth.data.dataset import DatasetInfo, DatasetWriter, provenance
 
+# The shared contract's asserts get pytest's rich messages, as a test module's do.
+pytest.register_assert_rewrite("model_contract")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TERRASYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from terrasynth.classes import load_scheme
 from terrasynth.data.dataset import Dataset
 from terrasynth.models.discriminators import MultiscalePatchGAN, OASISDiscriminator, labelmix
 from terrasynth.models.spade import SPADEGenerator, load_generator
 from terrasynth.train.diffaugment import diff_augment
 
 from conftest import SPADE_TINY, run_cli, spade_pairs
+from model_contract import ModelContract
 
 TINY = SPADE_TINY
 
@@ -88,12 +90,8 @@ def test_3d_noise_gives_diverse_images_for_one_mask():
     assert (x[0] - x[1]).abs().mean() > 1e-4
 
 
-def test_discriminators_shapes_and_labelmix():
-    seg = torch.zeros(2, 6, 32, 32)
-    img = torch.zeros(2, 3, 32, 32)
-    outs = MultiscalePatchGAN(6, ndf=8, num_d=2)(img, seg)
-    assert len(outs) == 2 and outs[0][-1].shape[1] == 1 and outs[1][-1].shape[-1] < outs[0][-1].shape[-1]
-    assert OASISDiscriminator(6, ndf=8, depth=3)(img).shape == (2, 7, 32, 32)
+def test_labelmix_keeps_each_class_region_whole():
+    # The discriminators' shapes are in their model contracts below.
     real, fake = torch.ones(2, 3, 32, 32), -torch.ones(2, 3, 32, 32)
     m = masks_pair()
     mixed, mm = labelmix(real, fake, m, torch.Generator().manual_seed(1))
@@ -284,3 +282,71 @@ def test_mixed_precision_bf16_trains_finite_and_differs_from_fp32(pairs, tmp_pat
     assert any(not torch.equal(a[k], b[k]) for k in a)
     scores = json.loads((tmp_path / "bf16" / "scores.json").read_text())
     assert all(np.isfinite(s["score"]) for s in scores)
+
+
+# ---- the model contract: generator and both discriminators --------------------------------
+
+
+def _seg(k: int = 6) -> torch.Tensor:
+    from terrasynth.classes import one_hot
+
+    return one_hot(masks_pair(), k)
+
+
+class TestSPADEGeneratorContract(ModelContract):
+    """The 3D-noise generator (the noise input must reach the weights too); saved as the trainer
+    saves it: safetensors + generator.json, loaded by ``load_generator``."""
+
+    kwargs = {"num_classes": 6, "ngf": 8, "num_up": 3, "hidden": 8, "noise": "3d", "noise_dim": 4}
+    expected_shape = (2, 3, 32, 32)
+
+    def build(self):
+        return SPADEGenerator(**self.kwargs)
+
+    def inputs(self):
+        return _seg(), torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+
+    def save_load(self, model, path):
+        from safetensors.torch import save_file
+
+        from terrasynth.models.generator import write_generator_file
+
+        (path / "checkpoints").mkdir()
+        save_file({n: t.contiguous() for n, t in model.state_dict().items()}, str(path / "checkpoints" / "g.safetensors"))
+        write_generator_file(path, "spade", checkpoint="checkpoints/g.safetensors", generator_kwargs=self.kwargs,
+                             scheme=load_scheme("dronedeploy").to_dict())  # fmt: skip
+        return load_generator(path).net
+
+
+class DiscriminatorContract(ModelContract):
+    """Discriminators are saved in the runner's checkpoint as a state dict (with the spectral-norm buffers)."""
+
+    def save_load(self, model, path):
+        torch.save(model.state_dict(), path / "d.pt")
+        torch.manual_seed(123)
+        fresh = self.build()
+        fresh.load_state_dict(torch.load(path / "d.pt", weights_only=True))
+        return fresh
+
+
+class TestMultiscalePatchGANContract(DiscriminatorContract):
+    expected_shape = [(2, 1, 6, 6), (2, 1, 2, 2)]  # final patch maps of both scales
+
+    def build(self):
+        return MultiscalePatchGAN(6, ndf=8, num_d=2)
+
+    def inputs(self):
+        return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, _seg()
+
+    def forward(self, model, inputs):
+        return [scale[-1] for scale in model(*inputs)]
+
+
+class TestOASISDiscriminatorContract(DiscriminatorContract):
+    expected_shape = (2, 7, 32, 32)  # K classes + "fake", per pixel
+
+    def build(self):
+        return OASISDiscriminator(6, ndf=8, depth=3)
+
+    def inputs(self):
+        return (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1,)
