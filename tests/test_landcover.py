@@ -11,6 +11,7 @@ import rasterio
 import torch
 
 from conftest import landcover_dataset, run_cli
+from model_contract import ModelContract
 from terrasynth.classes import WORLDCOVER
 from terrasynth.data.dataset import Dataset
 from terrasynth.errors import UserError
@@ -232,3 +233,74 @@ def test_paper_config_is_valid_and_downsamples_by_8():
     assert downsampling_factor(vae) == 8
     levels = 2 ** (len(cfg.diffusion.block_out_channels) - 1)
     assert 512 % (8 * levels) == 0 and cfg.diffusion.attention == [False, False, True, True]
+
+
+# ---- the model contract: categorical autoencoder and latent denoisers (16 px, channels 8/16) ---
+
+K = WORLDCOVER.num_classes
+
+
+def _vae():
+    from terrasynth.models.autoencoder import build_autoencoder
+
+    return build_autoencoder(K, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=8, sample_size=16)
+
+
+def _denoiser(composition_classes: int | None = None):
+    from terrasynth.models.latent_diffusion import build_denoiser
+
+    return build_denoiser(4, 8, block_out_channels=(8, 16), layers_per_block=1, attention=(False, True),
+                          attention_head_dim=4, norm_num_groups=8, composition_classes=composition_classes)  # fmt: skip
+
+
+def _ldm_round_trip(vae, unet, path: Path) -> LandcoverLDM:
+    """LandcoverLDM's own save_pretrained / from_pretrained."""
+    from terrasynth.models.diffusion import LatentNorm
+
+    norm = LatentNorm(torch.zeros(4), std=torch.ones(4))
+    LandcoverLDM(vae, unet, {"num_train_timesteps": 1000}, norm, WORLDCOVER).save_pretrained(path)
+    return LandcoverLDM.from_pretrained(path)
+
+
+class TestCategoricalAutoencoderContract(ModelContract):
+    expected_shape = (2, K, 16, 16)  # class logits back from the posterior's mode
+
+    def build(self):
+        return _vae()
+
+    def inputs(self):
+        from terrasynth.classes import one_hot
+
+        return (one_hot(torch.randint(0, K, (2, 16, 16), generator=torch.Generator().manual_seed(0)), K),)
+
+    def save_load(self, model, path):
+        return _ldm_round_trip(model, _denoiser(), path).vae
+
+
+class TestLatentDenoiserContract(ModelContract):
+    composition_classes: int | None = None
+    expected_shape = (2, 4, 8, 8)
+
+    def build(self):
+        return _denoiser(self.composition_classes)
+
+    def inputs(self):
+        g = torch.Generator().manual_seed(0)
+        x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 700])
+        if self.composition_classes is None:
+            return x, t
+        return x, t, torch.softmax(torch.randn(2, K, generator=g), 1)
+
+    def forward(self, model, inputs):
+        from terrasynth.models.latent_diffusion import denoise
+
+        return denoise(model, *inputs)
+
+    def save_load(self, model, path):
+        return _ldm_round_trip(_vae(), model, path).unet
+
+
+class TestCompositionDenoiserContract(TestLatentDenoiserContract):
+    """The composition-controlled denoiser: the (B, K) fractions reach the weights and survive a round trip."""
+
+    composition_classes = K
