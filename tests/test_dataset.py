@@ -130,3 +130,32 @@ def test_merge_prefixes_and_keeps_splits(tmp_path, rng):
     assert [r.id for r in m.records] == ["test-s0", "test-s1", "test-s2", "train-s0", "train-s1", "train-s2"]
     assert {r.split for r in m.records if r.id.startswith("train")} == {"train"} and m.verify() == []
     assert not m.info.has_images
+
+
+# ---- the tests' own tiny-dataset factory (conftest.make_dataset) ---------------------------
+
+
+@pytest.mark.parametrize("pattern", ["blocks", "blobs", "halves", "regions"])
+def test_factory_writes_georeferenced_tiles_in_the_requested_splits(tmp_path, pattern):
+    from conftest import TINY_SCHEME, make_dataset
+    from terrasynth.classes import load_scheme
+
+    scheme = {"blocks": TINY_SCHEME, "blobs": WORLDCOVER}.get(pattern, load_scheme("dronedeploy"))
+    root = make_dataset(tmp_path / "d", n=6, size=16, scheme=scheme, pattern=pattern, splits={"val": 2},
+                        paired=pattern != "blobs", gsd=2.0)  # fmt: skip
+    ds = Dataset.open(root)
+    assert [r.split for r in ds.records] == ["train"] * 4 + ["val"] * 2
+    assert ds.info.has_images == (pattern != "blobs") and ds.info.gsd == 2.0
+    lefts = []
+    for r in ds.records:
+        label, crs, tf = ds.read_label_georef(r)
+        assert label.shape == (16, 16) and set(np.unique(label).tolist()) <= {*scheme.codes, scheme.nodata}
+        assert crs == "EPSG:32633" and tf.a == 2.0 and r.bounds[2] - r.bounds[0] == 32.0
+        lefts.append(r.bounds[0])
+        if ds.info.has_images:
+            assert ds.read_image(r).shape == (16, 16, 3)
+    assert lefts == sorted(set(lefts))  # side by side, never on top of each other
+    # Same arguments, same pixels: the factory is seeded.
+    again = Dataset.open(make_dataset(tmp_path / "e", n=6, size=16, scheme=scheme, pattern=pattern,
+                                      splits={"val": 2}, paired=pattern != "blobs", gsd=2.0))  # fmt: skip
+    assert all(np.array_equal(ds.read_label(a), again.read_label(b)) for a, b in zip(ds.records, again.records))
