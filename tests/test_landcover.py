@@ -127,13 +127,15 @@ def test_minutes_split_by_share_and_target_sizes_steps(tiny_data, tmp_path):
     assert (ae.max_minutes, ae.target_minutes, ae.checkpoint_every, ae.ema_decay) == (2.5, 1.0, 7, None)
     dm = _runner(cfg, "diffusion", 13, 1.0, 1.5, tmp_path, {}, True).spec  # what the autoencoder and encoding left
     assert (dm.max_minutes, dm.target_minutes, dm.max_steps, dm.ema_decay) == (8.5, 2.5, 13, cfg.diffusion.ema_decay)
-    # a target sizes each stage by a speed probe (here capped by max_steps); the run records the choice
+    # a target sizes each stage by a speed probe (here capped by max_steps); the run records the choice;
+    # a stage no longer than the probe (6 steps) is not probed
     run = tmp_path / "run"
     assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY, "--target-minutes", 30,
-                   "--set", "autoencoder.max_steps=3", "--set", "diffusion.max_steps=4") == 0  # fmt: skip
+                   "--set", "autoencoder.max_steps=8", "--set", "diffusion.max_steps=4") == 0  # fmt: skip
     m = json.loads((run / "metrics.json").read_text())
-    assert m["autoencoder"]["probe"]["steps"] == m["autoencoder"]["steps"] == 3
-    assert m["diffusion"]["probe"]["target_minutes"] < 30 and m["diffusion"]["steps"] == 4
+    assert m["autoencoder"]["probe"]["steps"] == m["autoencoder"]["steps"] == 8
+    assert m["autoencoder"]["probe"]["target_minutes"] == pytest.approx(30 * cfg.autoencoder.share)
+    assert m["diffusion"]["probe"] is None and m["diffusion"]["steps"] == 4
     assert run_config(run)["target_minutes"] == 30
 
 

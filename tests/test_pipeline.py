@@ -111,3 +111,30 @@ def test_second_run_on_the_same_directory_is_refused(tmp_path, recorder):
     run_pipeline(cfg, tmp_path, progress=False)
     assert recorder == list(STAGES)
     run_pipeline(cfg, tmp_path, progress=False)  # a finished run leaves no lock behind
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["data.world.size=48"], "not a multiple of 32"),
+        (["spade.model.latent_size=3"], "latent size 3"),
+        (["data.world.size=32", "landcover.autoencoder.block_out_channels=[16,16,16,16]",
+          "landcover.diffusion.block_out_channels=[32,32,32,32]", "landcover.diffusion.attention=[false,false,false,true]"],
+         "land-cover tiles of 32 px are not a multiple of 64"),
+        (["data.world.size=32", "controlnet_base.vae.block_out_channels=[32,64,64,64]",
+          "controlnet_base.unet.block_out_channels=[32,64,96,128]",
+          "controlnet_base.unet.cross_attention=[false,false,true,true]"], "ControlNet base"),
+    ],
+)
+def test_cross_stage_constraints(sets, needle):
+    cfg = load_config(PipelineConfig, None, None, sets)
+    pl.check_pipeline(load_config(PipelineConfig))  # the defaults fit together
+    with pytest.raises(UserError, match=needle):
+        pl.check_pipeline(cfg)
+
+
+def test_cross_stage_constraints_are_checked_before_any_stage(tmp_path, recorder):
+    cfg = load_config(PipelineConfig, None, None, ["data.world.size=48"])
+    with pytest.raises(UserError, match="data.world.size = 48 px is not a multiple of 32"):
+        run_pipeline(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and not recorder  # nothing started, nothing written

@@ -394,6 +394,48 @@ DONE = "done.json"
 STATE = "pipeline.json"
 
 
+def data_tile_size(c: DataStage) -> int | None:
+    """The pairs' tile size as the config says it, before any data is made (None: not known yet)."""
+    if c.source == "world":
+        return c.world.size
+    if c.source == "pairs" and c.pairs is not None:
+        return c.pairs.options.tile
+    if c.source == "acquire" and c.acquire is not None:
+        return c.acquire.tile
+    if c.source == "dataset" and c.path and (Path(c.path) / "dataset.json").is_file():
+        return Dataset.open(c.path).info.tile_size
+    return None
+
+
+def check_pipeline(cfg: PipelineConfig) -> None:
+    """Cross-stage constraints, checked before any stage runs: every model must fit the tile size."""
+    size = data_tile_size(cfg.data)
+    if size is None:
+        return
+    where = "data.world.size" if cfg.data.source == "world" else "the data's tile size"
+
+    def need(mult: int, what: str, fix: str) -> None:
+        if size % mult:
+            raise UserError(f"{where} = {size} px is not a multiple of {mult}, which {what} needs; "
+                            f"choose a tile size that is, or {fix}")  # fmt: skip
+
+    need(32, "the segmenters' encoders (5 halvings)", "use another tile size (32, 64, 128, ...)")
+    lc = cfg.landcover
+    lc_size = cfg.data.landcover_source.tile if cfg.data.landcover_source is not None else size
+    f = 2 ** (len(lc.autoencoder.block_out_channels) - 1) * 2 ** (len(lc.diffusion.block_out_channels) - 1)
+    if lc_size % f:
+        raise UserError(f"land-cover tiles of {lc_size} px are not a multiple of {f} (autoencoder x UNet halvings); "
+                        "change landcover.autoencoder/diffusion.block_out_channels or the tile size")  # fmt: skip
+    from terrasynth.models.spade import num_up_for
+
+    num_up_for(size, cfg.spade.model.latent_size)  # raises the one-line error for a latent size that cannot grow to it
+    cb = cfg.controlnet_base
+    if cb.vae.pretrained is None:
+        f = 2 ** (len(cb.vae.block_out_channels) - 1) * 2 ** (len(cb.unet.block_out_channels) - 1)
+        need(f, "the ControlNet base (autoencoder x UNet halvings)",
+             "change controlnet_base.vae/unet.block_out_channels")  # fmt: skip
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     run: str | Path,
@@ -406,6 +448,7 @@ def run_pipeline(
     for name, val in (("--from", from_stage), ("--only", only)):
         if val is not None and val not in STAGES:
             raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
+    check_pipeline(cfg)
     from terrasynth.accel import dist_state
 
     dist = dist_state()  # under `accelerate launch`: every rank runs this; one writes the state

@@ -435,7 +435,7 @@ class Runner:
         if resumed is None:
             self.state.step, self.state.elapsed, self.state.done, self.state.losses = 0, 0.0, False, []
             self.state.max_steps = s.max_steps
-            if s.target_minutes:
+            if s.target_minutes and s.max_steps > s.probe_steps:  # a run that short is its own probe
                 self._probe(family)
         elif s.max_steps != self.state.max_steps and not (s.target_minutes and self.state.probe):
             self.state.max_steps = s.max_steps  # a budget extended (or cut) on resume
