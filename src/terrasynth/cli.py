@@ -17,6 +17,7 @@ import traceback
 from typing import Sequence
 
 import terrasynth
+from terrasynth.cli_base import CLI, OneLineParser, add_config_args  # noqa: F401  (re-exported)
 from terrasynth.errors import UserError
 from terrasynth.io import os_user_error
 
@@ -33,43 +34,6 @@ COMMAND_MODULES = [
 ]
 
 log = logging.getLogger("terrasynth")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (and exit 2) like every other user error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
-
-
-class CLI:
-    """What a command module sees: the root parser and named command groups."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-        self.root = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=OneLineParser)
-        self._groups: dict[str, argparse._SubParsersAction] = {}
-
-    def group(self, name: str, help: str = "") -> argparse._SubParsersAction:
-        """Sub-commands under ``terrasynth NAME ...`` (created on first use)."""
-        if name not in self._groups:
-            p = self.root.add_parser(name, help=help, description=help)
-            p.set_defaults(func=lambda args, p=p: p.print_help() or 0)
-            self._groups[name] = p.add_subparsers(title="commands", dest="subcommand", metavar="COMMAND")
-        return self._groups[name]
-
-    def command(self, name: str, help: str) -> argparse.ArgumentParser:
-        """A top-level command ``terrasynth NAME``."""
-        return self.root.add_parser(name, help=help, description=help)
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and repeated ``--set KEY=VALUE`` (applied last)."""
-    p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.steps=100 (repeatable)",
-    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

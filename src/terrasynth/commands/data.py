@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args
 
 
 def register(cli: CLI) -> None:

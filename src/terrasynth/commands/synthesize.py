@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI
+from terrasynth.cli_base import CLI
 
 
 def register(cli: CLI) -> None:

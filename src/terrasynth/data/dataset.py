@@ -494,17 +494,6 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Writers travel to worker processes (acquire --workers): locks and open files do not.
-        state = self.__dict__.copy()
-        state["_journal"] = None
-        state["_journal_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._journal_lock = threading.Lock()
-
     def discard_if_empty(self) -> None:
         """Remove everything this writer (and its caller) created, if it started from nothing and no
         tile was written: a run that fails on its input then leaves no unfinished dataset behind."""
