@@ -12,7 +12,9 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Sequence
 
@@ -20,6 +22,7 @@ import terrasynth
 from terrasynth.cli_base import CLI, OneLineParser, add_config_args  # noqa: F401  (re-exported)
 from terrasynth.errors import UserError
 from terrasynth.io import os_user_error
+from terrasynth.threads import configure_threads
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
@@ -80,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    configure_threads()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         rc = args.func(args)
         return int(rc or 0)
@@ -100,6 +106,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {os_user_error(exc.filename or 'output', exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("terrasynth: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        # Bars still open would redraw (or print their last state from __del__) after this line.
+        _silence_progress_bars()
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"terrasynth: {what}; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler, ``docker stop``) unwinds exactly like Ctrl-C: atomic writes
+    remove their temporary files on the way out and the same command resumes."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _silence_progress_bars() -> None:
+    """Close every live tqdm bar before the final line; a disabled bar never prints again."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    classes, bars = [std.tqdm], []
+    while classes:  # tqdm.auto's class and other subclasses may keep their own instance set
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        bars.extend(cls.__dict__.get("_instances", ()))
+    for bar in bars:
+        try:
+            if not bar.disable:
+                bar.close()  # ends its line with a newline, before our message
+            bar.disable = True
+        except Exception:  # noqa: BLE001 - a half-built bar must not hide the interrupt
+            pass
+    sys.stderr.flush()

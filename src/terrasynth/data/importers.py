@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from terrasynth import budget
 from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
 from terrasynth.config import StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
@@ -292,6 +293,28 @@ def tile_origins(width: int, height: int, tile: int, step: int, block: int | Non
     return out
 
 
+def check_import_budget(
+    pairs: list[Pair], sizes: list[tuple[int, int]], cfg: PairImportConfig, out: Path, *, resuming: bool
+) -> None:
+    """Refuse an import whose resampled images, tile grid or tiles cannot fit in memory or on disk."""
+    t, step = cfg.tile, cfg.step
+    tiles = [max(0, (w - t) // step + 1) * max(0, (h - t) // step + 1) for w, h in sizes]
+    # Peak per pair: source image and mask, then the resampled copies (and PIL's buffers, x2);
+    # all tile grids and the index records stay in memory until the index is written.
+    big = max(range(len(pairs)), key=lambda i: sizes[i][0] * sizes[i][1])
+    w, h = sizes[big]
+    scale = cfg.scale
+    src_px = (w / scale) * (h / scale)
+    memory = int(src_px * 4 * 2 + w * h * 4 * 2 + sum(tiles) * (100 + budget.RECORD_BYTES))
+    if scale != 1.0:
+        fix = (f"--resize-to-gsd {cfg.resize_to_gsd:g} m/px from --gsd {cfg.gsd:g} makes {pairs[big].image.name} "
+               f"{w:,}x{h:,} px (x{scale:g}); choose a coarser --resize-to-gsd or check --gsd")  # fmt: skip
+    else:
+        fix = f"{sum(tiles):,} tiles of {t} px from {len(pairs)} pair(s); use a larger --stride or import fewer images"
+    disk = 0 if resuming else budget.tiles_disk_bytes(sum(tiles), t)
+    budget.check_budget(f"import into {out}", memory=memory, disk=disk, out=out, fix=fix)
+
+
 def _scaled_size(w: int, h: int, scale: float) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
@@ -344,6 +367,8 @@ def import_pairs(
             )
         sizes.append(_scaled_size(wi, hi, cfg.scale))
 
+    resuming = not overwrite and ((out / META_FILE).exists() or (out / PARTIAL_FILE).exists())
+    check_import_budget(pairs, sizes, cfg, out, resuming=resuming)
     block = cfg.block_size if cfg.split_by == "block" else None
     grids = [tile_origins(w, h, cfg.tile, cfg.step, block) for (w, h) in sizes]
     if not any(grids):
@@ -381,7 +406,6 @@ def import_pairs(
     # Decode every pair exactly as the import will (pixels, dtype, codes, georeference, nodata
     # rule) before anything is written, so that bad input leaves no partial output. A resumed
     # run checks only the pairs it still has to write.
-    resuming = not overwrite and ((out / META_FILE).exists() or (out / PARTIAL_FILE).exists())
     if not resuming:
         kept = sum(_check_pair(p, grids[i], src_scheme, remap, scheme, cfg) for i, p in enumerate(pairs))
         if kept == 0:
