@@ -19,7 +19,7 @@ import traceback
 from typing import Sequence
 
 import terrasynth
-from terrasynth.cli_base import CLI, OneLineParser, add_config_args  # noqa: F401  (re-exported)
+from terrasynth.cli_base import CLI, OneLineParser, add_config_args, check_out_not_over_inputs  # noqa: F401
 from terrasynth.errors import UserError
 from terrasynth.io import os_user_error
 from terrasynth.threads import configure_threads
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_term = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        check_out_not_over_inputs(args)
         rc = args.func(args)
         return int(rc or 0)
     except UserError as exc:

@@ -78,3 +78,48 @@ def out_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing directory; give a file name for --out")
     return path
+
+
+# ---- outputs never hold inputs ----------------------------------------------------------------
+
+# Arguments that name what a command reads (``--config`` files are read before anything is written
+# and may live in the run they configure, so they are not listed).
+INPUT_ARGS = ("images", "masks", "data", "labels", "generator", "model", "base", "init_from", "real", "samples",
+              "landcover", "imagery", "catalog", "area_file", "encoder_weights", "run")  # fmt: skip
+
+
+def _fixed_prefix(text: str) -> Path:
+    """The part of a path or glob before its first wildcard (``img/*.png`` -> ``img``)."""
+    parts = Path(text).parts
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return Path(*parts[:i]) if i else Path(".")
+    return Path(text)
+
+
+def check_out_not_over_inputs(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that is, or contains, one of the command's inputs.
+
+    Writing there would mix outputs into the inputs, and ``--overwrite`` would delete them
+    (``data import-pairs ds/images ds/labels --out ds --overwrite`` once wiped its own inputs
+    and then failed). Checked for every command, before anything is read or written.
+    """
+    from terrasynth.errors import UserError
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    out_path = Path(out).resolve()
+    for name in INPUT_ARGS:
+        values = getattr(args, name, None)
+        if values is None or isinstance(values, bool):
+            continue
+        for value in values if isinstance(values, list) else [values]:
+            inp = _fixed_prefix(str(value)).resolve()
+            if inp == out_path or out_path in inp.parents:
+                flag = name if name in ("images", "masks", "run") else "--" + name.replace("_", "-")
+                how = "is" if inp == out_path else "is inside"
+                raise UserError(
+                    f"--out {out}: the input {flag} {value} {how} it; writing there would mix outputs into the "
+                    "inputs (and --overwrite would delete them): choose an --out outside the inputs"
+                )

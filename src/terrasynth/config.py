@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from terrasynth.errors import UserError
 from terrasynth.io import write_text_atomic
@@ -28,6 +28,9 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+# numpy and torch refuse negative seeds deep inside (a traceback); a config says so up front.
+Seed = Annotated[int, Field(ge=0, description="random seed, a whole number >= 0")]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

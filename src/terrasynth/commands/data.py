@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli_base import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, seed
 
 
 def register(cli: CLI) -> None:
@@ -31,8 +31,8 @@ def register(cli: CLI) -> None:
     p.add_argument("--split-by", dest="split_by", choices=["image", "block"], help="split unit (default image)")
     p.add_argument("--block-size", dest="block_size", type=int, help="block side in pixels for --split-by block")
     p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")
-    p.add_argument("--seed", type=int, help="seed of the split shuffle (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory")
+    p.add_argument("--seed", type=seed, help="seed of the split shuffle (default 0)")
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output dataset directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     add_config_args(p)
     p.set_defaults(func=cmd_import_pairs)
@@ -45,7 +45,7 @@ def register(cli: CLI) -> None:
     )
     p.add_argument("--tiles", type=int, help="number of tiles (default 2000)")
     p.add_argument("--size", type=int, help="tile side in pixels (default 64)")
-    p.add_argument("--seed", type=int, help="world seed (default 0)")
+    p.add_argument("--seed", type=seed, help="world seed (default 0)")
     p.add_argument("--gsd", type=float, help="nominal ground sample distance in m/px (default 10)")
     p.add_argument("--season", choices=["spring", "summer", "autumn", "winter", "dry"], help="default summer")
     p.add_argument("--sun-elevation", dest="sun_elevation", type=float, help="degrees (default 45)")
@@ -55,7 +55,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--noise", type=float, help="sensor noise std in DN (default 3)")
     p.add_argument("--blur", type=float, help="optical blur std in px (default 0.6)")
     p.add_argument("--workers", type=int, default=1, help="processes rendering regions (default 1)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory")
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output dataset directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.add_argument("--preview", metavar="PNG", help="also write a preview grid of tiles to this PNG")
     add_config_args(p)

@@ -51,6 +51,7 @@ from terrasynth.io import (
 )
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+_log = logging.getLogger(__name__)
 
 FORMAT_NAME = "terrasynth-dataset"
 FORMAT_VERSION = 1
@@ -58,6 +59,8 @@ META_FILE = "dataset.json"
 INDEX_FILE = "index.csv"
 JOURNAL_GLOB = ".journal*.jsonl"
 PARTIAL_FILE = ".partial.json"
+CONFIG_FILE = "config.yaml"  # the resolved config the writing command saves beside the dataset
+OWN_FILES = (META_FILE, INDEX_FILE, PARTIAL_FILE, CONFIG_FILE)
 
 Kind = Literal["real", "procedural", "synthetic"]
 SPLITS = ("train", "val", "test")
@@ -315,6 +318,7 @@ class DatasetWriter:
         self._fresh = shard in (None, 0) and (
             not self._existed or not any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir())
         )
+        self._kept: list[str] = []  # what --overwrite left in place because terrasynth did not write it
         cfg_hash = info.provenance.get("config_hash")
         meta = self.root / META_FILE
         if meta.exists():
@@ -326,7 +330,7 @@ class DatasetWriter:
                         f"(hash {old.get('provenance', {}).get('config_hash')} vs {cfg_hash}); "
                         "choose a new --out or pass --overwrite"
                     )
-                self._clear()
+                self._remove_own_files()
         partial = self.root / PARTIAL_FILE
         if partial.exists() and not overwrite:
             old_hash = json.loads(partial.read_text()).get("config_hash")
@@ -336,8 +340,8 @@ class DatasetWriter:
                     "rerun that command to finish it, choose a new --out, or pass --overwrite"
                 )
         elif partial.exists() and overwrite:
-            self._clear()
-        if self.root.exists() and not partial.exists() and not meta.exists():
+            self._remove_own_files()
+        if self.root.exists() and not partial.exists() and not meta.exists() and not self._kept:
             # A writer killed while committing the marker leaves only its own temporary file.
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
                 raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
@@ -378,7 +382,71 @@ class DatasetWriter:
         self.__dict__.update(state)
         self._journal_lock = threading.Lock()
 
+    def _owned(self) -> tuple[list[Path], list[Path]]:
+        """(files of this dataset that terrasynth wrote, entries it did not write) under the root.
+
+        Ours: the format's own files (``dataset.json``, ``index.csv``, ``config.yaml``, the
+        marker, journals, ``.tmp-*``) and the tiles that ``index.csv`` or a journal names.
+        Anything else (a user's notes, an analysis folder, a stray tile) is not ours.
+        """
+        tiles: set[str] = set()
+        index = self.root / INDEX_FILE
+        if index.exists():
+            try:
+                for row in csv.DictReader(io.StringIO(index.read_text())):
+                    tiles.update(v for v in (row.get("label"), row.get("image")) if v)
+            except (csv.Error, UnicodeDecodeError):
+                pass
+        for j in self.root.glob(JOURNAL_GLOB):
+            for line in j.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                    tiles.update(v for v in (rec.get("label"), rec.get("image")) if isinstance(v, str))
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+        # A killed writer may leave a whole tile that its journal never named: in an unfinished
+        # dataset every tile file under labels/ and images/ is ours.
+        unfinished = (self.root / PARTIAL_FILE).exists() and not (self.root / META_FILE).exists()
+        own, foreign = [], []
+        for p in sorted(self.root.iterdir()):
+            if p.name in ("labels", "images") and p.is_dir() and not p.is_symlink():
+                for q in sorted(p.iterdir()):
+                    mine = q.is_file() and (f"{p.name}/{q.name}" in tiles or q.name.startswith(TMP_PREFIX)
+                                            or (unfinished and q.suffix == ".tif"))  # fmt: skip
+                    (own if mine else foreign).append(q)
+            elif p.is_file() and (p.name in OWN_FILES or p.name.startswith(TMP_PREFIX) or p.match(JOURNAL_GLOB)):
+                own.append(p)
+            else:
+                foreign.append(p)
+        return own, foreign
+
+    def _remove_own_files(self) -> None:
+        """``--overwrite``: delete only what terrasynth wrote here, say what, and keep the rest."""
+        own, foreign = self._owned()
+        stray = [p for p in foreign if p.parent != self.root]
+        if stray:
+            raise UserError(
+                f"{stray[0]}: --overwrite deletes only files terrasynth wrote, and this one is in no index or "
+                f"journal of {self.root} ({len(stray)} such file(s) under labels/ or images/); move them elsewhere "
+                "and rerun"
+            )
+        ntiles = sum(p.parent != self.root for p in own)
+        others = [p.name for p in own if p.parent == self.root and not p.name.startswith(TMP_PREFIX)]
+        _log.warning("--overwrite: removing the dataset in %s: %d tile file(s)%s", self.root, ntiles,
+                    f", {', '.join(others)}" if others else "")  # fmt: skip
+        self._kept = [p.name for p in foreign]
+        if self._kept:
+            _log.warning("--overwrite: keeping %d entr%s terrasynth did not write: %s", len(self._kept),
+                        "y" if len(self._kept) == 1 else "ies", ", ".join(self._kept))  # fmt: skip
+        for p in own:
+            p.unlink(missing_ok=True)
+        for sub in ("labels", "images"):
+            d = self.root / sub
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     def _clear(self) -> None:
+        """Empty the root; only for a directory this writer found empty (see discard_if_empty)."""
         import shutil
 
         for p in list(self.root.iterdir()):

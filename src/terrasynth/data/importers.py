@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from terrasynth import budget
 from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
 from terrasynth.data.tile_sink import ThreadedWrites
@@ -64,7 +64,7 @@ class PairImportConfig(StrictModel):
     split_by: Literal["image", "block"] = "image"
     block_size: int = Field(512, ge=8, description="side of a split block in pixels (split_by=block)")
     ratios: SplitRatios = Field(default_factory=SplitRatios)
-    seed: int = 0
+    seed: Seed = 0
     max_nodata: float = Field(1.0, ge=0.0, le=1.0, description="drop tiles whose nodata share exceeds this")
     mask_format: Literal["auto", "index", "rgb"] = "auto"
 

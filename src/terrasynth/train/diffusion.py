@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 from pydantic import Field
 from torch.utils.data import ConcatDataset
 
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, provenance
 from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
 from terrasynth.errors import UserError
@@ -68,7 +68,7 @@ class LatentUNetConfig(StrictModel):
 
 
 class ControlNetBaseConfig(StrictModel):
-    seed: int = 0
+    seed: Seed = 0
     splits: list[str] = ["train", "val"]  # imagery to learn from; labels are not used
     augment: bool = True
     max_minutes: float | None = None  # total, shared between autoencoder and UNet
@@ -91,7 +91,7 @@ class SamplingConfig(StrictModel):
 
 
 class ControlNetConfig(StrictModel):
-    seed: int = 0
+    seed: Seed = 0
     splits: list[str] = ["train"]
     augment: bool = True
     prompt: str = "aerial photograph"  # context for Stable-Diffusion-layout bases

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, model_validator
 
 from terrasynth.classes import ClassScheme
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
 from terrasynth.data.torchdata import TileDataset, one_hot, paired_augment
 from terrasynth.errors import UserError
@@ -145,7 +145,7 @@ class SpadeConfig(StrictModel):
     max_minutes: float | None = Field(
         10.0, gt=0, description="wall-clock budget of GAN training (data loading and the judge not counted)"
     )
-    seed: int = 0
+    seed: Seed = 0
     bf16: bool | Literal["auto"] = Field(
         False, description="bf16 autocast of G and D (CUDA: fp16 where bf16 is missing); 'auto' = when the CPU has bf16"
     )

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from terrasynth.classes import IGNORE_INDEX
-from terrasynth.config import StrictModel, config_hash, read_yaml, save_resolved
+from terrasynth.config import Seed, StrictModel, config_hash, read_yaml, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
 from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
@@ -116,7 +116,7 @@ class SamplingConfig(StrictModel):
 
 
 class LandcoverConfig(StrictModel):
-    seed: int = 0
+    seed: Seed = 0
     max_minutes: float | None = Field(15.0, gt=0)  # total for autoencoder + diffusion; None = steps only
     splits: list[str] = ["train"]
     val_split: str = "val"  # autoencoder metrics; falls back to the training maps when absent
@@ -532,6 +532,12 @@ def sample_landcover(
         tile_size=model.latent_shape[-1] * downsampling_factor(model.vae), gsd=_run_gsd(run), has_images=False,
         provenance=provenance(f"landcover-ldm:{run.resolve()}", config_hash=config_hash(params), seed=seed,
                               generator=gen_info, sampling=params),
+    )  # fmt: skip
+    from terrasynth import budget
+
+    budget.check_budget(
+        f"landcover sample --n {n:,}", memory=n * budget.RECORD_BYTES,
+        disk=budget.tiles_disk_bytes(n, info.tile_size, images=False), out=out, fix="ask for fewer maps with --n",
     )  # fmt: skip
     with DatasetWriter(out, info, overwrite=overwrite) as w:
         ids = [f"s{seed}_{i:06d}" for i in range(n)]

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from terrasynth.classes import IGNORE_INDEX, ClassScheme
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, class_pixels, provenance
 from terrasynth.data.mixture import MixtureBatchSampler, MixtureDataset
 from terrasynth.data.torchdata import TileDataset
@@ -72,7 +72,7 @@ class SegmentConfig(StrictModel):
     dice_weight: float = Field(1.0, ge=0)
     class_weights: list[float] | Literal["balanced"] | None = None
     augment: bool = True
-    seed: int = 0
+    seed: Seed = 0
     bf16: bool | Literal["auto"] = "auto"
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
