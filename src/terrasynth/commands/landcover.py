@@ -30,7 +30,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (with --composition)")
     p.add_argument("--sampler", help="ddim, dpmsolver++, unipc, euler, ... (default: the run's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    p.add_argument("--split", default="train", help="split name written into the index")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split name written into the index")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
 

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 import rasterio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import MemoryFile
@@ -63,7 +64,10 @@ CONFIG_FILE = "config.yaml"  # the resolved config the writing command saves bes
 OWN_FILES = (META_FILE, INDEX_FILE, PARTIAL_FILE, CONFIG_FILE)
 
 Kind = Literal["real", "procedural", "synthetic"]
+Split = Literal["train", "val", "test"]
 SPLITS = ("train", "val", "test")
+# Label tiles read at each open to catch a dataset.json that disagrees with its tiles (all under --verify).
+OPEN_SAMPLE = 4
 
 
 @dataclass
@@ -127,24 +131,59 @@ class DatasetInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: str) -> "DatasetInfo":
-        if d.get("format") != FORMAT_NAME:
-            raise UserError(f"{where}: not a terrasynth dataset.json (format={d.get('format')!r})")
-        if d.get("format_version", 0) > FORMAT_VERSION:
+    def from_json(cls, d: Any, where: str) -> "DatasetInfo":
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise UserError(f"{where}: not a terrasynth dataset.json (format={fmt!r}); pass a dataset directory")
+        version = d.get("format_version")
+        if type(version) is int and version > FORMAT_VERSION:
             raise UserError(
-                f"{where}: dataset format version {d['format_version']} is newer than this terrasynth "
+                f"{where}: dataset format version {version} is newer than this terrasynth "
                 f"understands ({FORMAT_VERSION}); upgrade terrasynth"
             )
+        try:
+            meta = DatasetMeta.model_validate(d)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            value = "(missing)" if err["type"] == "missing" else repr(err.get("input"))
+            raise UserError(f"{where}: {key} = {value} is invalid ({err['msg']}); rebuild the dataset or "
+                            "restore the file") from exc  # fmt: skip
         return cls(
-            name=d["name"],
-            kind=d["kind"],
-            scheme=ClassScheme.from_dict(d["scheme"], where=where),
-            tile_size=int(d["tile_size"]),
-            gsd=d.get("gsd"),
-            has_images=bool(d.get("has_images", True)),
-            provenance=d.get("provenance", {}),
-            extra=d.get("extra", {}),
+            name=meta.name,
+            kind=meta.kind,
+            scheme=ClassScheme.from_dict(meta.scheme, where=where),
+            tile_size=meta.tile_size,
+            gsd=meta.gsd,
+            has_images=meta.has_images,
+            provenance=meta.provenance,
+            extra=meta.extra,
         )
+
+
+class DatasetMeta(BaseModel):
+    """The schema of ``dataset.json`` (types included): what readers accept."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["terrasynth-dataset"]
+    format_version: int = Field(ge=1, le=FORMAT_VERSION)
+    name: str
+    kind: Kind
+    tile_size: int = Field(ge=1)
+    gsd: float | None = Field(None, gt=0)
+    has_images: bool = True
+    scheme: dict[str, Any]
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    num_tiles: int | None = Field(None, ge=0)
+    splits: dict[Split, int] | None = None
+    class_pixels: dict[str, int] | None = None
+
+    @field_validator("gsd", mode="before")
+    @classmethod
+    def _int_gsd(cls, v: Any) -> Any:  # JSON writes 10.0 as 10.0 but a hand edit may say 10
+        return float(v) if type(v) is int else v
 
 
 def split_counts(records: Iterable[TileRecord]) -> dict[str, int]:
@@ -266,8 +305,8 @@ class _GDALWarnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _valid_tif(path: Path) -> bool:
-    """Opens *and decodes* the tile. A tile cut short may keep its header and pixels and lose its
+def _valid_tif(path: Path) -> np.ndarray | None:
+    """Opens *and decodes* the tile; its pixels ((H, W) or (C, H, W)), or None when damaged. A tile cut short may keep its header and pixels and lose its
     tail (colour table, metadata): GDAL then only warns ("IO error during reading"), so warnings
     count as damage too."""
     log = logging.getLogger("rasterio._env")
@@ -277,15 +316,16 @@ def _valid_tif(path: Path) -> bool:
     log.propagate = False  # ... but not to print
     try:
         with rasterio.open(path) as src:
-            src.read()
+            arr = src.read()
             ok = src.width > 0
     except Exception:
-        return False
+        return None
     finally:
         log.removeHandler(seen)
         log.setLevel(level)
         log.propagate = propagate
-    return ok and not any("error" in m.lower() for m in seen.messages)
+    ok = ok and not any("error" in m.lower() for m in seen.messages)
+    return (arr[0] if arr.shape[0] == 1 else arr) if ok else None
 
 
 # ---- writing --------------------------------------------------------------------------
@@ -636,6 +676,50 @@ def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecor
     return out
 
 
+def check_index_columns(text: str, scheme: ClassScheme, index: Path, meta: Path) -> None:
+    """The index's ``count_<code>`` columns must be the scheme's codes: a ``dataset.json`` edited to
+    fewer (or other) classes than the tiles were written with disagrees here."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    counted = {int(c[6:]) for c in header if c.startswith("count_") and c[6:].isdigit()}
+    if counted != set(scheme.codes):
+        extra, missing = sorted(counted - set(scheme.codes)), sorted(set(scheme.codes) - counted)
+        what = (f"counts codes {extra} that its scheme '{scheme.name}' lacks" if extra
+                else f"has no counts for scheme codes {missing}")  # fmt: skip
+        raise UserError(f"{index}: {what} ({meta} was edited, or the index belongs to another dataset); "
+                        "restore dataset.json or rebuild the dataset")  # fmt: skip
+
+
+def check_index(records: list[TileRecord], info: DatasetInfo, index: Path, meta: Path) -> None:
+    """Rows against each other and against ``dataset.json``: unique ids and files, one known split
+    per tile, images present exactly when the dataset has them, and the summary counts."""
+    seen: dict[str, int] = {}
+    files: set[str] = set()
+    for i, r in enumerate(records):
+        row = i + 2  # header is line 1
+        if r.id in seen:
+            raise UserError(f"{index}: tile id {r.id!r} is listed twice (lines {seen[r.id]} and {row}); "
+                            "a tile has one row and one split: remove the duplicate or rebuild the dataset")  # fmt: skip
+        seen[r.id] = row
+        if r.split not in SPLITS:
+            raise UserError(f"{index}: line {row}: split {r.split!r} of tile {r.id!r} is not one of {list(SPLITS)}; "
+                            "fix the row or rebuild the dataset")  # fmt: skip
+        for rel, sub in ((r.label, "labels"), (r.image, "images")):
+            if rel is None:
+                continue
+            if not rel.startswith(sub + "/") or ".." in Path(rel).parts:
+                raise UserError(f"{index}: line {row}: {rel!r} is not a file under {sub}/; rebuild the dataset")
+            if rel in files:
+                raise UserError(f"{index}: line {row}: {rel} is used by two tiles; rebuild the dataset")
+            files.add(rel)
+        if info.has_images != (r.image is not None):
+            raise UserError(f"{index}: line {row}: tile {r.id!r} {'lacks' if info.has_images else 'has'} an image but "
+                            f"{meta} says has_images: {str(info.has_images).lower()}; rebuild the dataset")  # fmt: skip
+    listed = json.loads(meta.read_text()).get("num_tiles")
+    if listed is not None and listed != len(records):
+        raise UserError(f"{meta}: num_tiles is {listed} but {index} lists {len(records)} tiles; "
+                        "restore the files or rebuild the dataset")  # fmt: skip
+
+
 # ---- reading --------------------------------------------------------------------------
 
 
@@ -667,8 +751,16 @@ class Dataset:
         index = root / INDEX_FILE
         if not index.exists():
             raise UserError(f"{index}: index missing; rebuild the dataset")
-        records = index_from_csv(index.read_text(), info.scheme, str(index))
-        return cls(root, info, records)
+        text = index.read_text()
+        check_index_columns(text, info.scheme, index, meta)
+        records = index_from_csv(text, info.scheme, str(index))
+        check_index(records, info, index, meta)
+        ds = cls(root, info, records)
+        # A few label tiles, spread over the index, against dataset.json (all of them under --verify).
+        step = max(1, len(records) // OPEN_SAMPLE)
+        for rec in records[::step][:OPEN_SAMPLE]:
+            ds.read_label(rec)
+        return ds
 
     @property
     def scheme(self) -> ClassScheme:
@@ -684,8 +776,33 @@ class Dataset:
         return [r for r in self.records if r.split in names]
 
     def read_label(self, rec: TileRecord) -> np.ndarray:
-        """(H, W) uint8 class codes."""
-        return read_label_tif(self.root / rec.label)
+        """(H, W) uint8 class codes, checked against ``dataset.json``: its tile size and its scheme.
+
+        Every reader (training, synthesis, metrics) gets its labels here, so a dataset whose
+        labels hold codes the scheme lacks (a hand-edited ``dataset.json``) is refused instead of
+        being trained on silently (unknown codes would become "ignore").
+        """
+        path = self.root / rec.label
+        codes = read_label_tif(path)
+        size = self.info.tile_size
+        if codes.shape != (size, size):
+            raise UserError(f"{path}: label tile is {codes.shape[1]}x{codes.shape[0]} px but {self.root / META_FILE} "
+                            f"says tile_size {size}; rebuild the dataset or restore dataset.json")  # fmt: skip
+        present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256) & self._unknown_code_mask)
+        if present.size:
+            raise UserError(
+                f"{path}: label codes {present.tolist()} are not in scheme '{self.scheme.name}' of "
+                f"{self.root / META_FILE} (codes {sorted(self.scheme.valid_codes())}); the scheme was edited or the "
+                "tile belongs to another dataset: restore dataset.json or rebuild the dataset"
+            )
+        return codes
+
+    @property
+    def _unknown_code_mask(self) -> np.ndarray:
+        """(256,) int64: 1 where a code is not in the scheme (nodata included as known)."""
+        mask = np.ones(256, dtype=np.int64)
+        mask[sorted(self.scheme.valid_codes())] = 0
+        return mask
 
     def read_image(self, rec: TileRecord) -> np.ndarray:
         """(H, W, 3) uint8."""
@@ -710,12 +827,28 @@ class Dataset:
         return {c: n / tot for c, n in px.items()}
 
     def verify(self) -> list[str]:
-        """Problems between the index and the files on disk (empty when consistent)."""
+        """Problems between ``dataset.json``, the index and the files on disk (empty when consistent):
+        every tile decodes, has the dataset's tile size, and every label holds only scheme codes in
+        exactly the per-class pixel counts its index row records."""
         problems = []
+        size = self.info.tile_size
         for rec in self.records:
             for rel in (rec.label, rec.image):
-                if rel is not None and not _valid_tif(self.root / rel):
+                if rel is None:
+                    continue
+                arr = _valid_tif(self.root / rel)
+                if arr is None:
                     problems.append(f"{rel}: missing or unreadable")
+                elif arr.shape[-2:] != (size, size):
+                    problems.append(f"{rel}: {arr.shape[-1]}x{arr.shape[-2]} px, but tile_size is {size}")
+                elif rel == rec.label:
+                    counts = np.bincount(arr.ravel(), minlength=256)
+                    unknown = np.flatnonzero(counts * self._unknown_code_mask)
+                    if unknown.size:
+                        problems.append(f"{rel}: label codes {unknown.tolist()} are not in scheme "
+                                        f"'{self.scheme.name}'")  # fmt: skip
+                    elif any(int(counts[c]) != rec.counts.get(c, 0) for c in self.scheme.codes):
+                        problems.append(f"{rel}: class pixel counts differ from its index.csv row")
         listed = {r.label for r in self.records} | {r.image for r in self.records if r.image}
         for sub in ("labels", "images"):
             d = self.root / sub
