@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -33,7 +33,7 @@ from diffusers import (
 )
 
 from terrasynth.classes import ClassScheme
-from terrasynth.io import write_json_atomic
+from terrasynth.io import load_weights, write_json_atomic
 from terrasynth.models.autoencoder import decode_indices
 
 Denoiser = UNet2DModel | UNet2DConditionModel
@@ -342,5 +342,5 @@ class LandcoverLDM:
             default_sampler=meta["default_sampler"],
             default_steps=meta["default_steps"],
             default_guidance=meta["default_guidance"],
-            train_compositions=load_file(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
+            train_compositions=load_weights(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
         ).eval()

@@ -189,7 +189,7 @@ class SpadeImageGenerator:
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu") -> SpadeImageGenerator:
     """Read ``generator.json`` of a SPADE run and the checkpoint it names (the selected one)."""
-    from safetensors.torch import load_file
+    from terrasynth.io import load_weights
 
     run = Path(run)
     meta_path = run / "generator.json"
@@ -198,6 +198,6 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu") -> Spade
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: checkpoint named in {meta_path} is missing; rerun 'terrasynth spade train'")
     net = SPADEGenerator(**meta["generator_kwargs"])
-    net.load_state_dict(load_file(str(ckpt)))
+    net.load_state_dict(load_weights(ckpt, "rerun 'terrasynth spade train' to resume, or restore the run"))
     scheme = ClassScheme.from_dict(meta["scheme"], where=str(meta_path))
     return SpadeImageGenerator(net, scheme, run=run, checkpoint=meta["checkpoint"], device=device)
