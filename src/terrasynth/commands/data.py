@@ -31,6 +31,9 @@ def register(cli: CLI) -> None:
     p.add_argument("--split-by", dest="split_by", choices=["image", "block"], help="split unit (default image)")
     p.add_argument("--block-size", dest="block_size", type=int, help="block side in pixels for --split-by block")
     p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")
+    p.add_argument("--bands", type=band_list, metavar="R,G,B",
+                   help="source band (1-based) for red, green and blue, e.g. 1,1,1 for grey images or 3,2,1 for BGR "
+                   "(default: the first three; band 1 copied, with a warning, for one- and two-band images)")
     p.add_argument("--seed", type=seed, help="seed of the split shuffle (default 0)")
     p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output dataset directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
@@ -62,6 +65,17 @@ def register(cli: CLI) -> None:
     p.set_defaults(func=cmd_world)
 
 
+def band_list(text: str) -> list[int]:
+    """``--bands 3,2,1`` -> [3, 2, 1]."""
+    try:
+        bands = [int(b) for b in text.split(",")]
+    except ValueError:
+        bands = []
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"invalid bands {text!r}: expected three band numbers from 1, e.g. 1,1,1")
+    return bands
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from terrasynth.data.dataset import Dataset, describe
     from terrasynth.errors import UserError
@@ -82,7 +96,7 @@ def cmd_import_pairs(args: argparse.Namespace) -> int:
     from terrasynth.data.importers import PairImportConfig, import_pairs
 
     flags = {k: getattr(args, k) for k in ("scheme", "remap", "tile", "stride", "gsd", "resize_to_gsd", "split_by",
-                                           "block_size", "mask_format", "seed")}  # fmt: skip
+                                           "block_size", "mask_format", "seed", "bands")}  # fmt: skip
     cfg = load_config(PairImportConfig, args.config, flags, args.sets)
     ds = import_pairs(args.images, args.masks, cfg, args.out, overwrite=args.overwrite)
     print(describe(ds))
