@@ -788,7 +788,7 @@ class Dataset:
         if codes.shape != (size, size):
             raise UserError(f"{path}: label tile is {codes.shape[1]}x{codes.shape[0]} px but {self.root / META_FILE} "
                             f"says tile_size {size}; rebuild the dataset or restore dataset.json")  # fmt: skip
-        present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256) & self._unknown_code_mask)
+        present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256) * self._unknown_code_mask)
         if present.size:
             raise UserError(
                 f"{path}: label codes {present.tolist()} are not in scheme '{self.scheme.name}' of "
