@@ -14,17 +14,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
-
 from reliability_util import (
-    RUNNER, assert_no_partial_output, assert_user_error, cli, env, make_pairs, sha_tree, truncate,
+    RUNNER,
+    assert_no_partial_output,
+    assert_user_error,
+    cli,
+    env,
+    make_pairs,
+    sha_tree,
+    truncate,
 )  # fmt: skip
 from test_reliability_bad_input import Case, _dataset
 
@@ -98,7 +104,7 @@ def over_segment_out_is_data(tmp):
 def over_stray_tile_is_not_deleted(tmp):
     ds = _dataset(tmp)
     user_tile = ds / "labels" / "zz_user.tif"
-    user_tile.write_bytes(sorted((ds / "labels").glob("*.tif"))[0].read_bytes())
+    user_tile.write_bytes(min((ds / "labels").glob("*.tif")).read_bytes())
     argv = ["data", "import-pairs", tmp / "img", tmp / "msk", "--tile", 16, "--stride", 8, "--out", ds, "--overwrite"]
 
     def check():
@@ -351,7 +357,8 @@ def results(request, tmp_path_factory):
     def run(fn):
         tmp = tmp_path_factory.mktemp(fn.__name__)
         case = fn(tmp)
-        return tmp, case, cli(*case.argv, runner=case.runner)
+        # torch-importing commands take 5-8 s alone but minutes on a saturated shared machine
+        return tmp, case, cli(*case.argv, runner=case.runner, timeout=600)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         yield {fn.__name__: pool.submit(run, fn) for fn in chosen}
