@@ -107,14 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {os_user_error(exc.filename or 'output', exc)}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Terminated) as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         # Bars still open would redraw (or print their last state from __del__) after this line.
         _silence_progress_bars()
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"terrasynth: {what}; run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
-        if in_main_thread:
+        if in_main_thread and previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 
 
