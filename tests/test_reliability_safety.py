@@ -86,8 +86,13 @@ def over_glob_input_inside_out(tmp):
     make_pairs(tmp / "out")
     argv = ["data", "import-pairs", f"{tmp / 'out' / 'img'}/*.png", tmp / "out" / "msk", "--tile", 16,
             "--out", tmp / "out", "--overwrite"]  # fmt: skip
-    n = len(list((tmp / "out").rglob("*.png")))
-    return SafeCase(argv, ["--out", "*.png"], check=lambda: len(list((tmp / "out").rglob("*.png"))) == n or 1 / 0)
+    before = {p: p.read_bytes() for p in (tmp / "out").rglob("*.png")}
+
+    def check():
+        assert {p: p.read_bytes() for p in (tmp / "out").rglob("*.png")} == before
+        assert sorted(p.name for p in (tmp / "out").iterdir()) == ["img", "msk"]
+
+    return SafeCase(argv, ["--out", "*.png"], check=check)
 
 
 def over_synthesize_out_is_labels(tmp):

@@ -194,6 +194,9 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu") -> Spade
     run = Path(run)
     meta_path = run / "generator.json"
     meta = json.loads(meta_path.read_text())
+    if not isinstance(meta.get("checkpoint"), str) or not isinstance(meta.get("generator_kwargs"), dict):
+        raise UserError(f"{meta_path}: 'checkpoint' must be a file name and 'generator_kwargs' a mapping; "
+                        "rerun 'terrasynth spade train' or restore the run directory")  # fmt: skip
     ckpt = run / meta["checkpoint"]
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: checkpoint named in {meta_path} is missing; rerun 'terrasynth spade train'")
