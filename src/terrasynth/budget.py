@@ -20,6 +20,10 @@ from terrasynth.errors import UserError
 # texture) and a label tile well (~0.1 of 1 byte); plus a GeoTIFF header per file.
 DISK_PER_PIXEL = 3 * 0.9 + 0.1
 DISK_PER_FILE = 1024
+# Disk is refused only beyond this multiple of the free space: a run that is merely tight fails later
+# with the one-line disk-full error and resumes once there is room (docs/reliability.md, G4), which
+# an estimate this rough must not pre-empt. Memory has no such margin: running out of it is a kill.
+DISK_SLACK = 2.0
 # A tile's record in memory (TileRecord with its class-count dict) and its index/journal lines.
 RECORD_BYTES = 2048
 
@@ -91,5 +95,5 @@ def check_budget(what: str, *, memory: int = 0, disk: int = 0, out: str | os.Pat
             raise UserError(f"{what} needs about {human(memory)} of memory but {human(avail)} is available; {fix}")
     if disk and out is not None:
         free = free_disk(out)
-        if disk > free:
+        if disk > free * DISK_SLACK:
             raise UserError(f"{what} needs about {human(disk)} of disk at {out} but {human(free)} is free; {fix}")
