@@ -783,7 +783,11 @@ class Dataset:
         being trained on silently (unknown codes would become "ignore").
         """
         path = self.root / rec.label
-        codes = read_label_tif(path)
+        return self.check_label(path, read_label_tif(path))
+
+    def check_label(self, path: Path, codes: np.ndarray) -> np.ndarray:
+        """``codes`` (H, W) read from ``path``, or a one-line error when its size or codes disagree with
+        ``dataset.json``. Any other way of reading label tiles must pass them through here."""
         size = self.info.tile_size
         if codes.shape != (size, size):
             raise UserError(f"{path}: label tile is {codes.shape[1]}x{codes.shape[0]} px but {self.root / META_FILE} "
