@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from terrasynth.errors import UserError
+from terrasynth.yamlio import load_yaml
 
 IGNORE_INDEX = 255
 
@@ -241,11 +242,11 @@ def load_scheme(name_or_path: str | Path | ClassScheme) -> ClassScheme:
         return BUILTIN[key]
     shipped = resources.files("terrasynth.schemes").joinpath(f"{key}.yaml")
     if shipped.is_file():
-        return ClassScheme.from_dict(yaml.safe_load(shipped.read_text()), where=f"scheme {key}")
+        return ClassScheme.from_dict(load_yaml(shipped.read_text(), f"scheme {key}"), where=f"scheme {key}")
     path = Path(key)
     if path.is_file():
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text(), str(path))
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: scheme file is not valid YAML; fix the syntax") from exc
         if not isinstance(data, dict):
@@ -311,7 +312,7 @@ def load_remap(name_or_path: str | Path) -> Remap:
     else:
         raise UserError(f"remap {key!r} not found; use one of {shipped_remaps()} or a path to a remap YAML file")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, where)
         mapping = {int(k): int(v) for k, v in data["mapping"].items()}
         return Remap(load_scheme(data["source"]), load_scheme(data["target"]), mapping)
     except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as exc:

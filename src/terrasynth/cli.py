@@ -12,13 +12,17 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Sequence
 
 import terrasynth
+from terrasynth.cli_base import CLI, OneLineParser, add_config_args, check_out_not_over_inputs  # noqa: F401
 from terrasynth.errors import UserError
 from terrasynth.io import os_user_error
+from terrasynth.threads import configure_threads
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
@@ -33,43 +37,6 @@ COMMAND_MODULES = [
 ]
 
 log = logging.getLogger("terrasynth")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (and exit 2) like every other user error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
-
-
-class CLI:
-    """What a command module sees: the root parser and named command groups."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-        self.root = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=OneLineParser)
-        self._groups: dict[str, argparse._SubParsersAction] = {}
-
-    def group(self, name: str, help: str = "") -> argparse._SubParsersAction:
-        """Sub-commands under ``terrasynth NAME ...`` (created on first use)."""
-        if name not in self._groups:
-            p = self.root.add_parser(name, help=help, description=help)
-            p.set_defaults(func=lambda args, p=p: p.print_help() or 0)
-            self._groups[name] = p.add_subparsers(title="commands", dest="subcommand", metavar="COMMAND")
-        return self._groups[name]
-
-    def command(self, name: str, help: str) -> argparse.ArgumentParser:
-        """A top-level command ``terrasynth NAME``."""
-        return self.root.add_parser(name, help=help, description=help)
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and repeated ``--set KEY=VALUE`` (applied last)."""
-    p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.steps=100 (repeatable)",
-    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    configure_threads()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        check_out_not_over_inputs(args)
         rc = args.func(args)
         return int(rc or 0)
     except UserError as exc:
@@ -136,6 +107,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"terrasynth: error: {os_user_error(exc.filename or 'output', exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("terrasynth: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        # Bars still open would redraw (or print their last state from __del__) after this line.
+        _silence_progress_bars()
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"terrasynth: {what}; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if in_main_thread and previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler, ``docker stop``) unwinds exactly like Ctrl-C: atomic writes
+    remove their temporary files on the way out and the same command resumes."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _silence_progress_bars() -> None:
+    """Close every live tqdm bar before the final line; a disabled bar never prints again."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    classes, bars = [std.tqdm], []
+    while classes:  # tqdm.auto's class and other subclasses may keep their own instance set
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        bars.extend(cls.__dict__.get("_instances", ()))
+    for bar in bars:
+        try:
+            if not bar.disable:
+                bar.close()  # ends its line with a newline, before our message
+            bar.disable = True
+        except Exception:  # noqa: BLE001 - a half-built bar must not hide the interrupt
+            pass
+    sys.stderr.flush()

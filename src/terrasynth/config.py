@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Literal, TypeVar
+from typing import Annotated, Any, Iterable, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from terrasynth.errors import UserError
 from terrasynth.io import write_text_atomic
+from terrasynth.yamlio import load_yaml
 
 
 class StrictModel(BaseModel):
@@ -28,6 +29,8 @@ class StrictModel(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
+# numpy and torch refuse negative seeds deep inside (a traceback); a config says so up front.
+Seed = Annotated[int, Field(ge=0, description="random seed, a whole number >= 0")]
 # "auto": bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), bf16 or fp16 on CUDA.
 MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
 
@@ -52,7 +55,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -130,3 +130,32 @@ def os_user_error(path: str | os.PathLike, exc: OSError) -> UserError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"{path}: permission denied ({exc.strerror}); choose a writable --out")
     return UserError(f"{path}: {exc.strerror or exc}; check the path")
+
+
+def load_weights(path: str | os.PathLike, fix: str = "retrain, or restore the file from a backup") -> dict[str, Any]:
+    """A ``.safetensors`` state dict; a truncated or damaged file is a one-line :class:`UserError`.
+
+    Every trained-weights read at evaluation, sampling and synthesis goes through here, so a file cut
+    short by a full disk or a copy names itself instead of ending in a safetensors traceback.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        size = path.stat().st_size if path.exists() else 0
+        msg = " ".join(str(exc).split())[:120]
+        raise UserError(f"{path}: damaged or truncated weights file ({size} bytes: {msg}); {fix}") from exc
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """A JSON file that terrasynth wrote; unreadable or invalid JSON is a one-line :class:`UserError`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); {fix}") from exc
+    except OSError as exc:
+        raise os_user_error(path, exc) from exc

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
-from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.acquire import AcquireConfig
 from terrasynth.data.dataset import Dataset
 from terrasynth.data.importers import PairImportConfig
@@ -111,7 +111,7 @@ class ReportStage(StrictModel):
 
 class PipelineConfig(StrictModel):
     name: str = "terrasynth"
-    seed: int = 0
+    seed: Seed = 0
     data: DataStage = Field(default_factory=DataStage)
     landcover: LandcoverConfig = Field(default_factory=LandcoverConfig)
     spade: SpadeConfig = Field(default_factory=SpadeConfig)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from terrasynth import budget
 from terrasynth.config import config_hash
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
 from terrasynth.models.generator import load_generator
 
@@ -85,6 +86,10 @@ def synthesize(
             labels_config=cfg["labels_config"],
         ),
     )
+    if state.is_main_process and not (Path(out) / PARTIAL_FILE).exists():
+        budget.check_budget(f"synthesize {len(records):,} tiles of {info.tile_size} px",
+                            disk=budget.tiles_disk_bytes(len(records), info.tile_size), out=out,
+                            fix="free disk space, choose another --out, or pass --split to paint fewer tiles")  # fmt: skip
     if state.is_main_process:
         writer = DatasetWriter(out, info, shard=state.process_index, overwrite=overwrite)
     state.wait_for_everyone()

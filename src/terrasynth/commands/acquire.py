@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, seed
 from terrasynth.errors import UserError
 
 
@@ -54,9 +54,9 @@ def register(cli: CLI) -> None:
     flt.add_argument("--max-tiles", type=int, metavar="N", help="stop after N tiles (sampled over the whole area)")
     flt.add_argument("--block-size", type=float, metavar="M", help="split block side in metres (default 4 tile widths on geographic grids, 10 on projected)")
     flt.add_argument("--split", metavar="TRAIN,VAL,TEST", help="split fractions (default 0.8,0.1,0.1)")
-    flt.add_argument("--seed", type=int)
+    flt.add_argument("--seed", type=seed)
     run = p.add_argument_group("run")
-    run.add_argument("--out", required=True, metavar="DIR")
+    run.add_argument("--out", type=out_dir, required=True, metavar="DIR")
     run.add_argument("--name", help="dataset name (default: the --out folder name)")
     run.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
     run.add_argument("--retries", type=int, metavar="N", help="retries of transient read errors (default 4)")

@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, seed
 
 
 def register(cli: CLI) -> None:
     g = cli.group("controlnet", help="ControlNet image generator (land cover -> RGB) on a latent diffusion base")
     p = g.add_parser("train-base", help="train the autoencoder and unconditional latent UNet on imagery")
     p.add_argument("--data", required=True, nargs="+", type=Path, metavar="DIR", help="dataset(s) with images")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN")
+    p.add_argument("--out", type=out_dir, required=True, metavar="RUN")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget for both stages")
     p.add_argument("--init-from", type=Path, metavar="RUN", help="continue from a previous base run (fine-tuning)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in RUN and start over")
     add_config_args(p)
     p.set_defaults(func=cmd_train_base)
@@ -29,11 +29,11 @@ def register(cli: CLI) -> None:
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="paired dataset (images + labels)")
     p.add_argument("--base", required=True, metavar="RUN_OR_PATH",
                    help="a train-base run or a local Stable-Diffusion-layout checkpoint")  # fmt: skip
-    p.add_argument("--out", required=True, type=Path, metavar="RUN")
+    p.add_argument("--out", type=out_dir, required=True, metavar="RUN")
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--init-from", type=Path, metavar="RUN", help="continue from a previous ControlNet run")
     p.add_argument("--prompt", help="text prompt for Stable-Diffusion-layout bases (default 'aerial photograph')")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in RUN and start over")
     add_config_args(p)
     p.set_defaults(func=cmd_train)

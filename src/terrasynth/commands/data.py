@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, seed
 
 
 def register(cli: CLI) -> None:
@@ -31,8 +31,11 @@ def register(cli: CLI) -> None:
     p.add_argument("--split-by", dest="split_by", choices=["image", "block"], help="split unit (default image)")
     p.add_argument("--block-size", dest="block_size", type=int, help="block side in pixels for --split-by block")
     p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")
-    p.add_argument("--seed", type=int, help="seed of the split shuffle (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory")
+    p.add_argument("--bands", type=band_list, metavar="R,G,B",
+                   help="source band (1-based) for red, green and blue, e.g. 1,1,1 for grey images or 3,2,1 for BGR "
+                   "(default: the first three; band 1 copied, with a warning, for one- and two-band images)")
+    p.add_argument("--seed", type=seed, help="seed of the split shuffle (default 0)")
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output dataset directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     add_config_args(p)
     p.set_defaults(func=cmd_import_pairs)
@@ -45,7 +48,7 @@ def register(cli: CLI) -> None:
     )
     p.add_argument("--tiles", type=int, help="number of tiles (default 2000)")
     p.add_argument("--size", type=int, help="tile side in pixels (default 64)")
-    p.add_argument("--seed", type=int, help="world seed (default 0)")
+    p.add_argument("--seed", type=seed, help="world seed (default 0)")
     p.add_argument("--gsd", type=float, help="nominal ground sample distance in m/px (default 10)")
     p.add_argument("--season", choices=["spring", "summer", "autumn", "winter", "dry"], help="default summer")
     p.add_argument("--sun-elevation", dest="sun_elevation", type=float, help="degrees (default 45)")
@@ -55,11 +58,22 @@ def register(cli: CLI) -> None:
     p.add_argument("--noise", type=float, help="sensor noise std in DN (default 3)")
     p.add_argument("--blur", type=float, help="optical blur std in px (default 0.6)")
     p.add_argument("--workers", type=int, default=1, help="processes rendering regions (default 1)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory")
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output dataset directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.add_argument("--preview", metavar="PNG", help="also write a preview grid of tiles to this PNG")
     add_config_args(p)
     p.set_defaults(func=cmd_world)
+
+
+def band_list(text: str) -> list[int]:
+    """``--bands 3,2,1`` -> [3, 2, 1]."""
+    try:
+        bands = [int(b) for b in text.split(",")]
+    except ValueError:
+        bands = []
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"invalid bands {text!r}: expected three band numbers from 1, e.g. 1,1,1")
+    return bands
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -82,7 +96,7 @@ def cmd_import_pairs(args: argparse.Namespace) -> int:
     from terrasynth.data.importers import PairImportConfig, import_pairs
 
     flags = {k: getattr(args, k) for k in ("scheme", "remap", "tile", "stride", "gsd", "resize_to_gsd", "split_by",
-                                           "block_size", "mask_format", "seed")}  # fmt: skip
+                                           "block_size", "mask_format", "seed", "bands")}  # fmt: skip
     cfg = load_config(PairImportConfig, args.config, flags, args.sets)
     ds = import_pairs(args.images, args.masks, cfg, args.out, overwrite=args.overwrite)
     print(describe(ds))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, out_file, seed
 
 
 def register(cli: CLI) -> None:
@@ -13,10 +13,10 @@ def register(cli: CLI) -> None:
 
     p = g.add_parser("train", help="train the autoencoder and the latent diffusion model on a dataset's label maps")
     p.add_argument("--data", required=True, metavar="DIR", help="terrasynth dataset (label-only or paired)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory (rerun the command to resume)")
+    p.add_argument("--out", type=out_dir, required=True, metavar="RUN", help="run directory (rerun the command to resume)")
     p.add_argument("--max-minutes", type=float, help="wall-time budget for both stages together")
     p.add_argument("--target-minutes", type=float, help="size both stages' steps by a speed probe to fit this")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--restart", action="store_true", help="start over instead of resuming from RUN/checkpoints")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
@@ -24,14 +24,14 @@ def register(cli: CLI) -> None:
     p = g.add_parser("sample", help="write N generated maps as a label-only synthetic dataset")
     p.add_argument("--model", required=True, metavar="RUN")
     p.add_argument("--n", type=int, required=True)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--composition", metavar="CODE:SHARE,...", help="target class shares, e.g. 50:0.3,80:0.2")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (with --composition)")
     p.add_argument("--sampler", help="ddim, dpmsolver++, unipc, euler, ... (default: the run's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    p.add_argument("--split", default="train", help="split name written into the index")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split name written into the index")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample)
 
@@ -43,12 +43,12 @@ def register(cli: CLI) -> None:
     p.add_argument("--real-split", default="val", help="split of --real to compare with ('all' for every tile)")
     p.add_argument("--train-split", default="train", help="split of --real checked for memorisation")
     p.add_argument("--n", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--composition", metavar="CODE:SHARE,...")
     p.add_argument("--guidance", type=float)
     p.add_argument("--sampler")
     p.add_argument("--steps", type=int)
-    p.add_argument("--out", required=True, metavar="FILE.json")
+    p.add_argument("--out", type=out_file, required=True, metavar="FILE.json")
     p.set_defaults(func=cmd_evaluate)
 
 

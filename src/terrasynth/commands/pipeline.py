@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -13,20 +13,20 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 def register(cli: CLI) -> None:
     p = cli.command("run", help="run (or resume) the whole pipeline from a config: data, generators, four datasets, cross-test, report")
     p.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/: demo, dronedeploy, new-york) or a shipped name")
-    p.add_argument("--out", metavar="RUN", help="run directory (default: outputs/<config name>)")
+    p.add_argument("--out", type=out_dir, metavar="RUN", help="run directory (default: outputs/<config name>)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
     p.add_argument("--only", metavar="STAGE", help="run only this stage (its inputs must be cached)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_run)
 
     p = cli.command("demo", help="the whole pipeline on the embedded procedural world at 64x64 on CPU (about 15 minutes on 2 cores)")
-    p.add_argument("--out", default="outputs/demo", metavar="DIR")
+    p.add_argument("--out", type=out_dir, default="outputs/demo", metavar="DIR")
     add_config_args(p)
     p.set_defaults(func=cmd_demo, config=None)
 
     p = cli.command("report", help="(re)build the HTML + markdown report of a pipeline run")
     p.add_argument("run", metavar="RUN")
-    p.add_argument("--out", metavar="DIR", help="default: RUN/report")
+    p.add_argument("--out", type=out_dir, metavar="DIR", help="default: RUN/report")
     p.set_defaults(func=cmd_report)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, out_file, seed
 from terrasynth.errors import UserError
 
 
@@ -22,7 +22,7 @@ def register(cli: CLI) -> None:
                    help="training dataset (repeat for a mixture; the first one also provides validation)")
     p.add_argument("--weight", action="append", type=float, metavar="W",
                    help="mixture weight of each --data, in order (default: equal weights)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--out", type=out_dir, required=True, metavar="RUN", help="run directory")
     p.add_argument("--arch", choices=["unet", "unetplusplus", "deeplabv3plus"])
     p.add_argument("--encoder", metavar="NAME", help="smp encoder (resnet18, mobilenet_v2, ...) or tu-<timm model>")
     p.add_argument("--encoder-weights", metavar="PATH", help="local state dict for the encoder (default: random init)")
@@ -32,7 +32,7 @@ def register(cli: CLI) -> None:
                    help="size --max-steps by a short speed probe to fit M minutes on this machine")
     p.add_argument("--batch-size", type=int, metavar="B")
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--restart", action="store_true", help="start over instead of resuming the run in --out")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
@@ -42,7 +42,7 @@ def register(cli: CLI) -> None:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--out", required=True, metavar="FILE.json", help="metrics JSON (a per-class CSV is written beside it)")
+    p.add_argument("--out", type=out_file, required=True, metavar="FILE.json", help="metrics JSON (a per-class CSV is written beside it)")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI, add_config_args
+from terrasynth.cli_base import CLI, add_config_args, out_dir, out_file, seed
 
 
 def register(cli: CLI) -> None:
@@ -14,7 +14,7 @@ def register(cli: CLI) -> None:
         help="train SPADE on a paired dataset (multi-GPU: accelerate launch -m terrasynth spade train ...)",
     )
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset (images + labels)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory (rerun the same command to resume)")
+    p.add_argument("--out", type=out_dir, required=True, metavar="RUN", help="run directory (rerun the same command to resume)")
     p.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget (overrides max_minutes)")
     p.add_argument("--max-steps", type=int, metavar="N", help="step budget (overrides max_steps)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming RUN")
@@ -26,8 +26,8 @@ def register(cli: CLI) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="paired dataset to take masks and real images from")
     p.add_argument("--split", default="test")
     p.add_argument("-n", type=int, default=8, help="rows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, metavar="PNG")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--out", type=out_file, required=True, metavar="PNG")
     p.set_defaults(func=cmd_preview)
 
 

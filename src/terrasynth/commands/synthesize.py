@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from terrasynth.cli import CLI
+from terrasynth.cli_base import CLI, out_dir, seed
 
 
 def register(cli: CLI) -> None:
     p = cli.command("synthesize", help="paint an image for every label tile of a dataset with a trained generator")
     p.add_argument("--generator", required=True, metavar="RUN", help="run dir of 'spade train' or 'controlnet train'")
     p.add_argument("--labels", required=True, metavar="DIR", help="dataset whose label tiles are painted")
-    p.add_argument("--out", required=True, metavar="DIR", help="output paired dataset")
+    p.add_argument("--out", type=out_dir, required=True, metavar="DIR", help="output paired dataset")
     p.add_argument("--split", action="append", metavar="NAME", help="only these splits (repeatable; default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with another config")
     p.set_defaults(func=cmd_synthesize)

@@ -43,7 +43,7 @@ from rasterio.warp import transform_bounds
 from tqdm.auto import tqdm
 
 from terrasynth.classes import WORLDCOVER, Remap, load_remap
-from terrasynth.config import StrictModel, config_dict, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
 from terrasynth.errors import UserError
@@ -97,7 +97,7 @@ class AcquireConfig(StrictModel):
     # splits
     block_size: float | None = Field(None, gt=0)  # metres; default 4 (geographic grid) or 10 tile widths
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
+    seed: Seed = 0
     # execution (not part of the result: excluded from the config hash)
     workers: int = Field(1, ge=1)
     retries: int = Field(4, ge=0)

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 import rasterio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import MemoryFile
@@ -51,6 +52,7 @@ from terrasynth.io import (
 )
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+_log = logging.getLogger(__name__)
 
 FORMAT_NAME = "terrasynth-dataset"
 FORMAT_VERSION = 1
@@ -58,9 +60,14 @@ META_FILE = "dataset.json"
 INDEX_FILE = "index.csv"
 JOURNAL_GLOB = ".journal*.jsonl"
 PARTIAL_FILE = ".partial.json"
+CONFIG_FILE = "config.yaml"  # the resolved config the writing command saves beside the dataset
+OWN_FILES = (META_FILE, INDEX_FILE, PARTIAL_FILE, CONFIG_FILE)
 
 Kind = Literal["real", "procedural", "synthetic"]
+Split = Literal["train", "val", "test"]
 SPLITS = ("train", "val", "test")
+# Label tiles read at each open to catch a dataset.json that disagrees with its tiles (all under --verify).
+OPEN_SAMPLE = 4
 
 
 @dataclass
@@ -124,24 +131,59 @@ class DatasetInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: str) -> "DatasetInfo":
-        if d.get("format") != FORMAT_NAME:
-            raise UserError(f"{where}: not a terrasynth dataset.json (format={d.get('format')!r})")
-        if d.get("format_version", 0) > FORMAT_VERSION:
+    def from_json(cls, d: Any, where: str) -> "DatasetInfo":
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise UserError(f"{where}: not a terrasynth dataset.json (format={fmt!r}); pass a dataset directory")
+        version = d.get("format_version")
+        if type(version) is int and version > FORMAT_VERSION:
             raise UserError(
-                f"{where}: dataset format version {d['format_version']} is newer than this terrasynth "
+                f"{where}: dataset format version {version} is newer than this terrasynth "
                 f"understands ({FORMAT_VERSION}); upgrade terrasynth"
             )
+        try:
+            meta = DatasetMeta.model_validate(d)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            value = "(missing)" if err["type"] == "missing" else repr(err.get("input"))
+            raise UserError(f"{where}: {key} = {value} is invalid ({err['msg']}); rebuild the dataset or "
+                            "restore the file") from exc  # fmt: skip
         return cls(
-            name=d["name"],
-            kind=d["kind"],
-            scheme=ClassScheme.from_dict(d["scheme"], where=where),
-            tile_size=int(d["tile_size"]),
-            gsd=d.get("gsd"),
-            has_images=bool(d.get("has_images", True)),
-            provenance=d.get("provenance", {}),
-            extra=d.get("extra", {}),
+            name=meta.name,
+            kind=meta.kind,
+            scheme=ClassScheme.from_dict(meta.scheme, where=where),
+            tile_size=meta.tile_size,
+            gsd=meta.gsd,
+            has_images=meta.has_images,
+            provenance=meta.provenance,
+            extra=meta.extra,
         )
+
+
+class DatasetMeta(BaseModel):
+    """The schema of ``dataset.json`` (types included): what readers accept."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["terrasynth-dataset"]
+    format_version: int = Field(ge=1, le=FORMAT_VERSION)
+    name: str
+    kind: Kind
+    tile_size: int = Field(ge=1)
+    gsd: float | None = Field(None, gt=0)
+    has_images: bool = True
+    scheme: dict[str, Any]
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    num_tiles: int | None = Field(None, ge=0)
+    splits: dict[Split, int] | None = None
+    class_pixels: dict[str, int] | None = None
+
+    @field_validator("gsd", mode="before")
+    @classmethod
+    def _int_gsd(cls, v: Any) -> Any:  # JSON writes 10.0 as 10.0 but a hand edit may say 10
+        return float(v) if type(v) is int else v
 
 
 def split_counts(records: Iterable[TileRecord]) -> dict[str, int]:
@@ -264,8 +306,8 @@ class _GDALWarnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _valid_tif(path: Path) -> bool:
-    """Opens *and decodes* the tile. A tile cut short may keep its header and pixels and lose its
+def _valid_tif(path: Path) -> np.ndarray | None:
+    """Opens *and decodes* the tile; its pixels ((H, W) or (C, H, W)), or None when damaged. A tile cut short may keep its header and pixels and lose its
     tail (colour table, metadata): GDAL then only warns ("IO error during reading"), so warnings
     count as damage too."""
     log = logging.getLogger("rasterio._env")
@@ -275,15 +317,16 @@ def _valid_tif(path: Path) -> bool:
     log.propagate = False  # ... but not to print
     try:
         with rasterio.open(path) as src:
-            src.read()
+            arr = src.read()
             ok = src.width > 0
     except Exception:
-        return False
+        return None
     finally:
         log.removeHandler(seen)
         log.setLevel(level)
         log.propagate = propagate
-    return ok and not any("error" in m.lower() for m in seen.messages)
+    ok = ok and not any("error" in m.lower() for m in seen.messages)
+    return (arr[0] if arr.shape[0] == 1 else arr) if ok else None
 
 
 # ---- writing --------------------------------------------------------------------------
@@ -316,6 +359,7 @@ class DatasetWriter:
         self._fresh = shard in (None, 0) and (
             not self._existed or not any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir())
         )
+        self._kept: list[str] = []  # what --overwrite left in place because terrasynth did not write it
         cfg_hash = info.provenance.get("config_hash")
         meta = self.root / META_FILE
         if meta.exists():
@@ -327,7 +371,7 @@ class DatasetWriter:
                         f"(hash {old.get('provenance', {}).get('config_hash')} vs {cfg_hash}); "
                         "choose a new --out or pass --overwrite"
                     )
-                self._clear()
+                self._remove_own_files()
         partial = self.root / PARTIAL_FILE
         if partial.exists() and not overwrite:
             old_hash = json.loads(partial.read_text()).get("config_hash")
@@ -337,8 +381,8 @@ class DatasetWriter:
                     "rerun that command to finish it, choose a new --out, or pass --overwrite"
                 )
         elif partial.exists() and overwrite:
-            self._clear()
-        if self.root.exists() and not partial.exists() and not meta.exists():
+            self._remove_own_files()
+        if self.root.exists() and not partial.exists() and not meta.exists() and not self._kept:
             # A writer killed while committing the marker leaves only its own temporary file.
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
                 raise UserError(f"{self.root}: directory is not empty and is not a terrasynth dataset; choose an empty --out")
@@ -379,7 +423,71 @@ class DatasetWriter:
         self.__dict__.update(state)
         self._journal_lock = threading.Lock()
 
+    def _owned(self) -> tuple[list[Path], list[Path]]:
+        """(files of this dataset that terrasynth wrote, entries it did not write) under the root.
+
+        Ours: the format's own files (``dataset.json``, ``index.csv``, ``config.yaml``, the
+        marker, journals, ``.tmp-*``) and the tiles that ``index.csv`` or a journal names.
+        Anything else (a user's notes, an analysis folder, a stray tile) is not ours.
+        """
+        tiles: set[str] = set()
+        index = self.root / INDEX_FILE
+        if index.exists():
+            try:
+                for row in csv.DictReader(io.StringIO(index.read_text())):
+                    tiles.update(v for v in (row.get("label"), row.get("image")) if v)
+            except (csv.Error, UnicodeDecodeError):
+                pass
+        for j in self.root.glob(JOURNAL_GLOB):
+            for line in j.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                    tiles.update(v for v in (rec.get("label"), rec.get("image")) if isinstance(v, str))
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+        # A killed writer may leave a whole tile that its journal never named: in an unfinished
+        # dataset every tile file under labels/ and images/ is ours.
+        unfinished = (self.root / PARTIAL_FILE).exists() and not (self.root / META_FILE).exists()
+        own, foreign = [], []
+        for p in sorted(self.root.iterdir()):
+            if p.name in ("labels", "images") and p.is_dir() and not p.is_symlink():
+                for q in sorted(p.iterdir()):
+                    mine = q.is_file() and (f"{p.name}/{q.name}" in tiles or q.name.startswith(TMP_PREFIX)
+                                            or (unfinished and q.suffix == ".tif"))  # fmt: skip
+                    (own if mine else foreign).append(q)
+            elif p.is_file() and (p.name in OWN_FILES or p.name.startswith(TMP_PREFIX) or p.match(JOURNAL_GLOB)):
+                own.append(p)
+            else:
+                foreign.append(p)
+        return own, foreign
+
+    def _remove_own_files(self) -> None:
+        """``--overwrite``: delete only what terrasynth wrote here, say what, and keep the rest."""
+        own, foreign = self._owned()
+        stray = [p for p in foreign if p.parent != self.root]
+        if stray:
+            raise UserError(
+                f"{stray[0]}: --overwrite deletes only files terrasynth wrote, and this one is in no index or "
+                f"journal of {self.root} ({len(stray)} such file(s) under labels/ or images/); move them elsewhere "
+                "and rerun"
+            )
+        ntiles = sum(p.parent != self.root for p in own)
+        others = [p.name for p in own if p.parent == self.root and not p.name.startswith(TMP_PREFIX)]
+        _log.warning("--overwrite: removing the dataset in %s: %d tile file(s)%s", self.root, ntiles,
+                    f", {', '.join(others)}" if others else "")  # fmt: skip
+        self._kept = [p.name for p in foreign]
+        if self._kept:
+            _log.warning("--overwrite: keeping %d entr%s terrasynth did not write: %s", len(self._kept),
+                        "y" if len(self._kept) == 1 else "ies", ", ".join(self._kept))  # fmt: skip
+        for p in own:
+            p.unlink(missing_ok=True)
+        for sub in ("labels", "images"):
+            d = self.root / sub
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     def _clear(self) -> None:
+        """Empty the root; only for a directory this writer found empty (see discard_if_empty)."""
         import shutil
 
         for p in list(self.root.iterdir()):
@@ -495,17 +603,6 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Writers travel to worker processes (acquire --workers): locks and open files do not.
-        state = self.__dict__.copy()
-        state["_journal"] = None
-        state["_journal_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._journal_lock = threading.Lock()
-
     def discard_if_empty(self) -> None:
         """Remove everything this writer (and its caller) created, if it started from nothing and no
         tile was written: a run that fails on its input then leaves no unfinished dataset behind."""
@@ -580,6 +677,50 @@ def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecor
     return out
 
 
+def check_index_columns(text: str, scheme: ClassScheme, index: Path, meta: Path) -> None:
+    """The index's ``count_<code>`` columns must be the scheme's codes: a ``dataset.json`` edited to
+    fewer (or other) classes than the tiles were written with disagrees here."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    counted = {int(c[6:]) for c in header if c.startswith("count_") and c[6:].isdigit()}
+    if counted != set(scheme.codes):
+        extra, missing = sorted(counted - set(scheme.codes)), sorted(set(scheme.codes) - counted)
+        what = (f"counts codes {extra} that its scheme '{scheme.name}' lacks" if extra
+                else f"has no counts for scheme codes {missing}")  # fmt: skip
+        raise UserError(f"{index}: {what} ({meta} was edited, or the index belongs to another dataset); "
+                        "restore dataset.json or rebuild the dataset")  # fmt: skip
+
+
+def check_index(records: list[TileRecord], info: DatasetInfo, index: Path, meta: Path) -> None:
+    """Rows against each other and against ``dataset.json``: unique ids and files, one known split
+    per tile, images present exactly when the dataset has them, and the summary counts."""
+    seen: dict[str, int] = {}
+    files: set[str] = set()
+    for i, r in enumerate(records):
+        row = i + 2  # header is line 1
+        if r.id in seen:
+            raise UserError(f"{index}: tile id {r.id!r} is listed twice (lines {seen[r.id]} and {row}); "
+                            "a tile has one row and one split: remove the duplicate or rebuild the dataset")  # fmt: skip
+        seen[r.id] = row
+        if r.split not in SPLITS:
+            raise UserError(f"{index}: line {row}: split {r.split!r} of tile {r.id!r} is not one of {list(SPLITS)}; "
+                            "fix the row or rebuild the dataset")  # fmt: skip
+        for rel, sub in ((r.label, "labels"), (r.image, "images")):
+            if rel is None:
+                continue
+            if not rel.startswith(sub + "/") or ".." in Path(rel).parts:
+                raise UserError(f"{index}: line {row}: {rel!r} is not a file under {sub}/; rebuild the dataset")
+            if rel in files:
+                raise UserError(f"{index}: line {row}: {rel} is used by two tiles; rebuild the dataset")
+            files.add(rel)
+        if info.has_images != (r.image is not None):
+            raise UserError(f"{index}: line {row}: tile {r.id!r} {'lacks' if info.has_images else 'has'} an image but "
+                            f"{meta} says has_images: {str(info.has_images).lower()}; rebuild the dataset")  # fmt: skip
+    listed = json.loads(meta.read_text()).get("num_tiles")
+    if listed is not None and listed != len(records):
+        raise UserError(f"{meta}: num_tiles is {listed} but {index} lists {len(records)} tiles; "
+                        "restore the files or rebuild the dataset")  # fmt: skip
+
+
 # ---- reading --------------------------------------------------------------------------
 
 
@@ -611,8 +752,16 @@ class Dataset:
         index = root / INDEX_FILE
         if not index.exists():
             raise UserError(f"{index}: index missing; rebuild the dataset")
-        records = index_from_csv(index.read_text(), info.scheme, str(index))
-        return cls(root, info, records)
+        text = index.read_text()
+        check_index_columns(text, info.scheme, index, meta)
+        records = index_from_csv(text, info.scheme, str(index))
+        check_index(records, info, index, meta)
+        ds = cls(root, info, records)
+        # A few label tiles, spread over the index, against dataset.json (all of them under --verify).
+        step = max(1, len(records) // OPEN_SAMPLE)
+        for rec in records[::step][:OPEN_SAMPLE]:
+            ds.read_label(rec)
+        return ds
 
     @property
     def scheme(self) -> ClassScheme:
@@ -628,13 +777,45 @@ class Dataset:
         return [r for r in self.records if r.split in names]
 
     def read_label(self, rec: TileRecord) -> np.ndarray:
-        """(H, W) uint8 class codes."""
-        return read_label_tif(self.root / rec.label)[0]
+        """(H, W) uint8 class codes, checked against ``dataset.json``: its tile size and its scheme.
+
+        Every reader (training, synthesis, metrics) gets its labels here, so a dataset whose
+        labels hold codes the scheme lacks (a hand-edited ``dataset.json``) is refused instead of
+        being trained on silently (unknown codes would become "ignore").
+        """
+        path = self.root / rec.label
+        return self.check_label(path, read_label_tif(path)[0])
 
     def read_label_georef(self, rec: TileRecord) -> tuple[np.ndarray, CRS | None, Affine | None]:
-        """(H, W) uint8 class codes with the tile's CRS and transform (None, None when not georeferenced)."""
-        codes, crs, transform = read_label_tif(self.root / rec.label)
+        """(H, W) uint8 class codes (checked as in :meth:`read_label`) with the tile's CRS and transform
+        (None, None when not georeferenced), from one open."""
+        path = self.root / rec.label
+        codes, crs, transform = read_label_tif(path)
+        codes = self.check_label(path, codes)
         return (codes, crs, transform) if rec.crs is not None else (codes, None, None)
+
+    def check_label(self, path: Path, codes: np.ndarray) -> np.ndarray:
+        """``codes`` (H, W) read from ``path``, or a one-line error when its size or codes disagree with
+        ``dataset.json``. Any other way of reading label tiles must pass them through here."""
+        size = self.info.tile_size
+        if codes.shape != (size, size):
+            raise UserError(f"{path}: label tile is {codes.shape[1]}x{codes.shape[0]} px but {self.root / META_FILE} "
+                            f"says tile_size {size}; rebuild the dataset or restore dataset.json")  # fmt: skip
+        present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256) * self._unknown_code_mask)
+        if present.size:
+            raise UserError(
+                f"{path}: label codes {present.tolist()} are not in scheme '{self.scheme.name}' of "
+                f"{self.root / META_FILE} (codes {sorted(self.scheme.valid_codes())}); the scheme was edited or the "
+                "tile belongs to another dataset: restore dataset.json or rebuild the dataset"
+            )
+        return codes
+
+    @property
+    def _unknown_code_mask(self) -> np.ndarray:
+        """(256,) int64: 1 where a code is not in the scheme (nodata included as known)."""
+        mask = np.ones(256, dtype=np.int64)
+        mask[sorted(self.scheme.valid_codes())] = 0
+        return mask
 
     def read_image(self, rec: TileRecord) -> np.ndarray:
         """(H, W, 3) uint8."""
@@ -659,12 +840,28 @@ class Dataset:
         return {c: n / tot for c, n in px.items()}
 
     def verify(self) -> list[str]:
-        """Problems between the index and the files on disk (empty when consistent)."""
+        """Problems between ``dataset.json``, the index and the files on disk (empty when consistent):
+        every tile decodes, has the dataset's tile size, and every label holds only scheme codes in
+        exactly the per-class pixel counts its index row records."""
         problems = []
+        size = self.info.tile_size
         for rec in self.records:
             for rel in (rec.label, rec.image):
-                if rel is not None and not _valid_tif(self.root / rel):
+                if rel is None:
+                    continue
+                arr = _valid_tif(self.root / rel)
+                if arr is None:
                     problems.append(f"{rel}: missing or unreadable")
+                elif arr.shape[-2:] != (size, size):
+                    problems.append(f"{rel}: {arr.shape[-1]}x{arr.shape[-2]} px, but tile_size is {size}")
+                elif rel == rec.label:
+                    counts = np.bincount(arr.ravel(), minlength=256)
+                    unknown = np.flatnonzero(counts * self._unknown_code_mask)
+                    if unknown.size:
+                        problems.append(f"{rel}: label codes {unknown.tolist()} are not in scheme "
+                                        f"'{self.scheme.name}'")  # fmt: skip
+                    elif any(int(counts[c]) != rec.counts.get(c, 0) for c in self.scheme.codes):
+                        problems.append(f"{rel}: class pixel counts differ from its index.csv row")
         listed = {r.label for r in self.records} | {r.image for r in self.records if r.image}
         for sub in ("labels", "images"):
             d = self.root / sub

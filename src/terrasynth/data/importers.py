@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 import rasterio
@@ -32,8 +32,9 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from terrasynth import budget
 from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
-from terrasynth.config import StrictModel, config_hash, save_resolved
+from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
 from terrasynth.data.tile_sink import ThreadedWrites
@@ -41,6 +42,7 @@ from terrasynth.errors import UserError
 
 log = logging.getLogger(__name__)
 
+Band = Annotated[int, Field(ge=1, le=64)]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Decorations that image/mask file names commonly carry; stripped only to pair files.
 _DECORATION = re.compile(
@@ -63,9 +65,13 @@ class PairImportConfig(StrictModel):
     split_by: Literal["image", "block"] = "image"
     block_size: int = Field(512, ge=8, description="side of a split block in pixels (split_by=block)")
     ratios: SplitRatios = Field(default_factory=SplitRatios)
-    seed: int = 0
+    seed: Seed = 0
     max_nodata: float = Field(1.0, ge=0.0, le=1.0, description="drop tiles whose nodata share exceeds this")
     mask_format: Literal["auto", "index", "rgb"] = "auto"
+    bands: tuple[Band, Band, Band] | None = Field(
+        None, description="1-based source band for R, G and B, e.g. [1, 1, 1] for grey or [3, 2, 1] for BGR; "
+        "default: the first three, band 1 copied (with a warning) for one- and two-band images"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> "PairImportConfig":
@@ -210,15 +216,40 @@ def _why(exc: Exception) -> str:
     return str(exc).split("\n")[0][:120] or type(exc).__name__
 
 
-def to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Image pixels -> (H, W, 3) uint8: grey is repeated, alpha and extra bands (NIR) dropped."""
+def to_rgb(arr: np.ndarray, path: Path, bands: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Image pixels -> (H, W, 3) uint8.
+
+    ``bands`` (1-based) says which source band becomes R, G and B (``(1, 1, 1)``: grey repeated;
+    ``(3, 2, 1)``: BGR). Without it: the first three bands (alpha and extra bands such as NIR
+    dropped), and band 1 repeated for one- and two-band images (see :func:`few_bands`).
+    """
     if arr.dtype != np.uint8:
         raise UserError(f"{path}: image dtype {arr.dtype} is not uint8; convert it to 8-bit RGB first")
     if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=-1)
-    if arr.shape[-1] == 2:  # LA
+        arr = arr[..., None]
+    n = arr.shape[-1]
+    if bands is not None:
+        if max(bands) > n:
+            raise UserError(f"{path}: --bands {','.join(map(str, bands))} names band {max(bands)} but the image has "
+                            f"{n} band(s); give band numbers from 1 to {n}")  # fmt: skip
+        return np.ascontiguousarray(arr[..., [b - 1 for b in bands]])
+    if n < 3:  # grey, or grey + alpha (LA)
         return np.repeat(arr[..., :1], 3, axis=-1)
     return np.ascontiguousarray(arr[..., :3])
+
+
+def few_bands(arr: np.ndarray) -> bool:
+    """Whether an image has fewer than three bands, so the default band rule copies band 1 into RGB."""
+    return arr.ndim == 2 or arr.shape[-1] < 3
+
+
+def warn_band_copies(paths: list[Path], total: int) -> None:
+    """One warning per import for images whose single (or first of two) band was copied into R, G and B."""
+    if paths:
+        log.warning(
+            "%d of %d image(s) have one or two bands (e.g. %s): band 1 is copied into R, G and B; pass --bands 1,1,1 "
+            "to confirm this (or --bands 1,2,2 etc. to say what each band means)", len(paths), total, paths[0].name
+        )  # fmt: skip
 
 
 def decode_mask(arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path) -> np.ndarray:
@@ -292,6 +323,28 @@ def tile_origins(width: int, height: int, tile: int, step: int, block: int | Non
     return out
 
 
+def check_import_budget(
+    pairs: list[Pair], sizes: list[tuple[int, int]], cfg: PairImportConfig, out: Path, *, resuming: bool
+) -> None:
+    """Refuse an import whose resampled images, tile grid or tiles cannot fit in memory or on disk."""
+    t, step = cfg.tile, cfg.step
+    tiles = [max(0, (w - t) // step + 1) * max(0, (h - t) // step + 1) for w, h in sizes]
+    # Peak per pair: source image and mask, then the resampled copies (and PIL's buffers, x2);
+    # all tile grids and the index records stay in memory until the index is written.
+    big = max(range(len(pairs)), key=lambda i: sizes[i][0] * sizes[i][1])
+    w, h = sizes[big]
+    scale = cfg.scale
+    src_px = (w / scale) * (h / scale)
+    memory = int(src_px * 4 * 2 + w * h * 4 * 2 + sum(tiles) * (100 + budget.RECORD_BYTES))
+    if scale != 1.0:
+        fix = (f"--resize-to-gsd {cfg.resize_to_gsd:g} m/px from --gsd {cfg.gsd:g} makes {pairs[big].image.name} "
+               f"{w:,}x{h:,} px (x{scale:g}); choose a coarser --resize-to-gsd or check --gsd")  # fmt: skip
+    else:
+        fix = f"{sum(tiles):,} tiles of {t} px from {len(pairs)} pair(s); use a larger --stride or import fewer images"
+    disk = 0 if resuming else budget.tiles_disk_bytes(sum(tiles), t)
+    budget.check_budget(f"import into {out}", memory=memory, disk=disk, out=out, fix=fix)
+
+
 def _scaled_size(w: int, h: int, scale: float) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
@@ -344,6 +397,8 @@ def import_pairs(
             )
         sizes.append(_scaled_size(wi, hi, cfg.scale))
 
+    resuming = not overwrite and ((out / META_FILE).exists() or (out / PARTIAL_FILE).exists())
+    check_import_budget(pairs, sizes, cfg, out, resuming=resuming)
     block = cfg.block_size if cfg.split_by == "block" else None
     grids = [tile_origins(w, h, cfg.tile, cfg.step, block) for (w, h) in sizes]
     if not any(grids):
@@ -360,7 +415,9 @@ def import_pairs(
         units = sorted({(i, b) for i, g in enumerate(grids) for (b, _, _) in g})
     unit_split = dict(zip(units, assign_splits(len(units), cfg.ratios, cfg.seed)))
 
-    h = config_hash(cfg, str(Path(images).resolve()), str(Path(masks).resolve()), [p.name for p in pairs])
+    # Without --bands the hash is what it was before the option existed: older datasets still resume.
+    hashed = config_dict(cfg) if cfg.bands is not None else {k: v for k, v in config_dict(cfg).items() if k != "bands"}
+    h = config_hash(hashed, str(Path(images).resolve()), str(Path(masks).resolve()), [p.name for p in pairs])
     info = DatasetInfo(
         name=out.name,
         kind="real",
@@ -381,9 +438,9 @@ def import_pairs(
     # Decode every pair exactly as the import will (pixels, dtype, codes, georeference, nodata
     # rule) before anything is written, so that bad input leaves no partial output. A resumed
     # run checks only the pairs it still has to write.
-    resuming = not overwrite and ((out / META_FILE).exists() or (out / PARTIAL_FILE).exists())
+    copied: list[Path] = []
     if not resuming:
-        kept = sum(_check_pair(p, grids[i], src_scheme, remap, scheme, cfg) for i, p in enumerate(pairs))
+        kept = sum(_check_pair(p, grids[i], src_scheme, remap, scheme, cfg, copied) for i, p in enumerate(pairs))
         if kept == 0:
             raise UserError(
                 f"{images}: all {total} tiles of the {len(pairs)} pair(s) are nodata (code {scheme.nodata}) beyond "
@@ -394,7 +451,8 @@ def import_pairs(
         todo = [i for i, g in enumerate(grids) if any(not writer.has(_tile_id(pairs[i], r, c)) for _, r, c in g)]
         if resuming:
             for i in todo:
-                _check_pair(pairs[i], grids[i], src_scheme, remap, scheme, cfg)
+                _check_pair(pairs[i], grids[i], src_scheme, remap, scheme, cfg, copied)
+        warn_band_copies(copied, len(pairs))
         t0, written, dropped = time.perf_counter(), 0, 0
         bar = tqdm(total=total, initial=total - sum(len(grids[i]) for i in todo), unit="tile", desc="import",
                    dynamic_ncols=True)  # fmt: skip
@@ -431,12 +489,16 @@ def _check_pair(
     remap: Remap | None,
     scheme: ClassScheme,
     cfg: PairImportConfig,
+    copied: list[Path] | None = None,
 ) -> int:
-    """Decode one pair as the import will and raise on anything wrong; return how many tiles it keeps."""
+    """Decode one pair as the import will and raise on anything wrong; return how many tiles it keeps.
+    Images whose band 1 the default rule copies into RGB are appended to ``copied``."""
     raw = read_raster(pair.mask)
     codes = _load_mask(pair, src, remap, cfg, raw)
     img = read_raster(pair.image)
-    to_rgb(img.array, pair.image)
+    to_rgb(img.array, pair.image, cfg.bands)
+    if cfg.bands is None and few_bands(img.array) and copied is not None:
+        copied.append(pair.image)
     check_same_grid(pair, img, raw)
     codes = resample(codes, _scaled_size(codes.shape[1], codes.shape[0], cfg.scale), "label")
     t = cfg.tile
@@ -479,7 +541,7 @@ def _tiles(
     """Yield (id, split, image, label, crs, transform) per tile; label None when dropped for nodata."""
     codes = _load_mask(pair, src, remap, cfg)
     img = read_raster(pair.image)
-    rgb = to_rgb(img.array, pair.image)
+    rgb = to_rgb(img.array, pair.image, cfg.bands)
     size = _scaled_size(codes.shape[1], codes.shape[0], cfg.scale)
     codes, rgb = resample(codes, size, "label"), resample(rgb, size, "image")
     transform = img.transform

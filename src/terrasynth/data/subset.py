@@ -129,6 +129,12 @@ def _publish(tmp: Path, out: Path, template: DatasetInfo, records: list, *, name
     write_text_atomic(tmp / INDEX_FILE, index_to_csv(records, template.scheme))
     write_json_atomic(tmp / META_FILE, info.to_json(records))
     if out.exists():
-        shutil.rmtree(out)
+        # Only an empty directory is replaced: a non-empty one holds something terrasynth did not write.
+        try:
+            out.rmdir()
+        except OSError:
+            shutil.rmtree(tmp)
+            raise UserError(f"{out}: directory is not empty and holds no finished dataset; choose an empty output "
+                            "directory (terrasynth does not delete what it did not write)") from None  # fmt: skip
     os.replace(tmp, out)
     return Dataset.open(out)

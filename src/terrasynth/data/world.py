@@ -24,9 +24,10 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from terrasynth import budget
 from terrasynth.classes import WORLDCOVER
-from terrasynth.config import StrictModel, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.config import Seed, StrictModel, config_hash, save_resolved
+from terrasynth.data.dataset import PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.data.splits import SplitRatios, assign_splits
 from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.data.world_landcover import BIOMES, make_landcover
@@ -58,7 +59,7 @@ class WorldConfig(StrictModel):
 
     tiles: int = Field(2000, ge=1, description="number of tiles")
     size: int = Field(64, ge=16, le=1024, description="tile side in pixels")
-    seed: int = 0
+    seed: Seed = 0
     gsd: float = Field(10.0, gt=0, description="nominal ground sample distance, m/px (WorldCover: 10)")
     region: int | None = Field(None, ge=1, le=16, description="region side in tiles; default: up to 4, "
                                "smaller for small worlds so every split gets regions")  # fmt: skip
@@ -127,6 +128,12 @@ def generate_world(
     fsyncs of the writer. Files are identical either way.
     """
     out = Path(out)
+    # Render buffers of one region per worker (float32 fields, ~64 B/px) and every tile's record.
+    region_px = (cfg.region_tiles() * cfg.size) ** 2
+    memory = max(1, workers) * region_px * 64 + cfg.tiles * budget.RECORD_BYTES
+    disk = 0 if (out / PARTIAL_FILE).exists() else budget.tiles_disk_bytes(cfg.tiles, cfg.size)
+    budget.check_budget(f"data world --tiles {cfg.tiles:,} --size {cfg.size}", memory=memory, disk=disk, out=out,
+                        fix="ask for fewer --tiles or a smaller --size")  # fmt: skip
     nreg = cfg.num_regions()
     splits = assign_splits(nreg, cfg.ratios, cfg.seed)
     info = DatasetInfo(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from terrasynth.classes import IGNORE_INDEX, ClassScheme
 from terrasynth.data.dataset import Dataset
 from terrasynth.data.torchdata import TileDataset
 from terrasynth.errors import UserError
-from terrasynth.io import write_json_atomic, write_text_atomic
+from terrasynth.io import read_json, write_json_atomic, write_text_atomic
 
 
 class SegmentationMetrics:
@@ -161,9 +160,9 @@ def evaluate_segmentation(
 
 
 def _run_info(run: Path, which: str) -> dict[str, Any]:
-    spec = json.loads((run / "segmenter.json").read_text())
+    spec = read_json(run / "segmenter.json", "restore the run directory")
     meta = run / f"{which}.json"
-    step = json.loads(meta.read_text()).get("step") if meta.is_file() else None
+    step = read_json(meta, "restore the run directory").get("step") if meta.is_file() else None
     return {"arch": spec.get("arch"), "encoder": spec.get("encoder"), "step": step}
 
 

@@ -127,6 +127,12 @@ def sample_landcover(
         provenance=provenance(f"landcover-ldm:{run.resolve()}", config_hash=config_hash(params), seed=seed,
                               generator=gen_info, sampling=params),
     )  # fmt: skip
+    from terrasynth import budget
+
+    budget.check_budget(
+        f"landcover sample --n {n:,}", memory=n * budget.RECORD_BYTES,
+        disk=budget.tiles_disk_bytes(n, info.tile_size, images=False), out=out, fix="ask for fewer maps with --n",
+    )  # fmt: skip
     with DatasetWriter(out, info, overwrite=overwrite) as w:
         ids = [f"s{seed}_{i:06d}" for i in range(n)]
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, write_json_atomic
+from terrasynth.io import atomic_path, load_weights, write_json_atomic
 from terrasynth.models.autoencoder import downsampling_factor
 from terrasynth.models.diffusion import LatentNorm
 
@@ -115,7 +115,7 @@ def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase
         vae = AutoencoderKL.from_pretrained(path / "vae")
         unet = UNet2DConditionModel.from_pretrained(path / "unet")
         sched = DDPMScheduler.from_pretrained(path / "scheduler")
-        context = load_file(str(path / CONTEXT_FILE))["context"]
+        context = load_weights(path / CONTEXT_FILE)["context"]
         stats = json.loads((path / LATENTS_FILE).read_text())
         std = torch.tensor(stats["std"], dtype=torch.float32)
         norm = LatentNorm(torch.tensor(stats["mean"], dtype=torch.float32), scale=1.0 / std)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
-from terrasynth.io import write_json_atomic
+from terrasynth.io import load_weights, write_json_atomic
 from terrasynth.models.autoencoder import decode_indices
 from terrasynth.models.diffusion import LatentNorm, diffusion_target, make_scheduler, sample_latents
 
@@ -249,5 +249,5 @@ class LandcoverLDM:
             default_sampler=meta["default_sampler"],
             default_steps=meta["default_steps"],
             default_guidance=meta["default_guidance"],
-            train_compositions=load_file(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
+            train_compositions=load_weights(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
         ).eval()

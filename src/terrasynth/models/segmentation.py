@@ -12,7 +12,6 @@ rebuilds the network from ``segmenter.json`` and loads the chosen weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, write_json_atomic
+from terrasynth.io import atomic_path, load_weights, read_json, write_json_atomic
 
 Arch = Literal["unet", "unetplusplus", "deeplabv3plus"]
 ARCHS: dict[str, type[torch.nn.Module]] = {
@@ -117,10 +116,19 @@ def load_segmenter(run: str | Path, which: Which = "best") -> tuple[torch.nn.Mod
     weights = run / f"{which}.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: no {which} weights yet; finish training (rerun the train command to resume)")
-    spec = json.loads(spec_path.read_text())
-    scheme = ClassScheme.from_dict(spec["scheme"], where=str(spec_path))
-    model = build_segmenter(spec["arch"], spec["encoder"], spec["in_channels"], spec["num_classes"])
-    model.load_state_dict(load_file(str(weights)))
+    spec = read_json(spec_path, "rerun 'terrasynth segment train' or restore the run directory")
+    try:
+        scheme = ClassScheme.from_dict(spec["scheme"], where=str(spec_path))
+        arch, encoder, in_ch, k = spec["arch"], spec["encoder"], int(spec["in_channels"]), int(spec["num_classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{spec_path}: field {exc} is missing or of the wrong type; restore the run directory") from exc
+    model = build_segmenter(arch, encoder, in_ch, k)
+    state = load_weights(weights, "rerun the train command to write it again, or evaluate --checkpoint last/best")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{weights}: weights do not fit the model in {spec_path} ({str(exc).splitlines()[0]}); "
+                        "restore the run directory") from exc  # fmt: skip
     model.eval()
     return model, scheme
 

@@ -188,15 +188,18 @@ class SpadeImageGenerator:
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu") -> SpadeImageGenerator:
     """Read ``generator.json`` of a SPADE run and the checkpoint it names (the selected one)."""
-    from safetensors.torch import load_file
+    from terrasynth.io import load_weights
 
     run = Path(run)
     meta_path = run / "generator.json"
     meta = json.loads(meta_path.read_text())
+    if not isinstance(meta.get("checkpoint"), str) or not isinstance(meta.get("generator_kwargs"), dict):
+        raise UserError(f"{meta_path}: 'checkpoint' must be a file name and 'generator_kwargs' a mapping; "
+                        "rerun 'terrasynth spade train' or restore the run directory")  # fmt: skip
     ckpt = run / meta["checkpoint"]
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: checkpoint named in {meta_path} is missing; rerun 'terrasynth spade train'")
     net = SPADEGenerator(**meta["generator_kwargs"])
-    net.load_state_dict(load_file(str(ckpt)))
+    net.load_state_dict(load_weights(ckpt, "rerun 'terrasynth spade train' to resume, or restore the run"))
     scheme = ClassScheme.from_dict(meta["scheme"], where=str(meta_path))
     return SpadeImageGenerator(net, scheme, run=run, checkpoint=meta["checkpoint"], device=device)

@@ -26,7 +26,7 @@ from pydantic import Field
 from torch.utils.data import ConcatDataset
 
 from terrasynth.classes import one_hot
-from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, provenance
 from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
@@ -80,7 +80,7 @@ class LatentUNetConfig(StrictModel):
 
 
 class ControlNetBaseConfig(StrictModel):
-    seed: int = 0
+    seed: Seed = 0
     splits: list[str] = ["train", "val"]  # imagery to learn from; labels are not used
     augment: bool = True
     # Budgets for both stages together (the steps are per stage: vae.max_steps, unet.max_steps).
@@ -103,7 +103,7 @@ class ControlNetSamplingConfig(SamplingConfig):
 
 
 class ControlNetConfig(TrainBudget):
-    seed: int = 0
+    seed: Seed = 0
     splits: list[str] = ["train"]
     augment: bool = True
     prompt: str = "aerial photograph"  # context for Stable-Diffusion-layout bases

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from terrasynth.accel import dist_state, make_accelerator, resolve_precision
 from terrasynth.classes import ClassScheme, one_hot
-from terrasynth.config import MixedPrecision, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
 from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
@@ -139,7 +139,7 @@ class SpadeConfig(TrainBudget):
         10.0, gt=0, description="wall-clock budget of GAN training (data loading and the judge not counted)"
     )
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints, each a scored snapshot")
-    seed: int = 0
+    seed: Seed = 0
     mixed_precision: MixedPrecision = Field(
         "no", description="autocast of G and D (CUDA: fp16 where bf16 is missing); 'auto' = bf16 where the CPU has it"
     )

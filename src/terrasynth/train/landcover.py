@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from terrasynth.classes import IGNORE_INDEX
-from terrasynth.config import MixedPrecision, StrictModel, config_dict, save_resolved
+from terrasynth.config import MixedPrecision, Seed, StrictModel, config_dict, save_resolved
 from terrasynth.data.dataset import Dataset
 from terrasynth.data.torchdata import dihedral_t
 from terrasynth.errors import UserError
@@ -95,7 +95,7 @@ class LandcoverSamplingConfig(SamplingConfig):
 class LandcoverConfig(StrictModel):
     """The budget keys follow :class:`terrasynth.config.TrainBudget`; ``max_steps`` is per stage."""
 
-    seed: int = 0
+    seed: Seed = 0
     max_minutes: float | None = Field(15.0, gt=0)  # total for autoencoder + diffusion; None = steps only
     target_minutes: float | None = Field(None, gt=0)  # total; sizes each stage's max_steps by a speed probe
     splits: list[str] = ["train"]

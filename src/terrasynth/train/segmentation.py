@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from terrasynth.accel import make_accelerator, resolve_precision
 from terrasynth.classes import IGNORE_INDEX, ClassScheme
-from terrasynth.config import MixedPrecision, TrainBudget, config_dict, config_hash, save_resolved
+from terrasynth.config import MixedPrecision, Seed, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, class_pixels, provenance
 from terrasynth.data.mixture import MixtureBatchSampler, MixtureDataset
 from terrasynth.data.torchdata import TileDataset
@@ -69,7 +69,7 @@ class SegmentConfig(TrainBudget):
     dice_weight: float = Field(1.0, ge=0)
     class_weights: list[float] | Literal["balanced"] | None = None
     augment: bool = True
-    seed: int = 0
+    seed: Seed = 0
     mixed_precision: MixedPrecision = "auto"
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
