@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("rasterio", "matplotlib", "PIL", "urllib3", "fsspec", "h5py"):
+    for noisy in ("rasterio", "matplotlib", "PIL", "urllib3", "fsspec", "h5py", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # GDAL reports damaged files as warnings first ("Bogus StripByteCounts ...") and then fails;
     # the error line already names the file, so its warnings only break the one-line contract.
