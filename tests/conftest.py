@@ -189,3 +189,15 @@ def spade_pairs(root: Path, n: int = 12, size: int = 32) -> Path:
 SPADE_TINY = ["--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.hidden=8", "--set", "model.latent_size=4",
               "--set", "select.judge_steps=2", "--set", "select.judge_encoder=resnet18", "--set", "checkpoint_every=2",
               "--set", "batch_size=2", "--set", "log_every=1"]  # fmt: skip
+
+
+def interrupt_after(m: pytest.MonkeyPatch, family: type, at: int) -> None:
+    """Make ``family.after_step`` raise KeyboardInterrupt after step ``at`` (a Ctrl-C mid-run)."""
+    after_step = family.after_step
+
+    def interrupt(self, step, logs):
+        after_step(self, step, logs)
+        if step == at:
+            raise KeyboardInterrupt
+
+    m.setattr(family, "after_step", interrupt)

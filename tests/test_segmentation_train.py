@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, make_dataset, run_cli
+from conftest import interrupt_after, ROOT, make_dataset, run_cli
 from terrasynth.classes import ClassInfo, ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import evaluate_segmentation
@@ -86,15 +86,8 @@ def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Pa
                 mixed_precision="no")  # fmt: skip
     full = train_segmentation(SegmentConfig(**base), [(data, 1.0)], tmp_path / "full")
     part = tmp_path / "part"
-    after_step = SegmentationFamily.after_step
-
-    def interrupt(self, step, logs):
-        after_step(self, step, logs)
-        if step == 3:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(SegmentationFamily, "after_step", interrupt)
+        interrupt_after(m, SegmentationFamily, 3)
         with pytest.raises(KeyboardInterrupt):
             train_segmentation(SegmentConfig(**base), [(data, 1.0)], part)
     assert json.loads((part / "last.json").read_text())["step"] == 2

@@ -15,7 +15,7 @@ from terrasynth.models.discriminators import MultiscalePatchGAN, OASISDiscrimina
 from terrasynth.models.spade import SPADEGenerator, load_generator
 from terrasynth.train.diffaugment import diff_augment
 
-from conftest import SPADE_TINY, run_cli, spade_pairs
+from conftest import interrupt_after, SPADE_TINY, run_cli, spade_pairs
 from model_contract import ModelContract
 
 TINY = SPADE_TINY
@@ -227,15 +227,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, tmp_path, monkeypa
     base = ["spade", "train", "--data", pairs, *TINY, "--max-steps", 4, "--set", "select.metric=last",
             "--set", "remedies.noise3d=true", "--set", "remedies.ema=true", "--set", "remedies.diffaugment=[color]"]  # fmt: skip
     assert run_cli(*base, "--out", tmp_path / "full") == 0
-    after_step = SpadeTrainer.after_step
-
-    def interrupt(self, step, logs):
-        after_step(self, step, logs)
-        if step == 3:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(SpadeTrainer, "after_step", interrupt)
+        interrupt_after(m, SpadeTrainer, 3)
         assert run_cli(*base, "--out", tmp_path / "part") == 130  # the CLI's Ctrl-C exit
     assert [p.name for p in (tmp_path / "part" / "checkpoints" / "spade").iterdir()] == ["step-00000002"]
     assert run_cli(*base, "--out", tmp_path / "part") == 0
