@@ -28,6 +28,7 @@ from terrasynth.data.importers import PairImportConfig
 from terrasynth.data.world import WorldConfig
 from terrasynth.errors import UserError
 from terrasynth.experiments.matrix import DATASETS, Matrix
+from terrasynth.experiments.scarce import ScarceStage, check_scarce, run_scarce, scarce_data
 from terrasynth.io import ensure_dir, exclusive_dir, write_json_atomic, write_text_atomic
 from terrasynth.train.diffusion import ControlNetBaseConfig, ControlNetConfig
 from terrasynth.train.gan import SpadeConfig
@@ -60,12 +61,22 @@ class DataStage(StrictModel):
     # Land cover for the land-cover generator, when it should not be the pairs' own labels
     # (the paper: WorldCover tiled at its native 10 m, while the pairs are at 1 m).
     landcover_source: AcquireConfig | None = None
+    # The scarce-label regime: keep this share of the train split's source images labelled (val and
+    # test stay whole); every learner (generators, segmenters, filter) sees only those labels, and the
+    # generators then learn from the labelled train tiles only (not val). None: all labels, and the
+    # generators learn from train + val as before.
+    label_fraction: float | None = Field(None, gt=0, le=1)
+    # Images need no labels: with label_fraction set, let the ControlNet base (image autoencoder and
+    # unconditional UNet) learn from every train image, labelled or not (recorded in provenance).
+    unlabelled_images: bool = False
 
     @model_validator(mode="after")
     def _source_present(self) -> "DataStage":
         need = {"pairs": self.pairs, "acquire": self.acquire, "dataset": self.path}
         if self.source in need and need[self.source] is None:
             raise ValueError(f"data.source is {self.source!r} but data.{'path' if self.source == 'dataset' else self.source} is not set")
+        if self.unlabelled_images and self.label_fraction is None:
+            raise ValueError("data.unlabelled_images needs data.label_fraction (without it every image is labelled already)")
         return self
 
 
@@ -121,6 +132,7 @@ class PipelineConfig(StrictModel):
     segment: SegmentStage = Field(default_factory=SegmentStage)
     mixing: MixingStage = Field(default_factory=MixingStage)
     report: ReportStage = Field(default_factory=ReportStage)
+    scarce: ScarceStage = Field(default_factory=ScarceStage)
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -137,15 +149,19 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "segment": (("segment",), ("datasets",)),
     "evaluate": (("segment",), ("datasets", "segment")),
     "mixing": (("mixing", "segment", "seed"), ("datasets",)),
-    "report": (("report",), ("data", "landcover", "datasets", "evaluate", "mixing")),
+    "report": (("report",), ("data", "landcover", "datasets", "evaluate", "mixing", "scarce")),
+    # the scarce-label experiment (scarce.enabled): scarce_data once per label fraction, then scarce
+    "scarce_data": (("scarce", "datasets", "segment", "seed"), ("data", "landcover", "spade", "controlnet")),
+    "scarce": (("scarce", "segment", "seed"), ("data", "landcover", "spade", "controlnet")),
 }
+SCARCE_STAGES = ("scarce_data", "scarce")
 
 
 def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
     """Cache key per stage: its config sections plus the keys of its inputs."""
     full = config_dict(cfg)
     keys: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in sorted((*STAGES, *SCARCE_STAGES), key=lambda s: s == "report"):  # report reads scarce
         sections, deps = GRAPH[stage]
         keys[stage] = config_hash({s: full[s] for s in sections}, stage, [keys[d] for d in deps])
     return keys
@@ -154,9 +170,10 @@ def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
 class Context:
     """What a stage sees: the config, its own directory, and finished stages' outputs."""
 
-    def __init__(self, cfg: PipelineConfig, run: Path, keys: dict[str, str]):
-        self.cfg, self.run, self.keys = cfg, run, keys
+    def __init__(self, cfg: PipelineConfig, run: Path, keys: dict[str, str], tag: str = ""):
+        self.cfg, self.run, self.keys, self.tag = cfg, run, keys, tag
         self.outputs: dict[str, dict[str, Any]] = {}
+        self.fractions: dict[float, Context] = {}  # the scarce experiment: one context per label fraction
 
     def dir(self, stage: str) -> Path:
         return self.run / "stages" / f"{stage}-{self.keys[stage]}"
@@ -203,9 +220,25 @@ def _data_main(ctx: Context, d: Path) -> dict[str, Any]:
     splits = {r.split for r in ds.records}
     if not {"train", "test"} <= splits:
         raise UserError(f"{real}: the pipeline needs train and test splits, found {sorted(splits)}; re-import with test ratio > 0")
-    # Generators learn from train (+val) only: the test split stays unseen by every generator.
-    train = subset_dataset(ds, d / "generator-train", splits=[s for s in ("train", "val") if s in splits])
-    out = {"real": str(real), "generator_train": str(train.root), "landcover_train": str(train.root)}
+    out: dict[str, Any] = {}
+    if c.label_fraction is not None:
+        from terrasynth.data.subset import labelled_subset
+
+        full = ds
+        ds = labelled_subset(full, d / "labelled", c.label_fraction, seed=ctx.cfg.seed)
+        real = ds.root
+        p = ds.info.provenance
+        log.info("data: label_fraction %g keeps %d of %d train sources (%d train tiles); val and test whole",
+                 c.label_fraction, p["labelled_sources"], p["train_sources"], p["labelled_train_tiles"])
+        # Scarce regime: generators learn from the labelled train tiles only (val labels select models).
+        train = subset_dataset(ds, d / "generator-train", splits=["train"])
+        out["real_full"] = str(full.root)
+        if c.unlabelled_images:
+            out["image_train"] = str(subset_dataset(full, d / "image-train", splits=["train"]).root)
+    else:
+        # Generators learn from train (+val) only: the test split stays unseen by every generator.
+        train = subset_dataset(ds, d / "generator-train", splits=[s for s in ("train", "val") if s in splits])
+    out.update({"real": str(real), "generator_train": str(train.root), "landcover_train": str(train.root)})
     if c.landcover_source is not None:
         from terrasynth.data.acquire import acquire
 
@@ -230,7 +263,9 @@ def _spade(ctx: Context, d: Path) -> dict[str, Any]:
 def _controlnet_base(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.train.diffusion import train_controlnet_base
 
-    return {"run": str(train_controlnet_base(ctx.cfg.controlnet_base, Path(ctx.out("data", "generator_train")), d / "run"))}
+    # Images need no labels: with data.unlabelled_images the base learns from every train image.
+    images = ctx.outputs["data"].get("image_train") or ctx.out("data", "generator_train")
+    return {"run": str(train_controlnet_base(ctx.cfg.controlnet_base, Path(images), d / "run"))}
 
 
 def _controlnet(ctx: Context, d: Path) -> dict[str, Any]:
@@ -385,6 +420,7 @@ STAGE_FUNCS: dict[str, Callable[[Context, Path], dict[str, Any]]] = {
     "evaluate": _evaluate,
     "mixing": _mixing,
     "report": _report,
+    "scarce_data": scarce_data,
 }
 
 
@@ -446,9 +482,10 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline into ``run``; returns the state written to ``RUN/pipeline.json``."""
     for name, val in (("--from", from_stage), ("--only", only)):
-        if val is not None and val not in STAGES:
-            raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join(STAGES)}")
+        if val is not None and val not in (*STAGES, *SCARCE_STAGES):
+            raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join((*STAGES, *SCARCE_STAGES))}")
     check_pipeline(cfg)
+    check_scarce(cfg.scarce)
     from terrasynth.accel import dist_state
 
     dist = dist_state()  # under `accelerate launch`: every rank runs this; one writes the state
@@ -459,21 +496,49 @@ def run_pipeline(
         return _run_locked(cfg, run, dist, from_stage, only, progress)
 
 
+def _plan(cfg: PipelineConfig, run: Path) -> tuple[Context, list[tuple[Context, str]]]:
+    """(the run's context, [(context, stage), ...] in order). The scarce-label experiment runs the
+    data and generator stages once per label fraction (each fraction's config differs in
+    ``data.label_fraction``, so its stages get their own keys and folders), then one ``scarce``
+    stage over all of them and the report."""
+    ctx = Context(cfg, run, stage_keys(cfg))
+    if not cfg.scarce.enabled:
+        return ctx, [(ctx, s) for s in STAGES]
+    need = cfg.scarce.generators()
+    plan: list[tuple[Context, str]] = []
+    ctx.fractions = {}
+    for r in sorted(cfg.scarce.fractions):
+        cfg_r = cfg.model_copy(update={"data": cfg.data.model_copy(update={"label_fraction": r})})
+        ctx_r = Context(cfg_r, run, stage_keys(cfg_r), tag=f"r{r:g}")
+        ctx.fractions[r] = ctx_r
+        plan += [(ctx_r, s) for s in ("data", "landcover", "spade", "controlnet_base", "controlnet", "scarce_data")
+                 if s in need | {"data", "scarce_data"}]  # fmt: skip
+    return ctx, [*plan, (ctx, "scarce"), (ctx, "report")]
+
+
+def _scarce(ctx: Context, d: Path) -> dict[str, Any]:
+    return run_scarce(ctx, ctx.fractions, d)
+
+
 def _run_locked(cfg: PipelineConfig, run: Path, dist: Any, from_stage: str | None, only: str | None,
                 progress: bool) -> dict[str, Any]:  # fmt: skip
     from tqdm.auto import tqdm
 
     if dist.is_main_process:
         save_resolved(cfg, run)
-    keys = stage_keys(cfg)
-    ctx = Context(cfg, run, keys)
+    ctx, plan = _plan(cfg, run)
+    names = [s for _, s in plan]
+    for name, val in (("--from", from_stage), ("--only", only)):
+        if val is not None and val not in names:
+            raise UserError(f"{name} {val!r}: not a stage of this run; its stages are {', '.join(dict.fromkeys(names))}")
+    funcs = {**STAGE_FUNCS, "scarce": _scarce}
     state: dict[str, Any] = {"name": cfg.name, "config_hash": config_hash(cfg), "stages": {}}
-    redo = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
-    todo = [only] if only else list(STAGES)
-    bar = tqdm(STAGES, desc="pipeline", unit="stage", disable=not (progress and dist.is_main_process), position=0, leave=True)
+    redo = set(names[names.index(from_stage):]) if from_stage else set()
+    bar = tqdm(total=len(plan), desc="pipeline", unit="stage", disable=not (progress and dist.is_main_process), position=0, leave=True)
     t_run = time.perf_counter()
-    for i, stage in enumerate(STAGES):
-        d = ctx.dir(stage)
+    for i, (c, stage) in enumerate(plan):
+        label = f"{stage}@{c.tag}" if c.tag else stage
+        d = c.dir(stage)
         done = d / DONE
         if stage in redo and done.exists():
             if dist.is_main_process:
@@ -481,35 +546,43 @@ def _run_locked(cfg: PipelineConfig, run: Path, dist: Any, from_stage: str | Non
             dist.wait_for_everyone()
         if done.exists():
             rec = json.loads(done.read_text())
-            ctx.outputs[stage] = rec["outputs"]
-            state["stages"][stage] = {"dir": str(d), "status": "cached", "seconds": rec["seconds"]}
+            c.outputs[stage] = rec["outputs"]
+            state["stages"][label] = {"dir": str(d), "status": "cached", "seconds": rec["seconds"]}
             bar.update(1)
             continue
-        if stage not in todo:
-            if only and STAGES.index(stage) < STAGES.index(only):
-                raise UserError(f"--only {only}: input stage '{stage}' has not finished for this config; run without --only first")
+        if only and stage != only:
+            if names.index(stage) < names.index(only):
+                raise UserError(f"--only {only}: input stage '{label}' has not finished for this config; run without --only first")
             bar.update(1)
             continue
-        bar.set_postfix_str(stage)
-        log.info("[%d/%d] %s: running in %s", i + 1, len(STAGES), stage, d)
+        bar.set_postfix_str(label)
+        log.info("[%d/%d] %s: running in %s", i + 1, len(plan), label, d)
         ensure_dir(d)
         t0 = time.perf_counter()
-        outputs = STAGE_FUNCS[stage](ctx, d)
+        outputs = funcs[stage](c, d)
         secs = time.perf_counter() - t0
-        ctx.outputs[stage] = outputs
-        state["stages"][stage] = {"dir": str(d), "status": "ran", "seconds": secs}
+        c.outputs[stage] = outputs
+        state["stages"][label] = {"dir": str(d), "status": "ran", "seconds": secs}
         if dist.is_main_process:
-            write_json_atomic(done, {"stage": stage, "key": keys[stage], "outputs": outputs, "seconds": secs})
-            write_json_atomic(run / STATE, {**state, "outputs": ctx.outputs})
+            write_json_atomic(done, {"stage": stage, "key": c.keys[stage], "outputs": outputs, "seconds": secs})
+            write_json_atomic(run / STATE, {**state, "outputs": _all_outputs(ctx)})
         dist.wait_for_everyone()
-        log.info("[%d/%d] %s: done in %.1f s", i + 1, len(STAGES), stage, secs)
+        log.info("[%d/%d] %s: done in %.1f s", i + 1, len(plan), label, secs)
         bar.update(1)
     bar.close()
     state["seconds_this_invocation"] = time.perf_counter() - t_run
-    state["outputs"] = ctx.outputs
+    state["outputs"] = _all_outputs(ctx)
     if dist.is_main_process:
         write_json_atomic(run / STATE, state)
     return state
+
+
+def _all_outputs(ctx: Context) -> dict[str, Any]:
+    """The run's stage outputs; in the scarce experiment each fraction's under ``fractions``."""
+    out = dict(ctx.outputs)
+    if ctx.fractions:
+        out["fractions"] = {f"{r:g}": dict(c.outputs) for r, c in ctx.fractions.items()}
+    return out
 
 
 def timing_table(state: dict[str, Any]) -> str:

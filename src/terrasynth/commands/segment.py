@@ -25,7 +25,9 @@ def register(cli: CLI) -> None:
     p.add_argument("--out", type=out_dir, required=True, metavar="RUN", help="run directory")
     p.add_argument("--arch", choices=["unet", "unetplusplus", "deeplabv3plus"])
     p.add_argument("--encoder", metavar="NAME", help="smp encoder (resnet18, mobilenet_v2, ...) or tu-<timm model>")
-    p.add_argument("--encoder-weights", metavar="PATH", help="local state dict for the encoder (default: random init)")
+    p.add_argument("--encoder-weights", metavar="PATH|NAME",
+                   help="local state dict for the encoder, or smp's pretrained name (e.g. imagenet: needs internet or a "
+                        "Hugging Face cache); default: random init")
     p.add_argument("--max-steps", type=int, metavar="N", help="step budget")
     p.add_argument("--max-minutes", type=float, metavar="M", help="wall-time budget (whichever ends first)")
     p.add_argument("--target-minutes", type=float, metavar="M",

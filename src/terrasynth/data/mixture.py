@@ -67,8 +67,8 @@ class MixtureBatchSampler(Sampler[list[Slot]]):
             raise ValueError("sizes and weights must be non-empty and of equal length")
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-        if any(n <= 0 for n in sizes):
-            raise ValueError(f"every dataset needs tiles, got sizes {list(sizes)}")
+        if any(n <= 0 < w for n, w in zip(sizes, weights)):
+            raise ValueError(f"every dataset with a positive weight needs tiles, got sizes {list(sizes)}")
         total = float(sum(weights))
         self.sizes = list(sizes)
         self.weights = [w / total for w in weights]

@@ -51,17 +51,22 @@ def subset_dataset(
     out = Path(out)
     key = config_hash({"src": str(ds.root.resolve()), "cfg": ds.info.provenance.get("config_hash"),
                        "splits": sorted(splits) if splits else None, "fraction": fraction, "seed": seed})  # fmt: skip
-    if (out / META_FILE).exists():
-        existing = Dataset.open(out)
-        if existing.info.provenance.get("subset_key") == key:
-            return existing
-        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
     records = ds.split(*(splits or ()))
     order = sorted(records, key=lambda r: r.id)
     random.Random(seed).shuffle(order)
     keep = sorted(order[: max(1, round(fraction * len(order)))], key=lambda r: r.id)
     if not keep:
         raise UserError(f"{ds.root}: no tiles in split(s) {list(splits or [])} to take a subset from")
+    return _write_subset(ds, out, keep, key, {"subset_fraction": fraction, "subset_splits": list(splits or [])})
+
+
+def _write_subset(ds: Dataset, out: Path, keep: list, key: str, extra_prov: dict) -> Dataset:
+    """Hard-link the tiles of ``keep`` into a new dataset at ``out`` (a no-op when ``out`` holds this subset)."""
+    if (out / META_FILE).exists():
+        existing = Dataset.open(out)
+        if existing.info.provenance.get("subset_key") == key:
+            return existing
+        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
     tmp = out.parent / f".tmp-{out.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -72,9 +77,33 @@ def subset_dataset(
         _link(ds.root / r.label, tmp / r.label)
         if r.image:
             _link(ds.root / r.image, tmp / r.image)
-    prov = {**ds.info.provenance, "subset_of": str(ds.root), "subset_key": key, "subset_fraction": fraction,
-            "subset_splits": list(splits or [])}  # fmt: skip
+    prov = {**ds.info.provenance, "subset_of": str(ds.root), "subset_key": key, **extra_prov}
     return _publish(tmp, out, ds.info, keep, name=out.name, has_images=ds.info.has_images, provenance=prov)
+
+
+def labelled_subset(src: Dataset | str | Path, out: str | Path, fraction: float, *, seed: int = 0) -> Dataset:
+    """The scarce-label regime: ``fraction`` of the train split's SOURCE images (all their tiles), with
+    the val and test splits whole.
+
+    Choosing by source image keeps tiles of one photo together (no near-duplicate tiles of an unseen
+    image leak in), and the choice is nested: for one seed, the sources kept at a smaller fraction
+    are a subset of those kept at a larger one. ``fraction`` 1.0 keeps every tile.
+    """
+    ds = src if isinstance(src, Dataset) else Dataset.open(src)
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"label subset of {ds.root}: fraction {fraction} must be in (0, 1]; e.g. 0.1 for 10% of the labels")
+    train = ds.split("train")
+    if not train:
+        raise UserError(f"{ds.root}: no train tiles to take labelled sources from; re-import with a train ratio > 0")
+    sources = sorted({r.source or r.id for r in train})
+    random.Random(seed).shuffle(sources)
+    keep_sources = set(sources[: max(1, round(fraction * len(sources)))])
+    keep = [r for r in ds.records if r.split != "train" or (r.source or r.id) in keep_sources]
+    key = config_hash({"src": str(ds.root.resolve()), "cfg": ds.info.provenance.get("config_hash"),
+                       "labelled_fraction": fraction, "seed": seed})  # fmt: skip
+    prov = {"label_fraction": fraction, "label_seed": seed, "labelled_sources": len(keep_sources),
+            "train_sources": len(sources), "labelled_train_tiles": sum(r.split == "train" for r in keep)}  # fmt: skip
+    return _write_subset(ds, Path(out), keep, key, prov)
 
 
 def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str | Path, *, name: str | None = None) -> Dataset:

@@ -44,22 +44,42 @@ def build_segmenter(
 
     H and W must be multiples of 32 (16 for DeepLabV3+); :func:`predict` pads for you.
     ``encoder`` is any smp encoder name or ``tu-<timm name>``. ``encoder_weights`` is None
-    (random init: nothing can be downloaded) or the path of a local state dict for the
-    encoder (``.safetensors``, or a ``torch.save`` file).
+    (random init), the path of a local state dict for the encoder (``.safetensors``, or a
+    ``torch.save`` file), or one of smp's names for the encoder (e.g. ``imagenet``), which smp
+    fetches from the Hugging Face Hub (or its local cache: ``HF_HOME``, ``HF_HUB_OFFLINE=1``);
+    offline and uncached that is a one-line error saying how to pass a file instead.
     """
     if arch not in ARCHS:
         raise UserError(f"arch {arch!r} is not known; choose one of {sorted(ARCHS)}")
+    hub = encoder_weights if is_weights_name(encoder_weights) else None
     try:
         # encoder_weights=None (Python None, not a string) keeps smp from downloading.
-        model = ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+        model = ARCHS[arch](encoder_name=encoder, encoder_weights=hub, in_channels=in_channels, classes=num_classes)
     except (KeyError, ValueError, RuntimeError) as exc:
+        if hub is not None and "weights" in str(exc):
+            raise UserError(f"encoder_weights {hub!r}: not a pretrained variant of {encoder} "
+                            f"({str(exc).splitlines()[0][:200]}); or pass a local weights file") from exc  # fmt: skip
         raise UserError(
             f"encoder {encoder!r} cannot be built for {arch} ({str(exc).splitlines()[0][:160]}); "
             "use an smp encoder name (e.g. resnet18, mobilenet_v2) or tu-<timm model name>"
         ) from exc
-    if encoder_weights is not None:
+    except (OSError, ImportError) as exc:  # the Hub cannot be reached and the weights are not cached
+        repo = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {}).get(hub, {}).get("repo_id", "the Hub")
+        raise UserError(
+            f"encoder_weights {hub!r} for {encoder}: cannot be fetched from {repo} ({exc.__class__.__name__}; no internet?); "
+            "download them where there is internet and pass the file (--encoder-weights PATH), or point HF_HOME at a "
+            "cache that holds them"
+        ) from exc
+    if encoder_weights is not None and hub is None:
         load_encoder_weights(model, Path(encoder_weights))
     return model
+
+
+def is_weights_name(w: str | Path | None) -> bool:
+    """True for a pretrained-weights name (``imagenet``, ``ssl``...), False for None or a file path."""
+    if w is None or isinstance(w, Path):
+        return False
+    return not any(c in w for c in "/\\") and not Path(w).suffix and not Path(w).exists()
 
 
 def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:

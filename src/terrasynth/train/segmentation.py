@@ -19,7 +19,8 @@ same weights as an uninterrupted one.
 Validation: the ``val`` split of the FIRST dataset given; if it has none, a held-out part
 of its ``train`` split (``val_fraction`` of its source images when it has at least two
 sources, else of its tiles, chosen with the seed) that is then not trained on. List the
-dataset you want checkpoints selected on first (e.g. the real data in a mixing run).
+dataset you want checkpoints selected on first (e.g. the real data in a mixing run); with
+weight 0 it is used for validation only (a synthetic-only run selected on real val).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class SegmentConfig(TrainBudget):
 
     arch: Arch = "unet"
     encoder: str = "resnet18"
-    encoder_weights: str | None = Field(None, description="local state dict for the encoder; None = random init")
+    encoder_weights: str | None = Field(None, description="local state dict for the encoder, or an smp name such as "
+                                        "'imagenet' (Hub or its cache); None = random init")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -128,9 +130,11 @@ def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
         raise UserError("no training data; pass at least one --data DIR")
     datasets = []
     for path, weight in data:
-        if not (weight > 0 and math.isfinite(weight)):
-            raise UserError(f"--weight {weight} for {path}: mixture weights must be positive numbers")
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise UserError(f"--weight {weight} for {path}: mixture weights must be numbers >= 0")
         datasets.append(Dataset.open(path))
+    if not sum(w for _, w in data) > 0:
+        raise UserError(f"--weight: every mixture weight is 0 ({[w for _, w in data]}); give at least one dataset a positive weight")
     first = datasets[0]
     for ds in datasets[1:]:
         if not same_scheme(first.scheme, ds.scheme):
@@ -283,8 +287,8 @@ def train_segmentation(
     seed_everything(cfg.seed)
     train_recs, val_recs, val_how = validation_split(datasets[0], cfg.val_fraction, cfg.seed)
     parts_recs = [train_recs] + [ds.split("train") for ds in datasets[1:]]
-    for ds, recs in zip(datasets, parts_recs):
-        if not recs:
+    for ds, recs, (_, w) in zip(datasets, parts_recs, data):
+        if not recs and w > 0:
             raise UserError(f"{ds.root}: no train tiles to learn from; check the dataset's splits with 'terrasynth data info'")
     parts = [TileDataset(ds, records=recs) for ds, recs in zip(datasets, parts_recs)]
     val_tiles = TileDataset(datasets[0], records=val_recs) if val_recs else None

@@ -1,0 +1,336 @@
+"""The scarce-label experiment: few labelled images; do synthetic pairs make the segmenter better?
+
+For each label fraction ``r`` the pipeline keeps ``r`` of the real train split's source images
+(``data.label_fraction``; val and test stay whole), retrains every generator on that labelled
+subset only, and then this module:
+
+1. builds each recipe's synthetic training set from the labelled masks (``scarce_data``, one
+   cached pipeline stage per fraction): several images per mask (``variants``), harder masks
+   getting more (``hardness``), new layouts from the land-cover generator (``new_layouts``,
+   optionally steered by ``layout_composition``), and pixels a real-trained segmenter finds
+   implausible set to ignore (``filter``);
+2. trains one segmenter per (fraction, recipe, seed) with a fixed real share per batch
+   (``real_share``; ``proportional`` = shares of tile counts, the old mixing), every run with the
+   same step count (sized once by a speed probe when ``train.target_minutes`` is set), selects
+   checkpoints and the headline recipe on real val, then scores on the whole real test split;
+3. adds ``headline_seeds`` seeds for the real baseline and the recipe best on val at the smallest
+   fraction, and writes ``learning_curve.json`` (read by :mod:`terrasynth.evaluate.stats` and
+   the report).
+
+Seeds vary the segmenter's initialisation, batch order and the synthetic draws; the labelled
+subset is fixed by the pipeline seed (varying it would retrain every generator per seed), so the
+confidence intervals cover training noise, not the choice of labelled images.
+
+Segmenter runs live in ``RUN/stages/scarce-runs/`` under names that hash their config and data:
+adding a recipe or a seed to the config trains only the new runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from terrasynth.config import StrictModel, config_dict, config_hash
+from terrasynth.data.dataset import Dataset
+from terrasynth.errors import UserError
+from terrasynth.io import ensure_dir, write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from terrasynth.pipeline import Context
+
+log = logging.getLogger(__name__)
+
+Arch = Literal["unet", "unetplusplus", "deeplabv3plus"]
+REAL = "real"
+
+
+class FilterRecipe(StrictModel):
+    """FreeMask-style filtering: pixels whose loss under a real-trained segmenter exceeds ``k`` times
+    that class's mean loss on real tiles are ignored; tiles with more than ``drop_tile_above``
+    ignored pixels are dropped (None: keep every tile)."""
+
+    k: float = Field(2.0, gt=0)
+    drop_tile_above: float | None = Field(None, gt=0, le=1)
+
+
+class Recipe(StrictModel):
+    """One way of adding synthetic pairs to the labelled real ones (each switch its own ablation row)."""
+
+    description: str = ""
+    generator: Literal["controlnet", "spade"] = "controlnet"
+    variants: int = Field(1, ge=1, description="synthetic images per labelled mask (distinct seeds)")
+    hardness: bool = Field(False, description="harder masks (real-trained segmenter's loss) get up to `variants` images, the easiest 1")
+    new_layouts: float = Field(0.0, ge=0, description="generated land-cover maps, as a multiple of the labelled train tiles")
+    layout_composition: dict[int, float] | None = Field(None, description="class code -> share asked of the land-cover generator")
+    filter: FilterRecipe | None = None
+    real_share: float | Literal["proportional"] = Field(0.5, description="share of real tiles in every batch")
+    synthetic_only: bool = Field(False, description="no real tiles in training (real val still selects checkpoints)")
+
+    @model_validator(mode="after")
+    def _share(self) -> "Recipe":
+        if isinstance(self.real_share, float) and not 0.0 <= self.real_share < 1.0:
+            raise ValueError(f"real_share {self.real_share} must be in [0, 1): 1 would be the real baseline")
+        return self
+
+    def weights(self, n_real: int, n_syn: int) -> tuple[float, float]:
+        """(real weight, synthetic weight) per batch."""
+        if self.synthetic_only:
+            return 0.0, 1.0
+        if self.real_share == "proportional":
+            return float(n_real), float(n_syn)
+        return float(self.real_share), 1.0 - float(self.real_share)
+
+    def synthesis_key(self) -> dict[str, Any]:
+        """What decides the synthetic images (not how they are mixed or filtered)."""
+        return {k: getattr(self, k) for k in ("generator", "variants", "hardness", "new_layouts", "layout_composition")}
+
+
+def default_recipes() -> dict[str, Recipe]:
+    return {
+        "cn": Recipe(description="ControlNet, one image per labelled mask, real share 0.5"),
+        "cn-x4": Recipe(description="ControlNet, 4 images per labelled mask", variants=4),
+        "cn-x4-filter": Recipe(description="cn-x4 + FreeMask filter (k=2)", variants=4, filter=FilterRecipe()),
+        "cn-x4-hard": Recipe(description="cn-x4, harder masks get more images (1..4)", variants=4, hardness=True),
+        "cn-layouts": Recipe(description="cn + as many new land-cover layouts as labelled tiles", new_layouts=1.0),
+        "cn-proportional": Recipe(description="cn mixed by tile counts instead of a fixed real share", real_share="proportional"),
+        "cn-only": Recipe(description="ControlNet images alone (real val selects checkpoints)", synthetic_only=True),
+    }
+
+
+class ScarceStage(StrictModel):
+    enabled: bool = False
+    fractions: list[float] = [0.1, 1.0]
+    recipes: dict[str, Recipe] = Field(default_factory=default_recipes)
+    seeds: list[int] = [0, 1, 2]
+    headline_seeds: int = Field(5, ge=1, description="seeds for real and the best-on-val recipe at the smallest fraction")
+    arch: Arch = "unet"
+    filter_seed: int = Field(0, description="seed of the real-trained segmenter used for filtering and hardness")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScarceStage":
+        bad = [r for r in self.fractions if not 0.0 < r <= 1.0]
+        if bad:
+            raise ValueError(f"scarce.fractions {bad}: each must be in (0, 1], e.g. [0.1, 1.0]")
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ValueError(f"scarce.fractions {self.fractions} repeats a value")
+        if REAL in self.recipes:
+            raise ValueError(f"scarce.recipes: '{REAL}' is the baseline and is always run; name your recipe otherwise")
+        if not self.seeds:
+            raise ValueError("scarce.seeds is empty; give at least one seed")
+        return self
+
+    def generators(self) -> set[str]:
+        """Pipeline stages the recipes need (besides data)."""
+        need: set[str] = set()
+        for r in self.recipes.values():
+            need |= {"controlnet_base", "controlnet"} if r.generator == "controlnet" else {"spade"}
+            if r.new_layouts > 0:
+                need |= {"landcover", "controlnet_base", "controlnet"}
+        return need
+
+
+# ---- per fraction: the recipes' synthetic training sets ----------------------------------
+
+
+def _needs_real_model(cfg: ScarceStage) -> bool:
+    return any(r.filter is not None or r.hardness for r in cfg.recipes.values())
+
+
+def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
+    """Synthetic training sets of every recipe for this context's label fraction."""
+    from terrasynth.data.subset import merge_datasets
+    from terrasynth.synthesize import synthesize
+
+    sc, seed, bs = ctx.cfg.scarce, ctx.cfg.seed, ctx.cfg.datasets.synth_batch_size
+    real = Dataset.open(ctx.out("data", "real"))
+    n_train = len(real.split("train"))
+    out: dict[str, Any] = {"real": str(real.root), "fraction": ctx.cfg.data.label_fraction, "labelled_train_tiles": n_train,
+                           "recipes": {}}  # fmt: skip
+    real_model = None
+    if _needs_real_model(sc):
+        real_model = train_run(ctx, REAL, None, sc.filter_seed, real, None)
+        out["filter_model"] = str(real_model)
+    # Content-addressed beside the stage folders: another mixing share or filter reuses the images.
+    store = ensure_dir(ctx.run / "stages" / "scarce-synth")
+    for name, rec in sc.recipes.items():
+        gen_run = ctx.out("controlnet" if rec.generator == "controlnet" else "spade", "run")
+        lc_run = ctx.out("landcover", "run") if rec.new_layouts > 0 else None
+        key = config_hash(rec.synthesis_key(), str(real.root.resolve()), gen_run, lc_run, seed,
+                          str(real_model) if rec.hardness else None)[:12]
+        path = store / f"syn-{key}"
+        if not (path / "dataset.json").is_file():
+            variants: Any = rec.variants
+            if rec.hardness and rec.variants > 1:
+                from terrasynth.data.filter import hardness_variants, tile_hardness
+
+                variants = hardness_variants(tile_hardness(real_model, real, split="train"), 1, rec.variants)
+            target = store / f"syn-{key}-masks" if rec.new_layouts > 0 else path
+            syn = synthesize(gen_run, real, target, seed=seed, batch_size=bs, splits=["train"], variants=variants)
+            if rec.new_layouts > 0:
+                from terrasynth.inference.landcover import sample_landcover
+
+                n = max(1, round(rec.new_layouts * n_train))
+                lc = sample_landcover(Path(lc_run), n, store / f"syn-{key}-layouts-lc", seed=seed + 7, split="train",
+                                      composition=rec.layout_composition)  # fmt: skip
+                lay = synthesize(gen_run, lc, store / f"syn-{key}-layouts", seed=seed + 7, batch_size=bs)
+                merge_datasets([("m-", syn), ("g-", lay)], path)
+        if rec.filter is not None:
+            from terrasynth.data.filter import filter_synthetic
+
+            fpath = store / f"filtered-{config_hash(key, config_dict(rec.filter))[:12]}"
+            if not (fpath / "dataset.json").is_file():
+                filter_synthetic(real_model, real, path, fpath, k=rec.filter.k, drop_tile_above=rec.filter.drop_tile_above)
+            path = fpath
+        out["recipes"][name] = str(path)
+    return out
+
+
+# ---- all fractions: the segmenters and the learning curve --------------------------------
+
+
+def _train_cfg(ctx: "Context", seed: int, max_steps: int | None):
+    from terrasynth.train.segmentation import SegmentConfig
+
+    sc = ctx.cfg.scarce
+    base = {**config_dict(ctx.cfg.segment.train), **ctx.cfg.segment.per_arch.get(sc.arch, {}), "arch": sc.arch, "seed": seed}
+    if max_steps is not None:
+        base.update(max_steps=max_steps, target_minutes=None)
+    return SegmentConfig.model_validate(base)
+
+
+def runs_dir(ctx: "Context") -> Path:
+    return ensure_dir(ctx.run / "stages" / "scarce-runs")
+
+
+def experiment_steps(ctx: "Context") -> int | None:
+    """The step count every segmenter of the experiment trains: ``segment.train.max_steps`` without
+    ``target_minutes``; with it, the steps the speed probe of the experiment's first run chose
+    (``scarce-runs/steps.json``). None: the first run has not trained yet."""
+    t = ctx.cfg.segment.train
+    if not t.target_minutes:
+        return t.max_steps
+    f = runs_dir(ctx) / "steps.json"
+    return int(json.loads(f.read_text())["max_steps"]) if f.is_file() else None
+
+
+def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: Dataset, syn: Path | None) -> Path:
+    """Train (or find finished) the segmenter of one (recipe, seed) on this fraction's data.
+
+    Every run trains the same number of steps, so recipes are compared at equal compute and a rerun
+    is deterministic; the first run (real only, smallest fraction) sizes it when the config asks for
+    a wall-time target. Run folders are named by the runner's own fingerprint (config without budget
+    keys, data and weights): a finished run is found again, a new recipe trains only its own runs.
+    """
+    from terrasynth.io import read_json
+    from terrasynth.train.runner import fingerprint
+    from terrasynth.train.segmentation import train_segmentation
+
+    steps = experiment_steps(ctx)
+    cfg = _train_cfg(ctx, seed, steps)
+    if syn is None:
+        parts = [(real.root, 1.0)]
+    else:
+        wr, ws = rec.weights(len(real.split("train")), len(Dataset.open(syn).split("train")))
+        parts = [(real.root, wr), (Path(syn), ws)]
+    h = config_hash(fingerprint(config_dict(cfg), data=[[str(Path(p).resolve()), w] for p, w in parts]))
+    run = runs_dir(ctx) / f"r{ctx.cfg.data.label_fraction:g}-{recipe}-s{seed}-{h[:10]}"
+    log.info("scarce: training %s", run.name)
+    train_segmentation(cfg, parts, run)
+    if steps is None:
+        steps = int(read_json(run / "run.json", "rerun the experiment")["max_steps"])
+        write_json_atomic(runs_dir(ctx) / "steps.json", {"max_steps": steps, "probed_by": run.name,
+                                                         "target_minutes": ctx.cfg.segment.train.target_minutes})  # fmt: skip
+        log.info("scarce: every segmenter trains %d steps (the speed probe of %s chose it)", steps, run.name)
+    return run
+
+
+def _names(real: Dataset) -> dict[str, str]:
+    return {str(c.code): c.name for c in real.scheme.classes}
+
+
+def _point(run: Path, real: Dataset, fraction: float, recipe: str, seed: int, evals: Path) -> dict[str, Any]:
+    from terrasynth.evaluate.segmentation import evaluate_segmentation, write_evaluation
+    from terrasynth.models.segmentation import load_segmenter
+
+    res: dict[str, Any] = {}
+    loaded = None
+    for split in ("val", "test"):
+        f = evals / f"{run.name}.{split}.json"
+        if not f.is_file():
+            loaded = loaded or load_segmenter(run, "best")
+            write_evaluation(evaluate_segmentation(run, real.root, split=split, loaded=loaded), f)
+        res[split] = json.loads(f.read_text())
+    names = _names(real)
+    return {
+        "fraction": fraction, "recipe": recipe, "seed": seed, "run": str(run),
+        "val": {k: res["val"][k] for k in ("micro_iou", "macro_miou")},
+        "test": {**{k: res["test"][k] for k in ("micro_iou", "macro_miou")},
+                 "per_class_iou": {names[c]: v for c, v in res["test"]["per_class_iou"].items()}},
+    }  # fmt: skip
+
+
+def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) -> dict[str, Any]:
+    """Every (fraction, recipe, seed) segmenter, then ``learning_curve.json``."""
+    from terrasynth.evaluate.stats import best_recipe
+
+    sc = ctx.cfg.scarce
+    evals = ensure_dir(d / "evals")
+    fractions = sorted(sc.fractions)
+    points: list[dict[str, Any]] = []
+
+    def one(r: float, recipe: str, seed: int) -> None:
+        fctx = per_fraction[r]
+        data = fctx.outputs["scarce_data"]
+        real = Dataset.open(data["real"])
+        rec = sc.recipes.get(recipe)
+        run = train_run(fctx, recipe, rec, seed, real, Path(data["recipes"][recipe]) if rec is not None else None)
+        points.append(_point(run, real, r, recipe, seed, evals))
+
+    # the probe run first (real only, smallest fraction), so every other run gets its step count
+    order = [(r, name, s) for r in fractions for s in sc.seeds for name in [REAL, *sc.recipes]]
+    for r, name, s in order:
+        one(r, name, s)
+    doc = _doc(ctx, points)
+    r0 = fractions[0]
+    extra = list(range(max(sc.seeds) + 1, max(sc.seeds) + 1 + max(0, sc.headline_seeds - len(sc.seeds))))
+    head = best_recipe(doc, r0) if sc.recipes else None
+    if head is not None and extra:
+        log.info("scarce: best recipe on val at r=%g is %s; %d more seeds for it and the real baseline", r0, head, len(extra))
+        for s in extra:
+            one(r0, REAL, s)
+            one(r0, head, s)
+    doc = _doc(ctx, points, headline=head)
+    write_json_atomic(d / "learning_curve.json", doc)
+    return {"learning_curve": str(d / "learning_curve.json"), "points": len(points)}
+
+
+def _doc(ctx: "Context", points: list[dict[str, Any]], headline: str | None = None) -> dict[str, Any]:
+    sc, t = ctx.cfg.scarce, ctx.cfg.segment.train
+    arch_over = ctx.cfg.segment.per_arch.get(sc.arch, {})
+    return {
+        "dataset": ctx.cfg.name,
+        "arch": sc.arch,
+        "encoder": arch_over.get("encoder", t.encoder),
+        "encoder_weights": arch_over.get("encoder_weights", t.encoder_weights),
+        "selection_split": "val",
+        "metric_split": "test",
+        "headline_recipe": headline,
+        "label_seed": ctx.cfg.seed,
+        "recipes": {REAL: "real tiles only (the baseline)", **{k: v.description or k for k, v in sc.recipes.items()}},
+        "recipe_configs": {k: config_dict(v) for k, v in sc.recipes.items()},
+        "points": points,
+    }
+
+
+def check_scarce(sc: ScarceStage) -> None:
+    """Errors a user can fix before hours of training."""
+    if not sc.enabled:
+        return
+    for name, rec in sc.recipes.items():
+        if rec.layout_composition and rec.new_layouts <= 0:
+            raise UserError(f"scarce.recipes.{name}: layout_composition is set but new_layouts is 0; set new_layouts > 0 "
+                            "or drop layout_composition")  # fmt: skip
