@@ -504,10 +504,9 @@ def _plan(cfg: PipelineConfig, run: Path) -> tuple[Context, list[tuple[Context, 
     ctx = Context(cfg, run, stage_keys(cfg))
     if not cfg.scarce.enabled:
         return ctx, [(ctx, s) for s in STAGES]
-    need = cfg.scarce.generators()
     plan: list[tuple[Context, str]] = []
-    ctx.fractions = {}
     for r in sorted(cfg.scarce.fractions):
+        need = cfg.scarce.generators(r)
         cfg_r = cfg.model_copy(update={"data": cfg.data.model_copy(update={"label_fraction": r})})
         ctx_r = Context(cfg_r, run, stage_keys(cfg_r), tag=f"r{r:g}")
         ctx.fractions[r] = ctx_r

@@ -107,6 +107,10 @@ class ScarceStage(StrictModel):
     recipes: dict[str, Recipe] = Field(default_factory=default_recipes)
     seeds: list[int] = [0, 1, 2]
     headline_seeds: int = Field(5, ge=1, description="seeds for real and the best-on-val recipe at the smallest fraction")
+    # The ablations run at the smallest fraction; the larger ones run these recipes (None: all).
+    # Fix them before looking at results (e.g. from the literature), or rerun once the smallest
+    # fraction's val has chosen: finished runs are reused.
+    larger_fraction_recipes: list[str] | None = None
     arch: Arch = "unet"
     filter_seed: int = Field(0, description="seed of the real-trained segmenter used for filtering and hardness")
 
@@ -121,12 +125,20 @@ class ScarceStage(StrictModel):
             raise ValueError(f"scarce.recipes: '{REAL}' is the baseline and is always run; name your recipe otherwise")
         if not self.seeds:
             raise ValueError("scarce.seeds is empty; give at least one seed")
+        unknown = sorted(set(self.larger_fraction_recipes or []) - set(self.recipes))
+        if unknown:
+            raise ValueError(f"scarce.larger_fraction_recipes {unknown} are not in scarce.recipes {sorted(self.recipes)}")
         return self
 
-    def generators(self) -> set[str]:
-        """Pipeline stages the recipes need (besides data)."""
+    def recipes_at(self, fraction: float) -> dict[str, Recipe]:
+        if fraction == min(self.fractions) or self.larger_fraction_recipes is None:
+            return dict(self.recipes)
+        return {k: self.recipes[k] for k in self.larger_fraction_recipes}
+
+    def generators(self, fraction: float) -> set[str]:
+        """Pipeline stages the recipes at ``fraction`` need (besides data)."""
         need: set[str] = set()
-        for r in self.recipes.values():
+        for r in self.recipes_at(fraction).values():
             need |= {"controlnet_base", "controlnet"} if r.generator == "controlnet" else {"spade"}
             if r.new_layouts > 0:
                 need |= {"landcover", "controlnet_base", "controlnet"}
@@ -136,8 +148,8 @@ class ScarceStage(StrictModel):
 # ---- per fraction: the recipes' synthetic training sets ----------------------------------
 
 
-def _needs_real_model(cfg: ScarceStage) -> bool:
-    return any(r.filter is not None or r.hardness for r in cfg.recipes.values())
+def _needs_real_model(recipes: dict[str, Recipe]) -> bool:
+    return any(r.filter is not None or r.hardness for r in recipes.values())
 
 
 def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
@@ -151,12 +163,12 @@ def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"real": str(real.root), "fraction": ctx.cfg.data.label_fraction, "labelled_train_tiles": n_train,
                            "recipes": {}}  # fmt: skip
     real_model = None
-    if _needs_real_model(sc):
+    if _needs_real_model(sc.recipes_at(ctx.cfg.data.label_fraction)):
         real_model = train_run(ctx, REAL, None, sc.filter_seed, real, None)
         out["filter_model"] = str(real_model)
     # Content-addressed beside the stage folders: another mixing share or filter reuses the images.
     store = ensure_dir(ctx.run / "stages" / "scarce-synth")
-    for name, rec in sc.recipes.items():
+    for name, rec in sc.recipes_at(ctx.cfg.data.label_fraction).items():
         gen_run = ctx.out("controlnet" if rec.generator == "controlnet" else "spade", "run")
         lc_run = ctx.out("landcover", "run") if rec.new_layouts > 0 else None
         key = config_hash(rec.synthesis_key(), str(real.root.resolve()), gen_run, lc_run, seed,
@@ -282,6 +294,8 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
     fractions = sorted(sc.fractions)
     points: list[dict[str, Any]] = []
 
+    head: str | None = None
+
     def one(r: float, recipe: str, seed: int) -> None:
         fctx = per_fraction[r]
         data = fctx.outputs["scarce_data"]
@@ -289,20 +303,26 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
         rec = sc.recipes.get(recipe)
         run = train_run(fctx, recipe, rec, seed, real, Path(data["recipes"][recipe]) if rec is not None else None)
         points.append(_point(run, real, r, recipe, seed, evals))
+        # what has finished so far, readable while the experiment runs (and after an interruption)
+        write_json_atomic(d / "learning_curve.partial.json", _doc(ctx, points, headline=head))
 
-    # the probe run first (real only, smallest fraction), so every other run gets its step count
-    order = [(r, name, s) for r in fractions for s in sc.seeds for name in [REAL, *sc.recipes]]
-    for r, name, s in order:
-        one(r, name, s)
-    doc = _doc(ctx, points)
+    # The smallest fraction first, its headline seeds included; its first run (real only) is the
+    # speed probe that sizes every run's steps.
     r0 = fractions[0]
+    for s in sc.seeds:
+        for name in [REAL, *sc.recipes_at(r0)]:
+            one(r0, name, s)
     extra = list(range(max(sc.seeds) + 1, max(sc.seeds) + 1 + max(0, sc.headline_seeds - len(sc.seeds))))
-    head = best_recipe(doc, r0) if sc.recipes else None
+    head = best_recipe(_doc(ctx, points), r0) if sc.recipes else None
     if head is not None and extra:
         log.info("scarce: best recipe on val at r=%g is %s; %d more seeds for it and the real baseline", r0, head, len(extra))
         for s in extra:
             one(r0, REAL, s)
             one(r0, head, s)
+    for r in fractions[1:]:
+        for s in sc.seeds:
+            for name in [REAL, *sc.recipes_at(r)]:
+                one(r, name, s)
     doc = _doc(ctx, points, headline=head)
     write_json_atomic(d / "learning_curve.json", doc)
     return {"learning_curve": str(d / "learning_curve.json"), "points": len(points)}
