@@ -171,7 +171,7 @@ def _per_class_gain(pts: list[dict[str, Any]], base: list[dict[str, Any]], level
     for c in classes:
         ok = [s for s in seeds if _finite(a[s].get(c)) and _finite(b[s].get(c))]
         if not ok:
-            notes.append(f"{c}: no finite IoU in any paired run (absent from the test split?): skipped")
+            notes.append(f"{c}: IoU missing/NaN in every paired run (absent from the test split?): class skipped")
             continue
         if len(ok) < len(seeds):
             notes.append(f"{c}: IoU missing/NaN in {len(seeds) - len(ok)} of {len(seeds)} seeds: those seeds skipped")
@@ -335,16 +335,25 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def per_class_table(summary: Mapping[str, Any], fraction: float, recipe: str) -> tuple[str, list[str]]:
-    """Markdown table of the per-class test IoU gain of ``recipe`` over real at ``fraction``, and the
-    notes on classes or seeds skipped for missing IoU."""
-    c = cell(summary, fraction, recipe)
-    if c is None or not c["per_class_gain"]:
-        return "", (c or {}).get("per_class_notes", [])
-    rows = ["| class | gain in test IoU [" + f"{100 * summary['level']:g}" + "% CI] | seeds |", "|---|---|---|"]
-    for name, d in c["per_class_gain"].items():
-        rows.append(f"| {name} | {_diff(d)} | {d['n']} |")
-    return "\n".join(rows), c["per_class_notes"]
+def per_class_table(summary: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """Markdown table of the paired per-class test IoU gain over real of each fraction's headline
+    recipe (rows: classes, columns: fractions), and notes on the classes or seeds skipped because
+    their IoU is missing or NaN (a class absent from the test split)."""
+    cols, notes = [], []
+    for h in summary["headline"]:
+        c = cell(summary, h["fraction"], h["recipe"]) if h["recipe"] else None
+        if c is None or c["vs_real"] is None:
+            continue
+        cols.append((f"{_pct(c['fraction'])}: real + {c['recipe']}", c["per_class_gain"]))
+        notes += [f"{_pct(c['fraction'])}, {c['recipe']}: {n}" for n in c["per_class_notes"]]
+    classes = list(dict.fromkeys(k for _, g in cols for k in g))
+    if not classes:
+        return "", notes
+    lvl = f"{100 * summary['level']:g}%"
+    rows = ["| class | " + " | ".join(f"{name} [{lvl} CI]" for name, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k in classes:
+        rows.append(f"| {k} | " + " | ".join(_diff(g.get(k)) if k in g else "skipped" for _, g in cols) + " |")
+    return "\n".join(rows), notes
 
 
 # ---- plot -----------------------------------------------------------------------------------
