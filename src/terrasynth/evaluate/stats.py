@@ -160,7 +160,9 @@ def _ci(values: list[float], level: float) -> dict[str, float]:
     return {"mean": mean, "lo": lo, "hi": hi}
 
 
-def _per_class_gain(pts: list[dict[str, Any]], base: list[dict[str, Any]], level: float) -> tuple[dict[str, Any], list[str]]:
+def _per_class_gain(
+    pts: list[dict[str, Any]], base: list[dict[str, Any]], level: float
+) -> tuple[dict[str, Any], list[str]]:
     """Paired per-class IoU gain over the seeds where both runs have a finite IoU for the class."""
     a = {p["seed"]: p["test"].get("per_class_iou", {}) for p in pts}
     b = {p["seed"]: p["test"].get("per_class_iou", {}) for p in base}
@@ -210,7 +212,9 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
                     notes.append(f"fraction {f:g}, {r}: no {BASELINE!r} run with the same seed: no paired comparison")
                 else:
                     if len(common) < len(pts) or len(common) < len(base):
-                        notes.append(f"fraction {f:g}, {r}: compared on the {len(common)} seed(s) both ran: {sorted(common)}")
+                        notes.append(
+                            f"fraction {f:g}, {r}: compared on the {len(common)} seed(s) both ran: {sorted(common)}"
+                        )
                     c["vs_real"] = {m: paired_difference(_by_seed(pts, "test", m), _by_seed(base, "test", m), level)
                                     for m in ("macro_miou", "micro_iou")}  # fmt: skip
                     c["per_class_gain"], c["per_class_notes"] = _per_class_gain(pts, base, level)
@@ -271,9 +275,13 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05) -> list[str]:
         else:
             ci = f"({lvl} {d['lo']:+.3f} to {d['hi']:+.3f}, {d['n']} seeds, {_p(d['p_value'])}, better in {d['wins']} of {d['n']})"
             if d["lo"] > 0:
-                lines.append(f"{at}, {who} beats real alone by {d['mean']:+.3f} macro mIoU {ci}: synthetic data helped.")
+                lines.append(
+                    f"{at}, {who} beats real alone by {d['mean']:+.3f} macro mIoU {ci}: synthetic data helped."
+                )
             elif d["hi"] < 0:
-                lines.append(f"{at}, {who} is worse than real alone by {d['mean']:+.3f} macro mIoU {ci}: synthetic data hurt.")
+                lines.append(
+                    f"{at}, {who} is worse than real alone by {d['mean']:+.3f} macro mIoU {ci}: synthetic data hurt."
+                )
             else:
                 lines.append(f"{at}, {who} changes macro mIoU by {d['mean']:+.3f} {ci}: "
                              "synthetic data did NOT measurably help (CI includes 0).")  # fmt: skip
@@ -382,7 +390,9 @@ def learning_curve_plot(doc: Mapping[str, Any], summary: Mapping[str, Any] | Non
         if ok.sum() >= 2:
             ax.fill_between(xs[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.18, linewidth=0)
         elif ok.any():  # a band needs two x values; one point gets an error bar
-            ax.errorbar(xs[ok], m[ok], yerr=[m[ok] - lo[ok], hi[ok] - m[ok]], fmt="none", ecolor=line.get_color(), capsize=4)
+            ax.errorbar(
+                xs[ok], m[ok], yerr=[m[ok] - lo[ok], hi[ok] - m[ok]], fmt="none", ecolor=line.get_color(), capsize=4
+            )
     if len(s["fractions"]) > 2:
         ax.set_xscale("log")
     ax.set_xticks(s["fractions"], [_pct(f) for f in s["fractions"]])
