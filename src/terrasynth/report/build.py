@@ -93,7 +93,7 @@ def scarce_section(doc: dict[str, Any], target: float = 0.05) -> list[tuple[str,
     from terrasynth.evaluate.stats import learning_curve_plot, learning_curve_summary, per_class_table, summary_table, verdict
 
     summary = learning_curve_summary(doc)
-    setup = ", ".join(f"{k} {doc[k]}" for k in ("dataset", "arch", "encoder", "encoder_weights") if k in doc)
+    setup = ", ".join(f"{k} {'none' if doc[k] is None else doc[k]}" for k in ("dataset", "arch", "encoder", "encoder_weights") if k in doc)
     blocks: list[tuple[str, Any]] = [
         ("text", f"Segmenters trained on a fraction of the real training labels, alone or with synthetic tiles ({setup}); "
                  f"recipes are chosen on {doc.get('selection_split', 'val')} and measured on {doc.get('metric_split', 'test')}."),
