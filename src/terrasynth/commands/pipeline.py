@@ -24,9 +24,15 @@ def register(cli: CLI) -> None:
     add_config_args(p)
     p.set_defaults(func=cmd_demo, config=None)
 
-    p = cli.command("report", help="(re)build the HTML + markdown report of a pipeline run")
-    p.add_argument("run", metavar="RUN")
+    p = cli.command("report", help="(re)build the HTML + markdown report of a pipeline run; "
+                    "'report learning-curve FILE' prints the scarce-label table and verdict of a learning_curve.json")  # fmt: skip
+    # `report RUN` predates the learning-curve form; argparse cannot put sub-commands beside a positional,
+    # so the literal word 'learning-curve' followed by a FILE selects it.
+    p.add_argument("run", metavar="RUN", help="a pipeline run directory, or the word 'learning-curve'")
+    p.add_argument("file", nargs="?", metavar="FILE", help="with 'learning-curve': the learning_curve.json to summarise")
     p.add_argument("--out", type=out_dir, metavar="DIR", help="default: RUN/report")
+    p.add_argument("--target", type=float, default=0.05, metavar="GAIN",
+                   help="learning-curve: target gain in test macro mIoU at the smallest fraction (default 0.05)")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
 
@@ -76,8 +82,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from terrasynth.errors import UserError
+
+    if args.run == LEARNING_CURVE and args.file is not None:
+        if args.out is not None:
+            raise UserError("report learning-curve only prints; drop --out (the run's report holds the plot)")
+        return cmd_learning_curve(args.file, args.target)
+    if args.run == LEARNING_CURVE and not Path(args.run).is_dir():
+        raise UserError("report learning-curve: missing FILE; e.g. terrasynth report learning-curve RUN/stages/scarce-*/learning_curve.json")
+    if args.file is not None:
+        raise UserError(f"report {args.run} {args.file}: one RUN only; for a learning curve use 'terrasynth report learning-curve FILE'")
     from terrasynth.report.build import build_report
 
     html, md = build_report(args.run, args.out)
     print(f"report: {html}\nmarkdown: {md}")
+    return 0
+
+
+LEARNING_CURVE = "learning-curve"
+
+
+def cmd_learning_curve(path: str, target: float) -> int:
+    """Recompute the scarce-label statistics from a ``learning_curve.json``; prints, writes nothing."""
+    from terrasynth.evaluate.stats import learning_curve_summary, load_learning_curve, per_class_table, summary_table, verdict
+
+    summary = learning_curve_summary(load_learning_curve(path))
+    print(summary_table(summary))
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    table, skipped = per_class_table(summary)
+    if table:
+        print("\nPer-class gain in test IoU of the headline recipe over real alone:")
+        print(table)
+    for note in skipped:
+        print(f"note: {note}")
+    print()
+    print("\n".join(verdict(summary, target)))
     return 0

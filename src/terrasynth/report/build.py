@@ -1,7 +1,7 @@
 """The experiment report: one self-contained HTML page (images embedded) plus markdown.
 
 Sections: cross-test matrix (heatmap + tables + synthetic/real transfer ratios), mixing
-curves, sample grids (real LC | real image | SPADE | ControlNet | generated LC |
+curves, the scarce-label learning curve (seed intervals, paired gains, verdict), sample grids (real LC | real image | SPADE | ControlNet | generated LC |
 ControlNet on generated LC), realism of generated land cover, timings, config, versions.
 """
 
@@ -20,10 +20,11 @@ import numpy as np
 from terrasynth.data.dataset import Dataset
 from terrasynth.data.preview import grid
 from terrasynth.errors import UserError
+from terrasynth.evaluate.stats import load_learning_curve
 from terrasynth.experiments.matrix import ARCH_LABELS, DATASET_LABELS, Matrix
 from terrasynth.io import ensure_dir, write_bytes_atomic, write_text_atomic
 
-SECTIONS = ("matrix", "mixing", "samples", "realism", "timings", "config", "versions")
+SECTIONS = ("matrix", "mixing", "scarce", "samples", "realism", "timings", "config", "versions")
 VERSIONED = ("terrasynth", "torch", "diffusers", "segmentation-models-pytorch", "timm", "torchmetrics", "accelerate",
              "rasterio", "numpy")  # fmt: skip
 
@@ -85,6 +86,36 @@ def mixing_plot(points: list[dict[str, Any]], metric: str = "micro_iou") -> byte
     ax.legend(fontsize=8)
     ax.set_title("Mixing real and synthetic training data")
     return _png(fig)
+
+
+def scarce_section(doc: dict[str, Any], target: float = 0.05) -> list[tuple[str, Any]]:
+    """The scarce-label section as ``("text", markdown)`` and ``("image", png)`` blocks, in order."""
+    from terrasynth.evaluate.stats import learning_curve_plot, learning_curve_summary, per_class_table, summary_table, verdict
+
+    summary = learning_curve_summary(doc)
+    setup = ", ".join(f"{k} {'none' if doc[k] is None else doc[k]}" for k in ("dataset", "arch", "encoder", "encoder_weights") if k in doc)
+    blocks: list[tuple[str, Any]] = [
+        ("text", f"Segmenters trained on a fraction of the real training labels, alone or with synthetic tiles ({setup}); "
+                 f"recipes are chosen on {doc.get('selection_split', 'val')} and measured on {doc.get('metric_split', 'test')}."),
+        ("text", "Recipes: " + "; ".join(f"{k} = {v}" for k, v in doc["recipes"].items()) + "."),
+    ]  # fmt: skip
+    if not summary["cells"]:
+        return blocks + [("text", "learning_curve.json has no points yet.")]
+    blocks += [
+        ("image", learning_curve_plot(doc, summary)),
+        ("text", "Bands: each recipe's own 95% t interval over seeds. Gains below are paired by seed (same real subset "
+                 "and initialisation), so they are tighter than the bands' overlap suggests."),
+        ("text", "Verdict"),
+        *[("text", line) for line in verdict(summary, target)],
+        ("text", "Per fraction and recipe (* = headline recipe, chosen on validation)"),
+        ("text", summary_table(summary)),
+    ]  # fmt: skip
+    blocks += [("text", f"Note: {n}.") for n in summary["notes"]]
+    table, notes = per_class_table(summary)
+    if table:
+        blocks += [("text", "Per-class gain in test IoU of the headline recipe over real alone"), ("text", table)]
+    blocks += [("text", f"Note: {n}.") for n in notes]
+    return blocks
 
 
 def sample_grid(outputs: dict[str, Any], rows: int) -> np.ndarray | None:
@@ -168,7 +199,8 @@ def _html_table_from_md(md: str) -> str:
 
 
 def build_report(
-    run: str | Path, out: str | Path | None = None, *, sample_rows: int = 6, realism_samples: int = 200
+    run: str | Path, out: str | Path | None = None, *, sample_rows: int = 6, realism_samples: int = 200,
+    scarce_target: float = 0.05,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ PNGs) for a pipeline run."""
     run = Path(run)
@@ -233,6 +265,20 @@ def build_report(
                            for p in points], ("training data", "micro IoU / macro mIoU on real test")))  # fmt: skip
     else:
         text_md("The mixing sweep is disabled or has not run.")
+    end()
+    # -- scarce labels
+    section("scarce", "Scarce labels: does synthetic data help?")
+    lc_path = outputs.get("scarce", {}).get("learning_curve")
+    if not lc_path:
+        text_md("The scarce-label experiment is disabled or has not run.")
+    elif not Path(lc_path).is_file():
+        text_md(f"The scarce stage lists {lc_path}, which is missing; rerun with --from scarce.")
+    else:
+        for kind, content in scarce_section(load_learning_curve(lc_path), scarce_target):
+            if kind == "image":
+                image("learning_curve.png", content, "learning curve: test macro mIoU against label fraction")
+            else:
+                text_md(content)
     end()
     # -- samples
     section("samples", "Samples")
