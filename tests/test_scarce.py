@@ -97,7 +97,7 @@ def test_scarce_twin_learning_curve_and_saved_models(tmp_path):
     state = json.loads((out / "pipeline.json").read_text())
     lc = json.loads(Path(state["outputs"]["scarce"]["learning_curve"]).read_text())
     got = {(p["fraction"], p["recipe"], p["seed"]) for p in lc["points"]}
-    head = lc["headline_recipe"]
+    head = lc["extra_seeds_for"]
     assert head in {"cn", "cnx2", "only"}
     want = {(0.5, r, 0) for r in ("real", "cn", "cnx2", "only")} | {(0.5, r, 1) for r in ("real", head)}
     want |= {(1.0, r, 0) for r in ("real", "cn", "only")}
