@@ -34,9 +34,9 @@ class CLI:
             self._groups[name] = p.add_subparsers(title="commands", dest="subcommand", metavar="COMMAND")
         return self._groups[name]
 
-    def command(self, name: str, help: str) -> argparse.ArgumentParser:
-        """A top-level command ``terrasynth NAME``."""
-        return self.root.add_parser(name, help=help, description=help)
+    def command(self, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        """A top-level command ``terrasynth NAME`` (``description``, for ``--help``, defaults to ``help``)."""
+        return self.root.add_parser(name, help=help, description=description or help)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,8 @@ def out_file(text: str) -> Path:
 # Arguments that name what a command reads (``--config`` files are read before anything is written
 # and may live in the run they configure, so they are not listed).
 INPUT_ARGS = ("images", "masks", "data", "labels", "generator", "model", "base", "init_from", "real", "samples",
-              "landcover", "imagery", "catalog", "area_file", "encoder_weights", "run")  # fmt: skip
+              "landcover", "imagery", "catalog", "area_file", "encoder_weights", "run", "segmenter", "synthetic",
+              "hardness")  # fmt: skip
 
 
 def _fixed_prefix(text: str) -> Path:

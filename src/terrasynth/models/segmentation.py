@@ -164,7 +164,13 @@ def pad_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tup
 
 
 @torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) float in [0, 1] -> logits (B, K, H, W) (padded for the encoder, then cropped)."""
+    x, (h, w) = pad_multiple(images)
+    return model(x)[..., :h, :w]
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Images (B, 3, H, W) float in [0, 1] -> training indices (B, H, W) int64 (argmax)."""
-    x, (h, w) = pad_multiple(images)
-    return model(x)[..., :h, :w].argmax(1)
+    return predict_logits(model, images).argmax(1)

@@ -90,7 +90,13 @@ class SegmentConfig(TrainBudget):
 
 
 def same_scheme(a: ClassScheme, b: ClassScheme) -> bool:
-    return a.codes == b.codes and a.nodata == b.nodata
+    """Whether datasets in schemes ``a`` and ``b`` can be mixed: the same class codes in the same order.
+
+    Their nodata codes may differ: each TileDataset maps its own scheme's nodata to the ignore index
+    before mixing, so only the class -> training index map must agree (a filtered synthetic dataset
+    adds nodata 255 to a scheme that had none; see terrasynth.synthesize_filter).
+    """
+    return a.codes == b.codes
 
 
 def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[list[TileRecord], list[TileRecord], str]:
