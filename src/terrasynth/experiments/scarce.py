@@ -177,7 +177,7 @@ def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
         if not (path / "dataset.json").is_file():
             variants: Any = rec.variants
             if rec.hardness and rec.variants > 1:
-                from terrasynth.data.filter import hardness_variants, tile_hardness
+                from terrasynth.synthesize_filter import hardness_variants, tile_hardness
 
                 variants = hardness_variants(tile_hardness(real_model, real, split="train"), 1, rec.variants)
             target = store / f"syn-{key}-masks" if rec.new_layouts > 0 else path
@@ -191,7 +191,7 @@ def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
                 lay = synthesize(gen_run, lc, store / f"syn-{key}-layouts", seed=seed + 7, batch_size=bs)
                 merge_datasets([("m-", syn), ("g-", lay)], path)
         if rec.filter is not None:
-            from terrasynth.data.filter import filter_synthetic
+            from terrasynth.synthesize_filter import filter_synthetic
 
             fpath = store / f"filtered-{config_hash(key, config_dict(rec.filter))[:12]}"
             if not (fpath / "dataset.json").is_file():
