@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import rasterio
+import yaml
 
 from conftest import ROOT, make_dataset, run_cli
 from pipeline_twins import twin_sets
@@ -47,72 +48,97 @@ def test_fixed_real_share_holds_in_every_batch(share, batch):
         assert sum(1 for i, _, _ in b if i == 0) == round(share * batch)
 
 
-def _scarce_sets(data: Path, **extra: str) -> list[str]:
-    return twin_sets(**{
-        "data.source": "dataset", "data.path": str(data), "data.pairs": "null",
-        "segment.train.target_minutes": "null", "segment.train.max_steps": "2",
-        "scarce.seeds": "[0]", "scarce.headline_seeds": "2",
-        **extra,
-    })  # fmt: skip
+def _preset(tmp_path: Path, data: Path, **scarce) -> Path:
+    """The shipped preset with the tiny dataset and the given ``scarce`` keys replaced (not merged)."""
+    cfg = yaml.safe_load(SCARCE.read_text())
+    cfg["data"] = {"source": "dataset", "path": str(data)}
+    cfg["scarce"].update(seeds=[0], headline_seeds=2, **scarce)
+    path = tmp_path / "scarce-twin.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
-def test_every_learner_reads_only_labelled_train_tiles(tmp_path, monkeypatch):
-    """With data.label_fraction = 0.5, no stage (land-cover generator, SPADE, ControlNet base and
-    ControlNet, filter model, segmenters) opens a train tile of an unlabelled source image."""
-    data = _tiny(tmp_path)
-    real = Dataset.open(data)
-    opened: list[str] = []
+SETS = twin_sets(**{"segment.train.target_minutes": "null", "segment.train.max_steps": "2"})
+
+
+@pytest.fixture(scope="module")
+def scarce_run(tmp_path_factory):
+    """The preset's tiny twin at label fractions 0.5 and 1.0, every rasterio read recorded."""
+    tmp = tmp_path_factory.mktemp("scarce")
+    data = _tiny(tmp)
+    recipes = {
+        # SPADE images, 2 per mask with harder masks getting more, filtered, plus new layouts from
+        # the land-cover generator: every learner of the experiment in one recipe
+        "sp": {"generator": "spade", "variants": 2, "hardness": True, "filter": {"k": 2.0}, "new_layouts": 0.5},
+        "cn": {"description": "ControlNet, one image per mask"},
+        "only": {"synthetic_only": True},
+    }
+    cfg = _preset(tmp, data, fractions=[0.5, 1.0], recipes=recipes, larger_fraction_recipes=["only"])
+    opened: list[Path] = []
     real_open = rasterio.open
 
     def spy(fp, mode="r", *a, **k):
         if mode == "r":
-            opened.append(Path(str(fp)).stem)
+            opened.append(Path(str(fp)))
         return real_open(fp, mode, *a, **k)
 
-    monkeypatch.setattr(rasterio, "open", spy)
-    recipes = ('{sp: {generator: spade, variants: 2, hardness: true, filter: {k: 2.0}},'
-               ' lay: {new_layouts: 0.5}}')  # fmt: skip
-    out = tmp_path / "run"
-    assert run_cli("-q", "run", SCARCE, "--out", out, *_scarce_sets(data, **{
-        "scarce.fractions": "[0.5]", "scarce.recipes": recipes, "scarce.larger_fraction_recipes": "null"})) == 0  # fmt: skip
-    state = json.loads((out / "pipeline.json").read_text())
-    ran = {k.split("@")[0] for k in state["stages"]}
-    assert {"data", "landcover", "spade", "controlnet_base", "controlnet", "scarce_data", "scarce", "report"} <= ran
-    labelled = Dataset.open(state["outputs"]["fractions"]["0.5"]["data"]["real"])
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(rasterio, "open", spy)
+        assert run_cli("-q", "run", cfg, "--out", tmp / "run", *SETS) == 0
+    return tmp / "run", cfg, data, opened
+
+
+def _state(run: Path) -> dict:
+    return json.loads((run / "pipeline.json").read_text())
+
+
+def test_every_learner_reads_only_labelled_train_tiles(scarce_run):
+    """With data.label_fraction = 0.5, no stage of that fraction (land-cover generator, SPADE,
+    ControlNet base and ControlNet, filter model, segmenters, evaluation) opens a train tile of an
+    unlabelled source image: not the imported dataset's, nor a synthetic one painted from it."""
+    run, _, data, opened = scarce_run
+    state = _state(run)
+    ran = {k for k in state["stages"]}
+    for stage in ("data", "landcover", "spade", "controlnet_base", "controlnet", "scarce_data"):
+        assert f"{stage}@r0.5" in ran
+    f05 = state["outputs"]["fractions"]["0.5"]
+    labelled = Dataset.open(f05["data"]["real"])
+    real = Dataset.open(data)
     keep = {r.id for r in labelled.split("train")}
     unlabelled = {r.id for r in real.split("train")} - keep
     assert len(keep) == 12 and len(unlabelled) == 12
-    stems = {s.removeprefix("m-").removeprefix("g-").split("-v")[0] for s in opened}
-    assert keep & stems, "the spy saw no reads of labelled tiles: it does not watch the readers"
-    assert not unlabelled & stems, f"stages read unlabelled train tiles {sorted(unlabelled & stems)[:5]}"
+    # everything the r=0.5 learners may see lies under these folders
+    roots = [Path(f05["data"]["real"]).parent, *map(Path, f05["scarce_data"]["recipes"].values())]
+    roots += [Path(f05[g]["run"]).parent for g in ("landcover", "spade", "controlnet_base", "controlnet")]
+    roots += [p for p in Path(run, "stages", "scarce-runs").iterdir() if p.name.startswith("r0.5-")]
+    mine = [p for p in opened if any(p.is_relative_to(r) for r in roots)]
+    stem = lambda p: p.stem.removeprefix("m-").removeprefix("g-").split("-v")[0]  # noqa: E731
+    assert keep & {stem(p) for p in mine}, "the spy saw no reads of labelled tiles: it does not watch the readers"
+    bad = sorted({str(p) for p in mine if stem(p) in unlabelled})
+    assert not bad, f"r=0.5 stages read unlabelled train tiles: {bad[:3]}"
 
 
-def test_scarce_twin_learning_curve_and_saved_models(tmp_path):
-    data = _tiny(tmp_path)
-    out = tmp_path / "run"
-    recipes = "{cn: {description: one per mask}, cnx2: {variants: 2, filter: {k: 2.0}}, only: {synthetic_only: true}}"
-    sets = _scarce_sets(data, **{"scarce.fractions": "[0.5,1.0]", "scarce.recipes": recipes,
-                                 "scarce.larger_fraction_recipes": "[cn,only]"})  # fmt: skip
-    assert run_cli("-q", "run", SCARCE, "--out", out, *sets) == 0
-    state = json.loads((out / "pipeline.json").read_text())
-    lc = json.loads(Path(state["outputs"]["scarce"]["learning_curve"]).read_text())
+def test_scarce_twin_learning_curve_and_saved_models(scarce_run, tmp_path):
+    run, cfg, data, _ = scarce_run
+    lc = json.loads(Path(_state(run)["outputs"]["scarce"]["learning_curve"]).read_text())
     got = {(p["fraction"], p["recipe"], p["seed"]) for p in lc["points"]}
     head = lc["extra_seeds_for"]
-    assert head in {"cn", "cnx2", "only"}
-    want = {(0.5, r, 0) for r in ("real", "cn", "cnx2", "only")} | {(0.5, r, 1) for r in ("real", head)}
-    want |= {(1.0, r, 0) for r in ("real", "cn", "only")}
+    assert head in {"sp", "cn", "only"}
+    want = {(0.5, r, 0) for r in ("real", "sp", "cn", "only")} | {(0.5, r, 1) for r in ("real", head)}
+    want |= {(1.0, r, 0) for r in ("real", "only")}
     assert got == want
     for p in lc["points"]:
         assert 0 <= p["test"]["macro_miou"] <= 1 and set(p["test"]["per_class_iou"]) == {"water", "forest", "urban"}
         assert Path(p["run"], "best.safetensors").is_file()
     steps = {json.loads((Path(p["run"]) / "run.json").read_text())["max_steps"] for p in lc["points"]}
     assert steps == {2}  # every run the same steps
+    only = next(p for p in lc["points"] if p["recipe"] == "only")
+    assert json.loads((Path(only["run"]) / "run.json").read_text())["data"][0]["weight"] == 0.0  # real val only
     # every segmenter can be scored again on any dataset
     assert run_cli("segment", "evaluate", "--model", lc["points"][-1]["run"], "--data", data,
                    "--out", tmp_path / "e.json") == 0  # fmt: skip
-    md = Path(state["outputs"]["report"]["markdown"]).read_text()
-    assert "Scarce labels" in md
+    md = Path(_state(run)["outputs"]["report"]["markdown"]).read_text()
+    assert "Scarce labels" in md and "learning_curve.png" in md
     # a rerun is served from cache
-    assert run_cli("-q", "run", SCARCE, "--out", out, *sets) == 0
-    state = json.loads((out / "pipeline.json").read_text())
-    assert {s["status"] for s in state["stages"].values()} == {"cached"}
+    assert run_cli("-q", "run", cfg, "--out", run, *SETS) == 0
+    assert {s["status"] for s in _state(run)["stages"].values()} == {"cached"}
