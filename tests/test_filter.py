@@ -229,4 +229,4 @@ def test_filter_cli_and_bad_input(tiny_real: Dataset, tmp_path: Path, capsys):
     assert not (tmp_path / "o2").exists()
     other = ClassScheme("two", TINY_SCHEME.classes[:2], nodata=0)
     with pytest.raises(UserError, match="differ from the segmenter"):
-        filter_synthetic(untrained_segmenter_run(tmp_path / "seg2", other), tiny_real, syn, tmp_path / "o3")
+        filter_synthetic(run, tiny_real, syn, tmp_path / "o3", loaded=(ColourSegmenter(other.colours), other))
