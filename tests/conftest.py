@@ -201,3 +201,16 @@ def interrupt_after(m: pytest.MonkeyPatch, family: type, at: int) -> None:
             raise KeyboardInterrupt
 
     m.setattr(family, "after_step", interrupt)
+
+
+def untrained_segmenter_run(root: Path, scheme: ClassScheme, encoder: str = "tu-mobilenetv3_small_050") -> Path:
+    """A segmenter run directory as 'segment train' leaves it (segmenter.json, best.safetensors) with seeded,
+    untrained weights: for tests of commands that load a segmenter, not of what it learned."""
+    from terrasynth.models.segmentation import build_segmenter, save_weights, segmenter_spec, write_spec
+
+    root.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_segmenter("unet", encoder, 3, scheme.num_classes)
+    write_spec(root, segmenter_spec("unet", encoder, 3, scheme.num_classes, scheme))
+    save_weights(model, root / "best.safetensors")
+    return root

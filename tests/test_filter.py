@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HALF_COLOURS, TINY_SCHEME, make_dataset, run_cli, toy_pairs, untrained_segmenter_run
 from rasterio.transform import from_origin
 
-from conftest import HALF_COLOURS, TINY_SCHEME, make_dataset, run_cli, toy_pairs
 from terrasynth.classes import ClassScheme, load_scheme
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import evaluate_segmentation
-from terrasynth.models.segmentation import build_segmenter, save_weights, segmenter_spec, write_spec
 from terrasynth.synthesize_filter import filter_synthetic, hardness_variants, tile_hardness
 from terrasynth.train.segmentation import SegmentConfig, same_scheme, train_segmentation
 
@@ -145,7 +144,7 @@ def test_filter_resumes_to_the_same_dataset(tiny_real: Dataset, tmp_path: Path, 
     resumed = filter_synthetic(tmp_path / "seg", tiny_real, syn, tmp_path / "resumed", loaded=model, batch_size=2,
                                drop_tile_above=0.5)  # fmt: skip
     assert (tmp_path / "full" / "index.csv").read_text() == (tmp_path / "resumed" / "index.csv").read_text()
-    strip = lambda p: {k: v for k, v in p.items() if k != "command"}  # noqa: E731
+    strip = lambda p: {k: v for k, v in p.items() if k != "command"}
     assert strip(resumed.info.provenance) == strip(full.info.provenance)
     assert 0 < full.info.provenance["filter"]["tiles_dropped"] < 5
 
@@ -185,7 +184,7 @@ def test_tile_hardness_ranks_and_variants(tmp_path: Path):
     colours = tiny_colours(TINY_SCHEME)
     label = np.kron(rng.integers(1, 4, (4, 4)), np.ones((8, 8), np.int64)).astype(np.uint8)
     # Tile h<i> has i quarters of its rows painted with another class's colour: harder and harder.
-    rows = lambda i: np.broadcast_to(np.arange(32)[:, None] < 8 * i, (32, 32))  # noqa: E731
+    rows = lambda i: np.broadcast_to(np.arange(32)[:, None] < 8 * i, (32, 32))
     tiles = {f"h{i}": (label, paint(label, TINY_SCHEME, colours, rng, 5, wrong=rows(i))) for i in (2, 0, 3, 1)}
     real = write_synthetic(tmp_path / "real", TINY_SCHEME, tiles)
     h = tile_hardness(tmp_path / "seg", real, "train", loaded=(ColourSegmenter(colours), TINY_SCHEME))
@@ -209,18 +208,8 @@ def test_tile_hardness_ranks_and_variants(tmp_path: Path):
         hardness_variants({"a": float("nan")}, 1, 2)
 
 
-def random_run(root: Path, scheme: ClassScheme) -> Path:
-    """A segmenter run directory as 'segment train' leaves it (untrained weights: the CLI test needs the files)."""
-    root.mkdir(parents=True)
-    torch.manual_seed(0)
-    model = build_segmenter("unet", ENC, 3, scheme.num_classes)
-    write_spec(root, segmenter_spec("unet", ENC, 3, scheme.num_classes, scheme))
-    save_weights(model, root / "best.safetensors")
-    return root
-
-
 def test_filter_cli_and_bad_input(tiny_real: Dataset, tmp_path: Path, capsys):
-    run = random_run(tmp_path / "seg", TINY_SCHEME)
+    run = untrained_segmenter_run(tmp_path / "seg", TINY_SCHEME)
     syn = make_dataset(tmp_path / "syn", n=4, kind="synthetic", seed=5, name="syn")
     out = tmp_path / "filtered"
     assert run_cli("filter", "--segmenter", run, "--real", tiny_real.root, "--synthetic", syn, "--out", out, "--k", "2") == 0
@@ -240,4 +229,4 @@ def test_filter_cli_and_bad_input(tiny_real: Dataset, tmp_path: Path, capsys):
     assert not (tmp_path / "o2").exists()
     other = ClassScheme("two", TINY_SCHEME.classes[:2], nodata=0)
     with pytest.raises(UserError, match="differ from the segmenter"):
-        filter_synthetic(random_run(tmp_path / "seg2", other), tiny_real, syn, tmp_path / "o3")
+        filter_synthetic(run, tiny_real, syn, tmp_path / "o3", loaded=(ColourSegmenter(other.colours), other))

@@ -131,3 +131,89 @@ def test_two_processes_shard_without_gaps_or_duplicates(fake_family, labels, tmp
     assert sorted(p.name for p in (tmp_path / "two").glob(".journal*")) == []
     assert "rank 1 of 2" in r.stderr  # really two ranks, not two copies of rank 0
     assert _digest(two) == _digest(one) and len(two) == len(labels)
+
+
+# ---- several images per mask (variants) ------------------------------------------------------------
+
+
+def _pixels(ds):
+    return {r.id: ds.read_image(r) for r in ds.records}
+
+
+def test_variants_paint_each_mask_k_times_with_other_noise(fake_family, labels, tmp_path):
+    one = synth_mod.synthesize(fake_family, labels.root, tmp_path / "one", seed=1, batch_size=3)
+    two = synth_mod.synthesize(fake_family, labels.root, tmp_path / "two", seed=1, batch_size=3, variants=2)
+    assert sorted(r.id for r in two.records) == sorted(f"{r.id}-v{j}" for r in labels.records for j in (0, 1))
+    by_id, img, one_img = {r.id: r for r in two.records}, _pixels(two), _pixels(one)
+    for rl in labels.records:
+        v0, v1 = by_id[f"{rl.id}-v0"], by_id[f"{rl.id}-v1"]
+        for v in (v0, v1):  # each variant keeps its mask's label, split, source and place
+            assert (two.read_label(v) == labels.read_label(rl)).all()
+            assert (v.split, v.source, v.bounds) == (rl.split, rl.id, rl.bounds)
+        assert not np.array_equal(img[v0.id], img[v1.id])  # another draw of the noise
+        assert np.array_equal(img[v0.id], one_img[rl.id])  # variant 0 comes from the K=1 run's batches
+    assert two.info.provenance["variants"] == 2 and two.info.provenance["tiles_per_variant"] == [7, 7]
+    assert "variants" not in one.info.provenance  # K=1: provenance (and config hash) as before the option
+    again = synth_mod.synthesize(fake_family, labels.root, tmp_path / "again", seed=1, batch_size=3, variants=2)
+    assert _digest(again) == _digest(two)
+
+
+def test_per_tile_variants_resume_and_bad_counts(fake_family, labels, tmp_path, monkeypatch):
+    counts = {r.id: 1 for r in labels.records} | {"t0": 0, "t1": 3}
+    full = synth_mod.synthesize(fake_family, labels.root, tmp_path / "full", batch_size=2, variants=counts)
+    ids = sorted(r.id for r in full.records)
+    assert "t0-v0" not in ids and {"t1-v0", "t1-v1", "t1-v2", "t2-v0"} <= set(ids) and len(ids) == 8
+    assert full.info.provenance["variants"]["total"] == 8 and full.info.provenance["tiles_per_variant"] == [6, 1, 1]
+
+    real_write, calls = DatasetWriter.write, {"n": 0}
+
+    def dying_write(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(DatasetWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        synth_mod.synthesize(fake_family, labels.root, tmp_path / "resumed", batch_size=2, variants=counts)
+    monkeypatch.setattr(DatasetWriter, "write", real_write)
+    resumed = synth_mod.synthesize(fake_family, labels.root, tmp_path / "resumed", batch_size=2, variants=counts)
+    assert _digest(resumed) == _digest(full)
+
+    for bad, msg in (({k: v for k, v in counts.items() if k != "t3"}, "no count for 1 tile"),
+                     (counts | {"zz": 2}, "does not hold"), (counts | {"t2": -1}, "whole numbers >= 0"),
+                     (dict.fromkeys(counts, 0), "nothing to paint"), (0, "at least 1")):  # fmt: skip
+        with pytest.raises(UserError, match=msg):
+            synth_mod.synthesize(fake_family, labels.root, tmp_path / "bad", variants=bad)
+    assert not (tmp_path / "bad").exists()
+    # Counts for the train tiles only: paint only the train split.
+    train = {r.id: 2 for r in labels.split("train")}
+    ds = synth_mod.synthesize(fake_family, labels.root, tmp_path / "train", splits=["train"], variants=train)
+    assert len(ds) == 2 * len(train)
+
+
+def test_variants_and_hardness_through_the_cli(fake_family, tmp_path, capsys):
+    from conftest import make_dataset, run_cli, untrained_segmenter_run
+
+    from terrasynth.synthesize_filter import hardness_variants, tile_hardness
+
+    real = make_dataset(tmp_path / "real", n=4, scheme=WORLDCOVER, splits=("train",), name="wc")
+    run = untrained_segmenter_run(tmp_path / "seg", WORLDCOVER)
+    assert run_cli("synthesize", "--generator", fake_family, "--labels", real, "--out", tmp_path / "k2", "--variants", "2") == 0
+    assert len(Dataset.open(tmp_path / "k2")) == 8
+    assert run_cli("synthesize", "--generator", fake_family, "--labels", real, "--out", tmp_path / "hard",
+                   "--variants", "1:3", "--hardness", run) == 0  # fmt: skip
+    hard = Dataset.open(tmp_path / "hard")
+    per_mask = {r.id: sum(h.id.rsplit("-v", 1)[0] == r.id for h in hard.records) for r in Dataset.open(real).records}
+    assert per_mask == hardness_variants(tile_hardness(run, real, None), 1, 3)
+    assert sorted(per_mask.values()) == [1, 2, 2, 3]  # ranks 0..3 of 4 -> 1 + round(2 r / 3)
+    capsys.readouterr()
+    for argv, needle in ((["--variants", "1:3"], "needs --hardness"), (["--variants", "2", "--hardness", run], "a range")):
+        rc = run_cli("synthesize", "--generator", fake_family, "--labels", real, "--out", tmp_path / "x", *argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exc:  # argparse's one-line usage error
+        run_cli("synthesize", "--generator", fake_family, "--labels", real, "--out", tmp_path / "x", "--variants", "0")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid variants '0'" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
