@@ -159,3 +159,23 @@ def test_factory_writes_georeferenced_tiles_in_the_requested_splits(tmp_path, pa
     again = Dataset.open(make_dataset(tmp_path / "e", n=6, size=16, scheme=scheme, pattern=pattern,
                                       splits={"val": 2}, paired=pattern != "blobs", gsd=2.0))  # fmt: skip
     assert all(np.array_equal(ds.read_label(a), again.read_label(b)) for a, b in zip(ds.records, again.records))
+
+
+def test_merge_takes_the_nodata_code_a_filtered_part_adds(tmp_path):
+    """A real part without nodata merged before a filtered synthetic one (nodata 255 added for the
+    ignored pixels): the merged scheme knows 255, so every tile reads back."""
+    import dataclasses
+
+    from terrasynth.data.subset import merge_datasets
+    from conftest import make_dataset
+    from terrasynth.classes import load_scheme
+
+    dd = load_scheme("dronedeploy")
+    assert dd.nodata is None
+    real = make_dataset(tmp_path / "real", n=4, scheme=dd, pattern="regions")
+    filt_scheme = dataclasses.replace(dd, nodata=255)
+    filt = make_dataset(tmp_path / "filt", n=4, scheme=filt_scheme, pattern="regions", name="f")
+    merged = merge_datasets([("r-", real), ("f-", filt)], tmp_path / "m")
+    assert merged.scheme.nodata == 255 and merged.scheme.codes == dd.codes
+    for rec in merged.records:
+        merged.read_label(rec)

@@ -6,6 +6,7 @@ assembled in a temporary directory that is renamed into place, so it is never ha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -116,6 +117,12 @@ def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str |
     for _, d in dss[1:]:
         if d.scheme.codes != first.scheme.codes or d.info.tile_size != first.info.tile_size:
             raise UserError(f"{d.root}: cannot merge with {first.root}: scheme or tile size differ")
+    # A part without nodata holds none, so the merged scheme takes the one nodata code the others
+    # agree on (e.g. 255 of a filtered synthetic set); two different codes cannot share one scheme.
+    nodatas = {d.scheme.nodata for _, d in dss} - {None}
+    if len(nodatas) > 1:
+        raise UserError(f"{out}: the parts' nodata codes differ ({sorted(nodatas)}); remap one of them before merging")
+    scheme = next((d.scheme for _, d in dss if d.scheme.nodata is not None), first.scheme)
     out = Path(out)
     key = config_hash({"parts": [(p, str(d.root.resolve()), d.info.provenance.get("config_hash")) for p, d in dss]})
     if (out / META_FILE).exists():
@@ -145,7 +152,7 @@ def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str |
     if len({r.id for r in records}) != len(records):
         raise UserError(f"{out}: tile ids collide when merging; give each part a distinct prefix")
     prov = {**first.info.provenance, "merged_from": [str(d.root) for _, d in dss], "merge_key": key}
-    return _publish(tmp, out, first.info, records, name=name or out.name, has_images=has_images, provenance=prov)
+    return _publish(tmp, out, dataclasses.replace(first.info, scheme=scheme), records, name=name or out.name, has_images=has_images, provenance=prov)
 
 
 def _publish(tmp: Path, out: Path, template: DatasetInfo, records: list, *, name: str, has_images: bool,
