@@ -53,7 +53,7 @@ class FilterRecipe(StrictModel):
     that class's mean loss on real tiles are ignored; tiles with more than ``drop_tile_above``
     ignored pixels are dropped (None: keep every tile)."""
 
-    k: float = Field(2.0, gt=0)
+    k: float = Field(1.25, gt=0, description="FreeMask's default tolerance margin")
     drop_tile_above: float | None = Field(None, gt=0, le=1)
 
 
@@ -93,7 +93,7 @@ def default_recipes() -> dict[str, Recipe]:
     return {
         "cn": Recipe(description="ControlNet, one image per labelled mask, real share 0.5"),
         "cn-x4": Recipe(description="ControlNet, 4 images per labelled mask", variants=4),
-        "cn-x4-filter": Recipe(description="cn-x4 + FreeMask filter (k=2)", variants=4, filter=FilterRecipe()),
+        "cn-x4-filter": Recipe(description="cn-x4 + FreeMask filter (k=1.25)", variants=4, filter=FilterRecipe()),
         "cn-x4-hard": Recipe(description="cn-x4, harder masks get more images (1..4)", variants=4, hardness=True),
         "cn-layouts": Recipe(description="cn + as many new land-cover layouts as labelled tiles", new_layouts=1.0),
         "cn-proportional": Recipe(description="cn mixed by tile counts instead of a fixed real share", real_share="proportional"),
