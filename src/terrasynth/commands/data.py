@@ -35,8 +35,8 @@ def register(cli: CLI) -> None:
                    help="--split-by group: regex on each image's file stem whose first capture group names its "
                    "group, e.g. '^(tile\\d+)_' (tile3_part1.jpg is in group tile3)")
     p.add_argument("--val-groups", dest="val_groups", type=name_list, metavar="G1,G2",
-                   help="--split-by group: groups for the val split (with --test-groups; the rest is train; "
-                   "default: groups drawn with the ratios and --seed)")
+                   help="--split-by group: groups for the val split (the rest is train; default: whole groups "
+                   "drawn with the ratios and --seed). Either flag replaces both of the config's lists")
     p.add_argument("--test-groups", dest="test_groups", type=name_list, metavar="G1,G2",
                    help="--split-by group: groups for the test split")
     p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")

@@ -82,8 +82,9 @@ class PairImportConfig(StrictModel):
     block_size: int = Field(512, ge=8, description="side of a split block in pixels (split_by=block)")
     group_pattern: str | None = Field(None, description="split_by=group: regex searched in each image's file stem; "
                                       "its first capture group (or the whole match) names the image's group")  # fmt: skip
-    groups: GroupSplits | None = Field(None, description="split_by=group: groups for val and test (the rest train); "
-                                       "default: groups drawn at random with ratios and seed")  # fmt: skip
+    groups: GroupSplits | None = Field(None, description="split_by=group: groups for val and test (the rest train; "
+                                       "ratios and seed are then unused); default: whole groups drawn with ratios "
+                                       "and seed")  # fmt: skip
     ratios: SplitRatios = Field(default_factory=SplitRatios)
     seed: Seed = 0
     max_nodata: float = Field(1.0, ge=0.0, le=1.0, description="drop tiles whose nodata share exceeds this")
