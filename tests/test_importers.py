@@ -1,4 +1,5 @@
-"""Pair importer: real shared pairs (DroneDeploy, LoveDA, FLAIR) and tiny pairs built here."""
+"""Pair importer: real shared pairs (DroneDeploy, LoveDA, FLAIR, NAIP + Chesapeake) and tiny pairs built here.
+Region-held-out (group) splits and the Dubai pairs: test_import_dubai.py."""
 
 import numpy as np
 import pytest
@@ -251,4 +252,26 @@ def test_flair_rgb_masks(shared_data, tmp_path):
                  14: 70, 15: 10, 16: 10, 17: 10, 18: 50, 19: 0}.items():  # fmt: skip
         lut[k] = v
     for a, b in zip(native.records[:20], mapped.records[:20]):
+        assert a.id == b.id and (lut[native.read_label(a)] == mapped.read_label(b)).all()
+
+
+@pytest.mark.shared
+def test_naip_chesapeake_codes_and_remap(shared_data, tmp_path):
+    root = shared_data / "pairs" / "naip-chesapeake"
+    # 128 px tiles cover the 256 px patches whole: the shares are those of every pixel
+    native = import_pairs(root / "images", root / "masks", PairImportConfig(scheme="chesapeake7", tile=128), tmp_path / "n")
+    mapped = import_pairs(root / "images", root / "masks",
+                          PairImportConfig(scheme="chesapeake7", remap="chesapeake7_to_worldcover", tile=128),
+                          tmp_path / "w")  # fmt: skip
+    assert len(native) == len(mapped) == 16 * 4 and native.scheme.name == "chesapeake7"
+    assert sum(1 for r in native.split("test") if r.id.endswith("r00000_c00000")) == 3  # 16 images at 0.8 / 0.2
+    freq = native.class_frequencies()
+    assert 0.74 < freq[2] < 0.80 and 0.20 < freq[3] < 0.26  # tree canopy, low vegetation as published
+    assert freq[1] == freq[4] == 0 and 0 < freq[5] + freq[6] < 0.01
+    wc = mapped.class_frequencies()
+    assert wc[10] == pytest.approx(freq[2]) and wc[30] == pytest.approx(freq[3]) and wc[50] == pytest.approx(freq[5] + freq[6])
+    lut = np.zeros(256, np.uint8)
+    for k, v in {1: 80, 2: 10, 3: 30, 4: 60, 5: 50, 6: 50, 15: 0}.items():
+        lut[k] = v
+    for a, b in zip(native.records, mapped.records):
         assert a.id == b.id and (lut[native.read_label(a)] == mapped.read_label(b)).all()

@@ -95,6 +95,24 @@ def test_dronedeploy_twin(shared_data, tmp_path):
     assert len(m["cells"]) == 1 * 4 * 4
 
 
+@pytest.mark.slow  # 14 min on the loaded 2-core machine (stride 160); the stages after data are the DroneDeploy twin's
+def test_dubai_twin(shared_data, tmp_path):
+    """configs/dubai.yaml on one part of each region: the region split reaches every stage."""
+    out = tmp_path / "dubai"
+    sets = twin_sets(**{
+        "data.pairs.images": str(shared_data / "pairs" / "dubai" / "images" / "*_part3.jpg"),
+        "data.pairs.masks": str(shared_data / "pairs" / "dubai" / "masks"),
+        "data.pairs.options.tile": "32", "data.pairs.options.stride": "320",
+        "segment.archs": "[unet]", "mixing.synthetic_sets": "[fakergbreallc]",
+    })  # fmt: skip
+    assert run_cli("-q", "run", ROOT / "configs" / "dubai.yaml", "--out", out, *sets) == 0
+    real = json.loads((Path(_outputs(out)["data"]["real"]) / "dataset.json").read_text())
+    assert real["extra"]["groups"] == {"tile1": "train", "tile2": "val", "tile3": "train", "tile4": "train",
+                                       "tile5": "test", "tile6": "train", "tile8": "test"}  # fmt: skip
+    m = json.loads(Path(_outputs(out)["evaluate"]["matrix"]).read_text())
+    assert len(m["cells"]) == 1 * 4 * 4
+
+
 def test_new_york_twin(shared_data, tmp_path):
     """configs/new-york.yaml with its Planetary Computer sources swapped for local COGs: a NAIP-like
     RGBN scene on a UTM grid rendered from real WorldCover, and that WorldCover for the generator."""

@@ -283,6 +283,24 @@ def imp_resize_without_gsd(tmp):
     return Case(_imp(tmp, "--resize-to-gsd", 1.0), ["resize_to_gsd", "--gsd"])
 
 
+def imp_group_stem_not_matching(tmp):
+    make_pairs(tmp)
+    (tmp / "img" / "p1.png").rename(tmp / "img" / "x1.png")
+    (tmp / "msk" / "p1.png").rename(tmp / "msk" / "x1.png")
+    return Case(_imp(tmp, "--split-by", "group", "--group-pattern", "^(p)\\d"), ["img/x1.png", "'x1'", "group_pattern"])
+
+
+def imp_group_unknown_name(tmp):
+    make_pairs(tmp)
+    return Case(_imp(tmp, "--split-by", "group", "--group-pattern", "^(p\\d)", "--test-groups", "p7"),
+                ["groups.test", "'p7'", "fix the group names"])  # fmt: skip
+
+
+def imp_group_without_pattern(tmp):
+    make_pairs(tmp)
+    return Case(_imp(tmp, "--split-by", "group"), ["group_pattern", "--group-pattern"])
+
+
 def imp_out_under_a_file(tmp):
     make_pairs(tmp)
     (tmp / "afile").write_text("x")
@@ -433,7 +451,7 @@ SLOW = {"syn_unknown_family", "syn_out_under_a_file", "syn_missing_labels", "syn
         # near-duplicates of default cases (same code path, another spelling of the mistake)
         "imp_set_bad_literal", "imp_set_no_equals", "imp_set_out_of_range", "imp_config_not_mapping",
         "imp_config_binary", "imp_config_bad_value", "imp_flag_bad_type", "imp_unknown_remap", "imp_remap_incomplete",
-        "imp_bad_scheme_file", "imp_mask_not_an_image", "imp_truncated_geotiff_mask"}
+        "imp_bad_scheme_file", "imp_mask_not_an_image", "imp_truncated_geotiff_mask", "imp_group_without_pattern"}
 
 
 def _params():

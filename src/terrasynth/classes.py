@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import yaml
 
 from terrasynth.errors import UserError
 from terrasynth.yamlio import load_yaml
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = 255
 
@@ -47,12 +50,17 @@ class ClassScheme:
 
     ``classes`` are the real classes in training-index order; ``nodata`` is the code
     (if any) that marks unlabelled pixels and is ignored in training and metrics.
+    ``nodata_colour`` is the colour of nodata in RGB-coded masks (and in previews);
+    ``extra_nodata_colours`` are further mask colours that also decode to nodata, for
+    legends whose masks mark unlabelled pixels in more than one colour (Dubai: grey and
+    black).
     """
 
     name: str
     classes: tuple[ClassInfo, ...]
     nodata: int | None = None
     nodata_colour: tuple[int, int, int] = (0, 0, 0)
+    extra_nodata_colours: tuple[tuple[int, int, int], ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -63,6 +71,12 @@ class ClassScheme:
             raise UserError(f"scheme {self.name}: codes must be 0..254 (uint8 labels), got {codes}")
         if self.nodata is not None and self.nodata in codes:
             raise UserError(f"scheme {self.name}: nodata code {self.nodata} is also a class code")
+        if self.extra_nodata_colours and self.nodata is None:
+            raise UserError(f"scheme {self.name}: extra_nodata_colours need a nodata code to decode to; set nodata")
+        clash = sorted(_hex(c) for c in set(self.extra_nodata_colours) & set(self.colours))
+        if clash:
+            raise UserError(f"scheme {self.name}: extra_nodata_colours {clash} are also class colours; "
+                            "a mask colour must mean one thing: remove them from one list")  # fmt: skip
 
     # ---- lookups -------------------------------------------------------------------
     @property
@@ -107,6 +121,17 @@ class ClassScheme:
             pal[c.code] = c.colour
         return pal
 
+    @property
+    def nodata_colours(self) -> list[tuple[int, int, int]]:
+        """Every mask colour that decodes to nodata (none without a nodata code)."""
+        if self.nodata is None:
+            return []
+        return [self.nodata_colour, *self.extra_nodata_colours]
+
+    def legend_colours(self) -> set[tuple[int, int, int]]:
+        """Every colour an RGB-coded mask of this scheme may hold: class colours and nodata colours."""
+        return set(self.colours) | set(self.nodata_colours)
+
     def valid_codes(self) -> set[int]:
         return set(self.codes) | ({self.nodata} if self.nodata is not None else set())
 
@@ -144,8 +169,8 @@ class ClassScheme:
         """Decode an RGB colour-coded mask (H, W, 3) into codes (H, W); unknown colours are an error."""
         key = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
         table = {((r << 16) | (g << 8) | b): c.code for c in self.classes for (r, g, b) in [c.colour]}
-        if self.nodata is not None:
-            table.setdefault((self.nodata_colour[0] << 16) | (self.nodata_colour[1] << 8) | self.nodata_colour[2], self.nodata)
+        for r, g, b in self.nodata_colours:  # a class colour wins over the (default) nodata colour
+            table.setdefault((r << 16) | (g << 8) | b, self.nodata)  # type: ignore[arg-type]
         uniq, inv = np.unique(key.ravel(), return_inverse=True)
         unknown = [u for u in uniq.tolist() if u not in table]
         if unknown:
@@ -158,13 +183,16 @@ class ClassScheme:
 
     # ---- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "nodata": self.nodata,
             "nodata_colour": _hex(self.nodata_colour),
-            "classes": [{"code": c.code, "name": c.name, "colour": _hex(c.colour)} for c in self.classes],
         }
+        if self.extra_nodata_colours:  # only when used: schemes without them serialise as before
+            d["extra_nodata_colours"] = [_hex(c) for c in self.extra_nodata_colours]
+        d["classes"] = [{"code": c.code, "name": c.name, "colour": _hex(c.colour)} for c in self.classes]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "scheme") -> "ClassScheme":
@@ -177,13 +205,21 @@ class ClassScheme:
                 classes=classes,
                 nodata=None if d.get("nodata") is None else int(d["nodata"]),
                 nodata_colour=parse_colour(d.get("nodata_colour", "#000000"), where),
+                extra_nodata_colours=tuple(parse_colour(c, where) for c in _colour_list(d.get("extra_nodata_colours"))),
                 description=str(d.get("description", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{where}: invalid scheme definition ({exc!r}); a scheme needs name, classes "
-                "[{code, name, colour}] and optional nodata"
+                "[{code, name, colour}] and optional nodata, nodata_colour, extra_nodata_colours"
             ) from exc
+
+
+def _colour_list(value: Any) -> list[Any]:
+    """``extra_nodata_colours``: a list of colours, or one colour written alone."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

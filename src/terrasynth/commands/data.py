@@ -17,8 +17,9 @@ def register(cli: CLI) -> None:
     p = data.add_parser(
         "import-pairs",
         help="import image/mask pairs (PNG, JPEG, TIFF) into a tiled dataset",
-        description="Import image/mask pairs matched by file stem, tile them and assign splits per source image "
-        "(or per spatial block) so that no two splits share pixels. Resumable: rerun to continue.",
+        description="Import image/mask pairs matched by file stem, tile them and assign splits per source image, "
+        "per spatial block or per group of images (a region named in the file stem) so that no two splits share "
+        "pixels. Resumable: rerun to continue.",
     )
     p.add_argument("images", metavar="IMAGES", help="directory or glob of RGB images")
     p.add_argument("masks", metavar="MASKS", help="directory or glob of masks (single-band codes or RGB colours)")
@@ -28,8 +29,16 @@ def register(cli: CLI) -> None:
     p.add_argument("--stride", type=int, help="step between tiles in pixels (default: the tile size)")
     p.add_argument("--gsd", type=float, help="ground sample distance of the source images, m/px")
     p.add_argument("--resize-to-gsd", dest="resize_to_gsd", type=float, help="resample to this GSD (needs --gsd)")
-    p.add_argument("--split-by", dest="split_by", choices=["image", "block"], help="split unit (default image)")
+    p.add_argument("--split-by", dest="split_by", choices=["image", "block", "group"], help="split unit (default image)")
     p.add_argument("--block-size", dest="block_size", type=int, help="block side in pixels for --split-by block")
+    p.add_argument("--group-pattern", dest="group_pattern", metavar="REGEX",
+                   help="--split-by group: regex on each image's file stem whose first capture group names its "
+                   "group, e.g. '^(tile\\d+)_' (tile3_part1.jpg is in group tile3)")
+    p.add_argument("--val-groups", dest="val_groups", type=name_list, metavar="G1,G2",
+                   help="--split-by group: groups for the val split (the rest is train; default: whole groups "
+                   "drawn with the ratios and --seed). Either flag replaces both of the config's lists")
+    p.add_argument("--test-groups", dest="test_groups", type=name_list, metavar="G1,G2",
+                   help="--split-by group: groups for the test split")
     p.add_argument("--mask-format", dest="mask_format", choices=["auto", "index", "rgb"], help="default auto")
     p.add_argument("--bands", type=band_list, metavar="R,G,B",
                    help="source band (1-based) for red, green and blue, e.g. 1,1,1 for grey images or 3,2,1 for BGR "
@@ -76,6 +85,14 @@ def band_list(text: str) -> list[int]:
     return bands
 
 
+def name_list(text: str) -> list[str]:
+    """``--test-groups tile5,tile8`` -> ['tile5', 'tile8']."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"invalid group list {text!r}: expected names separated by commas")
+    return names
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from terrasynth.data.dataset import Dataset, describe
     from terrasynth.errors import UserError
@@ -96,7 +113,10 @@ def cmd_import_pairs(args: argparse.Namespace) -> int:
     from terrasynth.data.importers import PairImportConfig, import_pairs
 
     flags = {k: getattr(args, k) for k in ("scheme", "remap", "tile", "stride", "gsd", "resize_to_gsd", "split_by",
-                                           "block_size", "mask_format", "seed", "bands")}  # fmt: skip
+                                           "block_size", "group_pattern", "mask_format", "seed", "bands")}  # fmt: skip
+    if args.val_groups is not None or args.test_groups is not None:
+        # Both lists replace the config file's: naming only test groups means no val groups.
+        flags["groups"] = {"val": args.val_groups or [], "test": args.test_groups or []}
     cfg = load_config(PairImportConfig, args.config, flags, args.sets)
     ds = import_pairs(args.images, args.masks, cfg, args.out, overwrite=args.overwrite)
     print(describe(ds))

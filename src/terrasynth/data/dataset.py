@@ -776,6 +776,11 @@ class Dataset:
             return list(self.records)
         return [r for r in self.records if r.split in names]
 
+    def group(self, rec: TileRecord) -> str:
+        """The unit a tile was split with: its region (``extra.source_groups``, written by an import
+        with ``split_by: group``), else its source image. Holding out by group never leaks a region."""
+        return self.info.extra.get("source_groups", {}).get(rec.source, rec.source)
+
     def read_label(self, rec: TileRecord) -> np.ndarray:
         """(H, W) uint8 class codes, checked against ``dataset.json``: its tile size and its scheme.
 
@@ -884,6 +889,13 @@ def describe(ds: Dataset) -> str:
         + ("" if info.has_images else ", label-only"),
         "splits    " + ", ".join(f"{k}: {v}" for k, v in split_counts(ds.records).items()),
     ]
+    groups = info.extra.get("groups")
+    if isinstance(groups, dict) and groups:
+        by_split: dict[str, list[str]] = {}
+        for g, s in sorted(groups.items()):
+            by_split.setdefault(str(s), []).append(str(g))
+        lines.append("groups    " + "; ".join(f"{s}: {', '.join(by_split[s])}" for s in SPLITS if s in by_split)
+                     + f"  (pattern {info.extra.get('group_pattern')})")  # fmt: skip
     crs = sorted({r.crs for r in ds.records if r.crs})
     if crs:
         lines.append("crs       " + ", ".join(c if len(c) < 40 else c[:37] + "..." for c in crs))

@@ -5,8 +5,10 @@ Partners are matched by file stem (``a.png`` in IMAGES with ``a.png`` in MASKS; 
 matching is unambiguous). Masks are single-band class codes or RGB colour-coded with the
 scheme's legend. Each pair is optionally resampled to a target ground sample distance,
 cut into ``tile`` x ``tile`` tiles (edge tiles that do not fit are dropped), and every
-tile is given a split so that no two splits share pixels: either per source image, or
-per spatial block of ``block_size`` pixels for large scenes (tiles never cross blocks).
+tile is given a split so that no two splits share pixels: per source image, per spatial
+block of ``block_size`` pixels for large scenes (tiles never cross blocks), or per *group*
+of images named by a regex on the file stem (a region, a site, a campaign), so that val and
+test hold whole regions never seen in training.
 
 Everything the user can get wrong (no images, a missing partner, a size mismatch, an
 unreadable file, unknown codes or colours) is checked before the first tile is written.
@@ -20,12 +22,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import numpy as np
 import rasterio
 from PIL import Image, UnidentifiedImageError
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -36,7 +38,7 @@ from terrasynth import budget
 from terrasynth.classes import ClassScheme, Remap, load_remap, load_scheme
 from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import META_FILE, PARTIAL_FILE, Dataset, DatasetInfo, DatasetWriter, provenance
-from terrasynth.data.splits import SplitRatios, assign_splits
+from terrasynth.data.splits import SplitRatios, assign_splits, split_counts_for
 from terrasynth.data.tile_sink import ThreadedWrites
 from terrasynth.errors import UserError
 
@@ -52,6 +54,20 @@ _DECORATION = re.compile(
 )
 
 
+class GroupSplits(StrictModel):
+    """Groups (regions) named for val and test; every other group is train."""
+
+    val: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "GroupSplits":
+        both = sorted(set(self.val) & set(self.test))
+        if both:
+            raise ValueError(f"group(s) {both} are in both val and test; a group belongs to one split")
+        return self
+
+
 class PairImportConfig(StrictModel):
     """How ``terrasynth data import-pairs`` turns image/mask pairs into a dataset."""
 
@@ -62,8 +78,13 @@ class PairImportConfig(StrictModel):
     stride: int | None = Field(None, ge=1, description="step between tiles; default = tile (no overlap)")
     gsd: float | None = Field(None, gt=0, description="ground sample distance of the source images, m/px")
     resize_to_gsd: float | None = Field(None, gt=0, description="resample to this GSD (m/px); needs gsd")
-    split_by: Literal["image", "block"] = "image"
+    split_by: Literal["image", "block", "group"] = "image"
     block_size: int = Field(512, ge=8, description="side of a split block in pixels (split_by=block)")
+    group_pattern: str | None = Field(None, description="split_by=group: regex searched in each image's file stem; "
+                                      "its first capture group (or the whole match) names the image's group")  # fmt: skip
+    groups: GroupSplits | None = Field(None, description="split_by=group: groups for val and test (the rest train; "
+                                       "ratios and seed are then unused); default: whole groups drawn with ratios "
+                                       "and seed")  # fmt: skip
     ratios: SplitRatios = Field(default_factory=SplitRatios)
     seed: Seed = 0
     max_nodata: float = Field(1.0, ge=0.0, le=1.0, description="drop tiles whose nodata share exceeds this")
@@ -73,13 +94,39 @@ class PairImportConfig(StrictModel):
         "default: the first three, band 1 copied (with a warning) for one- and two-band images"
     )  # fmt: skip
 
+    @field_validator("group_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc}); e.g. '^(tile\\d+)_' names tile3 in tile3_part1")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "PairImportConfig":
         if self.resize_to_gsd is not None and self.gsd is None:
             raise ValueError("resize_to_gsd needs gsd (the source images' GSD in m/px); pass --gsd")
         if self.split_by == "block" and self.block_size < self.tile:
             raise ValueError(f"block_size {self.block_size} is smaller than tile {self.tile}; raise block_size")
+        if self.split_by == "group" and self.group_pattern is None:
+            raise ValueError("split_by=group needs group_pattern, a regex whose first capture group names an "
+                             "image's group, e.g. '^(tile\\d+)_'; pass --group-pattern")  # fmt: skip
+        if self.split_by != "group" and (self.group_pattern is not None or self.groups is not None):
+            raise ValueError(f"group_pattern and groups are used only with split_by=group (split_by is "
+                             f"{self.split_by}); set split_by: group or remove them")  # fmt: skip
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_groups(self, handler: Any) -> dict[str, Any]:
+        # Unset group options are left out of the dump, so the config hashes of imports and pipeline
+        # runs that do not split by group are what they were before these options existed.
+        d = handler(self)
+        for k in ("group_pattern", "groups"):
+            if d.get(k, "") is None:
+                del d[k]
+        return d
 
     @property
     def step(self) -> int:
@@ -176,6 +223,13 @@ class Raster:
     array: np.ndarray  # (H, W) or (H, W, C)
     crs: object | None = None
     transform: Affine | None = None
+    palette: np.ndarray | None = None  # (N, 3) uint8 colours of a palette PNG's indices in ``array``
+
+    def rgb(self) -> np.ndarray:
+        """Palette indices expanded to their colours (H, W, 3); other pixels unchanged."""
+        if self.palette is None:
+            return self.array
+        return self.palette[np.minimum(self.array, len(self.palette) - 1)]
 
 
 def raster_size(path: Path) -> tuple[int, int]:
@@ -203,8 +257,9 @@ def read_raster(path: Path) -> Raster:
             im.load()
             if im.mode in ("I;16", "I", "F"):
                 return Raster(np.array(im))
-            if im.mode == "P":  # palette indices are the class codes
-                return Raster(np.array(im))
+            if im.mode == "P":  # indices, with the palette that says what they are (see decode_mask)
+                pal = np.array(im.getpalette() or [0, 0, 0], dtype=np.uint8).reshape(-1, 3)
+                return Raster(np.array(im), palette=pal)
             if im.mode not in ("L", "RGB", "RGBA", "LA"):
                 im = im.convert("RGB")
             return Raster(np.array(im))
@@ -252,9 +307,21 @@ def warn_band_copies(paths: list[Path], total: int) -> None:
         )  # fmt: skip
 
 
-def decode_mask(arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path) -> np.ndarray:
-    """Mask pixels -> (H, W) uint8 codes of ``scheme``; unknown codes or colours raise."""
+def decode_mask(
+    arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path, palette: np.ndarray | None = None
+) -> np.ndarray:
+    """Mask pixels -> (H, W) uint8 codes of ``scheme``; unknown codes or colours raise.
+
+    A palette mask (``palette`` (N, 3) given, ``arr`` its indices) is read by colour with
+    ``fmt="rgb"``, by index with ``fmt="index"``, and with ``auto`` by colour when every colour
+    it uses is in the scheme's legend (editors save colour-coded masks as palette PNGs whose
+    index order is arbitrary, e.g. half of the Dubai masks), else by index.
+    """
     where = str(path)
+    if palette is not None and arr.ndim == 2 and fmt != "index":
+        used = {tuple(c) for c in palette[np.minimum(np.unique(arr), len(palette) - 1)].tolist()}
+        if fmt == "rgb" or used <= scheme.legend_colours():
+            arr = palette[np.minimum(arr, len(palette) - 1)]
     if arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4):
         raise UserError(f"{path}: mask has {arr.shape[-1]} bands; a mask is single-band class codes or RGB(A) "
                         "colours: keep only the label band")  # fmt: skip
@@ -284,7 +351,7 @@ def decode_mask(arr: np.ndarray, scheme: ClassScheme, fmt: str, path: Path) -> n
     if fmt == "auto" and (rgb == rgb[..., :1]).all():
         # Grey RGB: indices saved as RGB, unless every grey is a legend colour (e.g. black/white).
         greys = set(np.unique(rgb[..., 0]).tolist())
-        legend = {c[0] for c in scheme.colours if c[0] == c[1] == c[2]}
+        legend = {c[0] for c in scheme.legend_colours() if c[0] == c[1] == c[2]}
         if not greys <= legend:
             scheme.check_codes(rgb[..., 0], where)
             return np.ascontiguousarray(rgb[..., 0])
@@ -321,6 +388,54 @@ def tile_origins(width: int, height: int, tile: int, step: int, block: int | Non
                 for c in range(0, bw - tile + 1, step):
                     out.append((bid, br + r, bc + c))
     return out
+
+
+def pair_groups(pairs: list[Pair], pattern: str) -> list[str]:
+    """The group of each pair: the first capture group (or the whole match) of ``pattern``
+    searched in its image's file stem; a stem it does not match is an error."""
+    rx = re.compile(pattern)
+    out = []
+    for p in pairs:
+        m = rx.search(p.image.stem)
+        group = (m.group(1) if rx.groups else m.group(0)) if m else None
+        if not group:
+            raise UserError(f"{p.image}: stem {p.image.stem!r} does not match group_pattern '{pattern}' (or its "
+                            "group is empty); fix the pattern so every image names its group, or remove the file")  # fmt: skip
+        out.append(group)
+    return out
+
+
+def group_splits(groups: list[str], cfg: PairImportConfig, where: str) -> dict[str, str]:
+    """Split of each group: val and test as ``cfg.groups`` names them (the rest train), or a
+    seeded draw of whole groups with ``cfg.ratios``. A split that would be left empty is an error."""
+    found = sorted(set(groups))
+    if cfg.groups is not None:
+        for split in ("val", "test"):
+            unknown = [g for g in getattr(cfg.groups, split) if g not in found]
+            if unknown:
+                raise UserError(f"{where}: groups.{split} names {unknown} but group_pattern '{cfg.group_pattern}' "
+                                f"finds only {found}; fix the group names or the pattern")  # fmt: skip
+        out = {g: "val" if g in cfg.groups.val else "test" if g in cfg.groups.test else "train" for g in found}
+        if "train" not in out.values():
+            raise UserError(f"{where}: groups.val and groups.test take all {len(found)} groups {found}, leaving "
+                            "train empty; keep at least one group out of them")  # fmt: skip
+        return out
+    counts = split_counts_for(len(found), cfg.ratios)
+    wanted = {"train": cfg.ratios.train, "val": cfg.ratios.val, "test": cfg.ratios.test}
+    empty = [k for k, r in wanted.items() if r > 0 and counts[k] == 0]
+    if empty:
+        raise UserError(f"{where}: group_pattern '{cfg.group_pattern}' finds {len(found)} group(s) {found}, too few "
+                        f"for a non-empty {' and '.join(empty)} split; set ratios.{empty[0]}: 0, name the groups "
+                        "(groups: {val: [...], test: [...]}) or split by image")  # fmt: skip
+    return dict(zip(found, assign_splits(len(found), cfg.ratios, cfg.seed)))
+
+
+def check_splits_filled(kept: dict[str, int], expected: set[str], cfg: PairImportConfig, where: str) -> None:
+    """Every split the groups (or ratios) promise must keep at least one tile."""
+    empty = sorted(s for s in expected if kept.get(s, 0) == 0)
+    if empty:
+        raise UserError(f"{where}: split {empty[0]} gets no tiles (its groups' images are smaller than tile "
+                        f"{cfg.tile} or beyond max_nodata={cfg.max_nodata}); give it other groups or lower --tile")  # fmt: skip
 
 
 def check_import_budget(
@@ -408,12 +523,28 @@ def import_pairs(
     small = [p.image.name for p, g in zip(pairs, grids) if not g]
     if small:
         log.warning("%d image(s) smaller than one %d px tile are skipped, e.g. %s", len(small), cfg.tile, small[0])
-    # Split units: whole images, or (image, block) cells. Units without tiles are not drawn.
-    if cfg.split_by == "image":
+    # Split units: whole images, (image, block) cells, or groups of images. Units without tiles are not drawn.
+    group_extra: dict[str, object] = {}
+    split_of_group: dict[str, str] = {}
+    if cfg.split_by == "group":
+        assert cfg.group_pattern is not None  # the config validator requires it
+        groups = pair_groups(pairs, cfg.group_pattern)
+        split_of_group = group_splits(groups, cfg, str(images))
         units = [(i, 0) for i, g in enumerate(grids) if g]
+        unit_split = {u: split_of_group[groups[u[0]]] for u in units}
+        expected = set(split_of_group.values())
+        check_splits_filled({s: 1 for s in unit_split.values()}, expected, cfg, str(images))
+        group_extra = {
+            "group_pattern": cfg.group_pattern,
+            "groups": split_of_group,
+            "source_groups": {p.image.name: g for p, g in zip(pairs, groups)},
+        }
     else:
-        units = sorted({(i, b) for i, g in enumerate(grids) for (b, _, _) in g})
-    unit_split = dict(zip(units, assign_splits(len(units), cfg.ratios, cfg.seed)))
+        if cfg.split_by == "image":
+            units = [(i, 0) for i, g in enumerate(grids) if g]
+        else:
+            units = sorted({(i, b) for i, g in enumerate(grids) for (b, _, _) in g})
+        unit_split = dict(zip(units, assign_splits(len(units), cfg.ratios, cfg.seed)))
 
     # Without --bands the hash is what it was before the option existed: older datasets still resume.
     hashed = config_dict(cfg) if cfg.bands is not None else {k: v for k, v in config_dict(cfg).items() if k != "bands"}
@@ -431,7 +562,8 @@ def import_pairs(
             "mask_scheme": src_scheme.name,
             "remap": cfg.remap,
             "split_by": cfg.split_by,
-            "split_units": len(units),
+            "split_units": len(split_of_group) if cfg.split_by == "group" else len(units),
+            **group_extra,
         },
     )
     total = sum(len(g) for g in grids)
@@ -440,12 +572,18 @@ def import_pairs(
     # run checks only the pairs it still has to write.
     copied: list[Path] = []
     if not resuming:
-        kept = sum(_check_pair(p, grids[i], src_scheme, remap, scheme, cfg, copied) for i, p in enumerate(pairs))
+        kept_by_pair = [_check_pair(p, grids[i], src_scheme, remap, scheme, cfg, copied) for i, p in enumerate(pairs)]
+        kept = sum(kept_by_pair)
         if kept == 0:
             raise UserError(
                 f"{images}: all {total} tiles of the {len(pairs)} pair(s) are nodata (code {scheme.nodata}) beyond "
                 f"max_nodata={cfg.max_nodata}; check the masks and --scheme, or raise max_nodata"
             )
+        if cfg.split_by == "group":
+            by_split: dict[str, int] = {}
+            for (i, _), split in unit_split.items():
+                by_split[split] = by_split.get(split, 0) + kept_by_pair[i]
+            check_splits_filled(by_split, set(split_of_group.values()), cfg, str(images))
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
         save_resolved(cfg, out)
         todo = [i for i, g in enumerate(grids) if any(not writer.has(_tile_id(pairs[i], r, c)) for _, r, c in g)]
@@ -478,7 +616,7 @@ def _load_mask(
     pair: Pair, src: ClassScheme, remap: Remap | None, cfg: PairImportConfig, raw: Raster | None = None
 ) -> np.ndarray:
     raw = raw or read_raster(pair.mask)
-    codes = decode_mask(raw.array, src, cfg.mask_format, pair.mask)
+    codes = decode_mask(raw.array, src, cfg.mask_format, pair.mask, raw.palette)
     return remap.apply(codes, str(pair.mask)) if remap else codes
 
 
@@ -496,8 +634,8 @@ def _check_pair(
     raw = read_raster(pair.mask)
     codes = _load_mask(pair, src, remap, cfg, raw)
     img = read_raster(pair.image)
-    to_rgb(img.array, pair.image, cfg.bands)
-    if cfg.bands is None and few_bands(img.array) and copied is not None:
+    to_rgb(img.rgb(), pair.image, cfg.bands)
+    if cfg.bands is None and few_bands(img.rgb()) and copied is not None:
         copied.append(pair.image)
     check_same_grid(pair, img, raw)
     codes = resample(codes, _scaled_size(codes.shape[1], codes.shape[0], cfg.scale), "label")
@@ -541,7 +679,7 @@ def _tiles(
     """Yield (id, split, image, label, crs, transform) per tile; label None when dropped for nodata."""
     codes = _load_mask(pair, src, remap, cfg)
     img = read_raster(pair.image)
-    rgb = to_rgb(img.array, pair.image, cfg.bands)
+    rgb = to_rgb(img.rgb(), pair.image, cfg.bands)
     size = _scaled_size(codes.shape[1], codes.shape[0], cfg.scale)
     codes, rgb = resample(codes, size, "label"), resample(rgb, size, "image")
     transform = img.transform
