@@ -52,7 +52,7 @@ def _preset(tmp_path: Path, data: Path, **scarce) -> Path:
     """The shipped preset with the tiny dataset and the given ``scarce`` keys replaced (not merged)."""
     cfg = yaml.safe_load(SCARCE.read_text())
     cfg["data"] = {"source": "dataset", "path": str(data)}
-    cfg["scarce"].update(seeds=[0], headline_seeds=2, **scarce)
+    cfg["scarce"].update({"seeds": [0], "headline_seeds": 2, **scarce})
     path = tmp_path / "scarce-twin.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -61,19 +61,10 @@ def _preset(tmp_path: Path, data: Path, **scarce) -> Path:
 SETS = twin_sets(**{"segment.train.target_minutes": "null", "segment.train.max_steps": "2"})
 
 
-@pytest.fixture(scope="module")
-def scarce_run(tmp_path_factory):
-    """The preset's tiny twin at label fractions 0.5 and 1.0, every rasterio read recorded."""
-    tmp = tmp_path_factory.mktemp("scarce")
+def _run_recorded(tmp: Path, **scarce) -> tuple[Path, Path, Path, list[Path]]:
+    """Run the preset's tiny twin with every rasterio read recorded: (run, config, data, paths opened)."""
     data = _tiny(tmp)
-    recipes = {
-        # SPADE images, 2 per mask with harder masks getting more, filtered, plus new layouts from
-        # the land-cover generator: every learner of the experiment in one recipe
-        "sp": {"generator": "spade", "variants": 2, "hardness": True, "filter": {"k": 2.0}, "new_layouts": 0.5},
-        "cn": {"description": "ControlNet, one image per mask"},
-        "only": {"synthetic_only": True},
-    }
-    cfg = _preset(tmp, data, fractions=[0.5, 1.0], recipes=recipes, larger_fraction_recipes=["only"])
+    cfg = _preset(tmp, data, **scarce)
     opened: list[Path] = []
     real_open = rasterio.open
 
@@ -88,15 +79,37 @@ def scarce_run(tmp_path_factory):
     return tmp / "run", cfg, data, opened
 
 
+# SPADE images, 2 per mask with harder masks getting more, filtered, plus new layouts from the
+# land-cover generator, and ControlNet images: every learner of the experiment.
+ALL_LEARNERS = {
+    "sp": {"generator": "spade", "variants": 2, "hardness": True, "filter": {"k": 2.0}, "new_layouts": 0.5},
+    "cn": {"description": "ControlNet, one image per mask"},
+}
+
+
+@pytest.fixture(scope="module")
+def knob_run(tmp_path_factory):
+    return _run_recorded(tmp_path_factory.mktemp("knob"), fractions=[0.5], recipes=ALL_LEARNERS, headline_seeds=1,
+                         larger_fraction_recipes=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scarce_run(tmp_path_factory):
+    """The preset's tiny twin at label fractions 0.5 and 1.0 with headline seeds."""
+    recipes = {**ALL_LEARNERS, "only": {"synthetic_only": True}}
+    return _run_recorded(tmp_path_factory.mktemp("scarce"), fractions=[0.5, 1.0], recipes=recipes,
+                         larger_fraction_recipes=["only"])  # fmt: skip
+
+
 def _state(run: Path) -> dict:
     return json.loads((run / "pipeline.json").read_text())
 
 
-def test_every_learner_reads_only_labelled_train_tiles(scarce_run):
+def test_every_learner_reads_only_labelled_train_tiles(knob_run):
     """With data.label_fraction = 0.5, no stage of that fraction (land-cover generator, SPADE,
     ControlNet base and ControlNet, filter model, segmenters, evaluation) opens a train tile of an
     unlabelled source image: not the imported dataset's, nor a synthetic one painted from it."""
-    run, _, data, opened = scarce_run
+    run, _, data, opened = knob_run
     state = _state(run)
     ran = {k for k in state["stages"]}
     for stage in ("data", "landcover", "spade", "controlnet_base", "controlnet", "scarce_data"):
@@ -118,6 +131,7 @@ def test_every_learner_reads_only_labelled_train_tiles(scarce_run):
     assert not bad, f"r=0.5 stages read unlabelled train tiles: {bad[:3]}"
 
 
+@pytest.mark.slow
 def test_scarce_twin_learning_curve_and_saved_models(scarce_run, tmp_path):
     run, cfg, data, _ = scarce_run
     lc = json.loads(Path(_state(run)["outputs"]["scarce"]["learning_curve"]).read_text())
@@ -142,3 +156,23 @@ def test_scarce_twin_learning_curve_and_saved_models(scarce_run, tmp_path):
     # a rerun is served from cache
     assert run_cli("-q", "run", cfg, "--out", run, *SETS) == 0
     assert {s["status"] for s in _state(run)["stages"].values()} == {"cached"}
+
+
+@pytest.mark.slow
+def test_scarce_dubai_twin(shared_data, tmp_path):
+    """configs/scarce-dubai.yaml end to end on one part of each region it needs: train regions
+    tile1 and tile3, val tile2, test tile5 and tile8 (whole regions held out)."""
+    cfg = yaml.safe_load((ROOT / "configs" / "scarce-dubai.yaml").read_text())
+    cfg["data"]["pairs"]["images"] = str(shared_data / "pairs" / "dubai" / "images" / "tile[12358]_part1.jpg")
+    cfg["data"]["pairs"]["masks"] = str(shared_data / "pairs" / "dubai" / "masks")
+    cfg["data"]["pairs"]["options"].update(tile=32, stride=160)
+    cfg["scarce"].update({"fractions": [0.5], "seeds": [0], "headline_seeds": 1, "recipes": {"cn": {}}})
+    path = tmp_path / "scarce-dubai-twin.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert run_cli("-q", "run", path, "--out", tmp_path / "run", *SETS) == 0
+    state = _state(tmp_path / "run")
+    real = Dataset.open(state["outputs"]["fractions"]["0.5"]["data"]["real"])
+    groups = {s: {real.group(r) for r in real.split(s)} for s in ("train", "val", "test")}
+    assert groups["val"] == {"tile2"} and groups["test"] == {"tile5", "tile8"} and len(groups["train"]) == 1
+    lc = json.loads(Path(state["outputs"]["scarce"]["learning_curve"]).read_text())
+    assert {(p["recipe"], p["seed"]) for p in lc["points"]} == {("real", 0), ("cn", 0)}

@@ -248,12 +248,18 @@ def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: 
     else:
         wr, ws = rec.weights(len(real.split("train")), len(Dataset.open(syn).split("train")))
         parts = [(real.root, wr), (Path(syn), ws)]
-    h = config_hash(fingerprint(config_dict(cfg), data=[[str(Path(p).resolve()), w] for p, w in parts]))
-    run = runs_dir(ctx) / f"r{ctx.cfg.data.label_fraction:g}-{recipe}-s{seed}-{h[:10]}"
+    fp = fingerprint(config_dict(cfg), data=[[str(Path(p).resolve()), w] for p, w in parts])
+
+    def name(n: int | None) -> Path:  # the steps are part of the name: a run never continues past its own end
+        return runs_dir(ctx) / f"r{ctx.cfg.data.label_fraction:g}-{recipe}-s{seed}-{config_hash(fp, n)[:10]}"
+
+    run = name(steps) if steps is not None else runs_dir(ctx) / f"probe-{config_hash(fp)[:10]}"
     log.info("scarce: training %s", run.name)
     train_segmentation(cfg, parts, run)
     if steps is None:
         steps = int(read_json(run / "run.json", "rerun the experiment")["max_steps"])
+        # the probe run is the run of its (recipe, seed) at the chosen steps
+        run = run.rename(name(steps))
         write_json_atomic(runs_dir(ctx) / "steps.json", {"max_steps": steps, "probed_by": run.name,
                                                          "target_minutes": ctx.cfg.segment.train.target_minutes})  # fmt: skip
         log.info("scarce: every segmenter trains %d steps (the speed probe of %s chose it)", steps, run.name)
