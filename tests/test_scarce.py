@@ -129,6 +129,9 @@ def test_every_learner_reads_only_labelled_train_tiles(knob_run):
     assert keep & {stem(p) for p in mine}, "the spy saw no reads of labelled tiles: it does not watch the readers"
     bad = sorted({str(p) for p in mine if stem(p) in unlabelled})
     assert not bad, f"r=0.5 stages read unlabelled train tiles: {bad[:3]}"
+    # the report says how many labels there were, and that no unlabelled imagery was used
+    md = Path(state["outputs"]["report"]["markdown"]).read_text()
+    assert "Labels: 50% = 6 of 12 train images (12 tiles)" in md and "No unlabelled imagery was used" in md
 
 
 @pytest.mark.slow

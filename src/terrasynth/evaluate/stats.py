@@ -238,7 +238,7 @@ def cell(summary: Mapping[str, Any], fraction: float, recipe: str) -> dict[str, 
 # ---- words ----------------------------------------------------------------------------------
 
 
-def _pct(f: float) -> str:
+def pct(f: float) -> str:
     return f"{100 * f:g}%"
 
 
@@ -259,7 +259,7 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05) -> list[str]:
         return lines + ["No points: the experiment has no results yet, no claim."]
     by_f = {h["fraction"]: h for h in summary["headline"]}
     for f in summary["fractions"]:
-        at = f"At {_pct(f)} of the labels"
+        at = f"At {pct(f)} of the labels"
         r = by_f[f]["recipe"]
         if r is None:
             lines.append(f"{at}, only the real baseline ran: no comparison.")
@@ -295,7 +295,7 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05) -> list[str]:
 
 def _target_line(summary: Mapping[str, Any], by_f: dict[float, Any], target: float, lvl: str) -> str:
     f = summary["fractions"][0]
-    head = f"Target (+{target:.3f} macro mIoU at {_pct(f)} of the labels):"
+    head = f"Target (+{target:.3f} macro mIoU at {pct(f)} of the labels):"
     r = by_f[f]["recipe"]
     c = cell(summary, f, r) if r else None
     d = c and c["vs_real"] and c["vs_real"]["macro_miou"]
@@ -337,7 +337,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     for c in summary["cells"]:
         name = c["recipe"] + (" *" if heads.get(c["fraction"]) == c["recipe"] else "")
         vs = c["vs_real"] or {}
-        rows.append(f"| {_pct(c['fraction'])} | {name} | {c['n']} | {_mci(c['test_macro_miou'])} | {_mci(c['test_micro_iou'])} "
+        rows.append(f"| {pct(c['fraction'])} | {name} | {c['n']} | {_mci(c['test_macro_miou'])} | {_mci(c['test_micro_iou'])} "
                     f"| {c['val_macro_miou']:.3f} | {_diff(vs.get('macro_miou')) if c['recipe'] != BASELINE else 'baseline'} "
                     f"| {_diff(vs.get('micro_iou')) if c['recipe'] != BASELINE else 'baseline'} |")  # fmt: skip
     return "\n".join(rows)
@@ -352,8 +352,8 @@ def per_class_table(summary: Mapping[str, Any]) -> tuple[str, list[str]]:
         c = cell(summary, h["fraction"], h["recipe"]) if h["recipe"] else None
         if c is None or c["vs_real"] is None:
             continue
-        cols.append((f"{_pct(c['fraction'])}: real + {c['recipe']}", c["per_class_gain"]))
-        notes += [f"{_pct(c['fraction'])}, {c['recipe']}: {n}" for n in c["per_class_notes"]]
+        cols.append((f"{pct(c['fraction'])}: real + {c['recipe']}", c["per_class_gain"]))
+        notes += [f"{pct(c['fraction'])}, {c['recipe']}: {n}" for n in c["per_class_notes"]]
     classes = list(dict.fromkeys(k for _, g in cols for k in g))
     if not classes:
         return "", notes
@@ -395,7 +395,7 @@ def learning_curve_plot(doc: Mapping[str, Any], summary: Mapping[str, Any] | Non
             )
     if len(s["fractions"]) > 2:
         ax.set_xscale("log")
-    ax.set_xticks(s["fractions"], [_pct(f) for f in s["fractions"]])
+    ax.set_xticks(s["fractions"], [pct(f) for f in s["fractions"]])
     ax.minorticks_off()
     ax.set_xlabel("fraction of the real training labels")
     ax.set_ylabel("macro mIoU on real test")

@@ -349,10 +349,22 @@ def _doc(ctx: "Context", points: list[dict[str, Any]], headline: str | None = No
         "headline_recipe": None,
         "extra_seeds_for": headline,
         "label_seed": ctx.cfg.seed,
+        "unlabelled_images": ctx.cfg.data.unlabelled_images,
+        "labelled": _labelled(ctx),
         "recipes": {REAL: "real tiles only (the baseline)", **{k: v.description or k for k, v in sc.recipes.items()}},
         "recipe_configs": {k: config_dict(v) for k, v in sc.recipes.items()},
         "points": points,
     }
+
+
+def _labelled(ctx: "Context") -> dict[str, dict[str, Any]]:
+    """Per fraction: how many train images (and tiles) were labelled, from the labelled set's provenance."""
+    out = {}
+    for r, c in ctx.fractions.items():
+        if "data" in c.outputs:
+            p = Dataset.open(c.outputs["data"]["real"]).info.provenance
+            out[f"{r:g}"] = {k: p[k] for k in ("labelled_sources", "train_sources", "labelled_train_tiles")}
+    return out
 
 
 def check_scarce(sc: ScarceStage) -> None:

@@ -90,7 +90,7 @@ def mixing_plot(points: list[dict[str, Any]], metric: str = "micro_iou") -> byte
 
 def scarce_section(doc: dict[str, Any], target: float = 0.05) -> list[tuple[str, Any]]:
     """The scarce-label section as ``("text", markdown)`` and ``("image", png)`` blocks, in order."""
-    from terrasynth.evaluate.stats import learning_curve_plot, learning_curve_summary, per_class_table, summary_table, verdict
+    from terrasynth.evaluate.stats import learning_curve_plot, learning_curve_summary, pct, per_class_table, summary_table, verdict
 
     summary = learning_curve_summary(doc)
     setup = ", ".join(f"{k} {'none' if doc[k] is None else doc[k]}" for k in ("dataset", "arch", "encoder", "encoder_weights") if k in doc)
@@ -99,6 +99,13 @@ def scarce_section(doc: dict[str, Any], target: float = 0.05) -> list[tuple[str,
                  f"recipes are chosen on {doc.get('selection_split', 'val')} and measured on {doc.get('metric_split', 'test')}."),
         ("text", "Recipes: " + "; ".join(f"{k} = {v}" for k, v in doc["recipes"].items()) + "."),
     ]  # fmt: skip
+    if "labelled" in doc:
+        lab = doc["labelled"]
+        blocks.append(("text", "Labels: " + "; ".join(
+            f"{pct(float(r))} = {v['labelled_sources']} of {v['train_sources']} train images ({v['labelled_train_tiles']} tiles)"
+            for r, v in lab.items()) + f", chosen by source image with seed {doc.get('label_seed')}; val and test whole. "
+            + ("Unlabelled train images were used by the ControlNet base (images need no labels)."
+               if doc.get("unlabelled_images") else "No unlabelled imagery was used.")))  # fmt: skip
     if not summary["cells"]:
         return blocks + [("text", "learning_curve.json has no points yet.")]
     blocks += [
