@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from terrasynth.classes import WORLDCOVER, Remap, load_remap
 from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, crs_string, provenance
 from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
 from terrasynth.errors import UserError
 from terrasynth.geo import stac
@@ -205,16 +205,19 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
     else:
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
     lc_filter = {"esa_worldcover:product_version": cfg.landcover_version} if cfg.landcover_version else {}
-    lc = search.items(cfg.landcover_collection, cfg.landcover_asset, area, None, lc_filter, cfg.max_items)
-    if cfg.source == "planetary-computer":
-        # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
-        lc = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in lc]
+
+    def find(collection: str, asset: str, dates: str | None, props: dict[str, Any]) -> list[stac.SourceItem]:
+        found = search.items(collection, asset, area, dates, props, cfg.max_items)
+        if cfg.source == "planetary-computer":
+            # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
+            found = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in found]
+        return found
+
+    lc = find(cfg.landcover_collection, cfg.landcover_asset, None, lc_filter)
     im: list[stac.SourceItem] = []
     if need_imagery:
         im_filter = {"naip:state": state} if state and cfg.imagery_collection == "naip" else {}
-        im = search.items(cfg.imagery_collection, cfg.imagery_asset, area, cfg.datetime, im_filter, cfg.max_items)
-        if cfg.source == "planetary-computer":
-            im = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in im]
+        im = find(cfg.imagery_collection, cfg.imagery_asset, cfg.datetime, im_filter)
         if not im:
             raise UserError(
                 f"no '{cfg.imagery_collection}' items for area {area.bbox}"
@@ -319,8 +322,7 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             grid = native_subgrid(full, region)
             if grid is None:
                 continue
-            origin = (round((grid.transform.f - full.transform.f) / full.transform.e),
-                      round((grid.transform.c - full.transform.c) / full.transform.a))  # fmt: skip
+            origin = _offset(full, grid)
             res_m.append(_res_metres(full))
         else:
             gsd = float(cfg.gsd or 1.0)
@@ -357,11 +359,16 @@ def _item_grid(it: stac.SourceItem) -> Grid | None:
 def _snap_to_stride(full: Grid, sub: Grid, stride: int) -> tuple[Grid, int, int]:
     """Start ``sub`` on a multiple of ``stride`` pixels of ``full``: tile positions (and ids)
     then do not depend on the exact area, and tiles line up with the lon/lat split blocks."""
-    r0 = round((sub.transform.f - full.transform.f) / full.transform.e)
-    c0 = round((sub.transform.c - full.transform.c) / full.transform.a)
+    r0, c0 = _offset(full, sub)
     r1, c1 = r0 + sub.height, c0 + sub.width
     r0, c0 = r0 // stride * stride, c0 // stride * stride
     return full.window(r0, c0, r1 - r0, c1 - c0), r0, c0
+
+
+def _offset(full: Grid, sub: Grid) -> tuple[int, int]:
+    """(row, col) of ``sub``'s origin in pixels of ``full`` (same lattice)."""
+    return (round((sub.transform.f - full.transform.f) / full.transform.e),
+            round((sub.transform.c - full.transform.c) / full.transform.a))  # fmt: skip
 
 
 def _unique(name: str, seen: set[str]) -> str:
@@ -468,7 +475,7 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
     return out
 
 
-# ---- running ----# ---- running ----------------------------------------------------------------------------
+# ---- running ----------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
@@ -487,13 +494,16 @@ def _work(task: tuple[int, TileChunk]) -> ChunkResult:
     res = cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
     writer: DatasetWriter | None = w["writer"]
     if writer is not None:  # write here, in parallel, instead of shipping pixels to the main process
-        scene = w["scenes"][i]
         for t in res.tiles:
-            if not writer.has(t.id):
-                writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                             crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+            _write(writer, w["scenes"][i], t)
         res.written, res.tiles = len(res.tiles), []
     return res
+
+
+def _write(writer: DatasetWriter, scene: Scene, t: Tile) -> None:
+    if not writer.has(t.id):
+        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0], crs=scene.grid.crs,
+                     transform=t.transform)  # fmt: skip
 
 
 def run_chunks(
@@ -643,9 +653,7 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
                         stats["over_cap"] += 1
                         continue
-                    if not writer.has(t.id):
-                        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                                     crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+                    _write(writer, scene, t)
                     stats["kept"] += 1
                 bar.update(res.candidates)
                 bar.set_postfix(kept=stats["kept"], refresh=False)
@@ -685,7 +693,6 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
 
 
 def _scene_record(s: Scene) -> dict[str, Any]:
-    crs = s.grid.crs
-    return {"name": s.name, "crs": f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
+    return {"name": s.name, "crs": crs_string(s.grid.crs),
             "res": list(s.grid.res), "width": s.grid.width, "height": s.grid.height, "bounds": list(s.grid.bounds),
             "image": s.image, "labels": list(s.labels)}  # fmt: skip

@@ -217,7 +217,7 @@ def provenance(
 # ---- GeoTIFF tiles ------------------------------------------------------------------
 
 
-def _crs_string(crs: CRS | str | None) -> str | None:
+def crs_string(crs: CRS | str | None) -> str | None:
     if crs is None:
         return None
     crs = CRS.from_user_input(crs)
@@ -518,7 +518,7 @@ class DatasetWriter:
             label=label_rel,
             image=image_rel,
             source=source,
-            crs=_crs_string(crs),
+            crs=crs_string(crs),
             bounds=bounds,
             nodata_pixels=int(counts[self.info.scheme.nodata]) if self.info.scheme.nodata is not None else 0,
             counts={c: int(counts[c]) for c in self.info.scheme.codes},

@@ -57,6 +57,17 @@ def build_controlnet(
     )
 
 
+def controlled_unet(
+    unet: torch.nn.Module, controlnet: torch.nn.Module, latents: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+    cond: torch.Tensor, conditioning_scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """The base ``unet``'s output for ``latents`` (B, C, h, w) at ``t`` with ``controlnet``'s residuals for ``cond``."""
+    down, mid = controlnet(latents, t, encoder_hidden_states=ctx, controlnet_cond=cond,
+                           conditioning_scale=conditioning_scale, return_dict=False)  # fmt: skip
+    return unet(latents, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                mid_block_additional_residual=mid).sample  # fmt: skip
+
+
 class ControlNetGenerator:
     """Land-cover masks -> RGB with a frozen latent base and a trained ControlNet."""
 
@@ -108,14 +119,7 @@ class ControlNetGenerator:
         ctx = self.base.contexts(latents.shape[0])
         if cond is None:
             return self.base.unet(latents, t, encoder_hidden_states=ctx).sample
-        down, mid = self.controlnet(
-            latents, t, encoder_hidden_states=ctx, controlnet_cond=cond,
-            conditioning_scale=conditioning_scale, return_dict=False,
-        )  # fmt: skip
-        return self.base.unet(
-            latents, t, encoder_hidden_states=ctx,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid,
-        ).sample  # fmt: skip
+        return controlled_unet(self.base.unet, self.controlnet, latents, t, ctx, cond, conditioning_scale)
 
     def _guided(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         g, s = self.guidance_scale, self.conditioning_scale
@@ -125,19 +129,15 @@ class ControlNetGenerator:
         x2 = torch.cat([latents, latents])
         ctx = self.base.contexts(2 * b)
         if self.unconditional == "zero_condition":
-            down, mid = self.controlnet(
-                x2, t, encoder_hidden_states=ctx, controlnet_cond=torch.cat([cond, torch.zeros_like(cond)]),
-                conditioning_scale=s, return_dict=False,
-            )  # fmt: skip
+            both = torch.cat([cond, torch.zeros_like(cond)])
+            out = controlled_unet(self.base.unet, self.controlnet, x2, t, ctx, both, s)
         else:  # the base alone: zero residuals for the unconditional half
             down, mid = self.controlnet(
                 latents, t, encoder_hidden_states=ctx[:b], controlnet_cond=cond, conditioning_scale=s, return_dict=False
             )
-            down = [torch.cat([r, torch.zeros_like(r)]) for r in down]
-            mid = torch.cat([mid, torch.zeros_like(mid)])
-        out = self.base.unet(
-            x2, t, encoder_hidden_states=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid
-        ).sample
+            down, mid = [torch.cat([r, torch.zeros_like(r)]) for r in down], torch.cat([mid, torch.zeros_like(mid)])
+            out = self.base.unet(x2, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                                 mid_block_additional_residual=mid).sample  # fmt: skip
         c, u = out.chunk(2)
         return u + g * (c - u)
 

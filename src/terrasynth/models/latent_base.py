@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors.torch import save_file
 
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, load_weights, write_json_atomic
+from terrasynth.io import load_weights, save_weights, write_json_atomic
 from terrasynth.models.autoencoder import downsampling_factor
 from terrasynth.models.diffusion import LatentNorm
 
@@ -91,8 +90,7 @@ def save_trained_base(
     vae.save_pretrained(out / "vae")
     unet.save_pretrained(out / "unet")
     noise_scheduler.save_pretrained(out / "scheduler")
-    with atomic_path(out / CONTEXT_FILE) as tmp:
-        save_file({"context": context.detach().cpu().contiguous()}, str(tmp))
+    save_weights(out / CONTEXT_FILE, {"context": context})
     write_json_atomic(out / LATENTS_FILE, {"mean": mean.tolist(), "std": std.tolist()})
     write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": downsampling_factor(vae)})
 

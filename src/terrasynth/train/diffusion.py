@@ -27,13 +27,15 @@ from torch.utils.data import ConcatDataset
 
 from terrasynth.classes import one_hot
 from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, provenance
+from terrasynth.data.dataset import provenance
 from terrasynth.data.torchdata import TileDataset, paired_augment
 from terrasynth.errors import UserError
 from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.autoencoder import AutoencoderArch, VAELoss, downsampling_factor
-from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
+from terrasynth.models.controlnet import (
+    CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet, controlled_unet,
+)  # fmt: skip
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.diffusion import LatentNorm, SamplingConfig, diffusion_target, training_scheduler
 from terrasynth.models.latent_base import (
@@ -130,15 +132,10 @@ class ControlNetRunConfig(StrictModel):
 # ---- helpers --------------------------------------------------------------------------
 
 
-def open_tiles(data: Path | Sequence[Path], splits: list[str], require_masks: bool = False) -> ConcatDataset:
-    paths = [Path(data)] if isinstance(data, (str, Path)) else [Path(p) for p in data]
-    sets = []
-    for p in paths:
-        ds = Dataset.open(p)
-        recs = ds.split(*splits)
-        if not recs:
-            raise UserError(f"{p}: no tiles in split(s) {splits}; available: {sorted({r.split for r in ds.records})}")
-        sets.append(TileDataset(ds, records=recs, cache=True))
+def open_tiles(data: Path | Sequence[Path], splits: list[str]) -> ConcatDataset:
+    """The image/mask tiles of ``splits`` of one or more paired datasets of one tile size, cached in memory."""
+    paths = _paths(data)
+    sets = [TileDataset(p, splits, cache=True) for p in paths]
     sizes = {s.ds.info.tile_size for s in sets}
     if len(sizes) > 1:
         raise UserError(f"datasets {[str(p) for p in paths]} have different tile sizes {sorted(sizes)}; use one size")
@@ -148,15 +145,10 @@ def open_tiles(data: Path | Sequence[Path], splits: list[str], require_masks: bo
 def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random items: images (n, 3, H, W), masks (n, H, W)."""
     idx = torch.randint(len(tiles), (n,), generator=gen).tolist()
-    imgs, masks = [], []
-    for i in idx:
-        it = tiles[i]
-        img, mask = it["image"], it["mask"]
-        if augment:
-            img, mask = paired_augment(img, mask, gen)
-        imgs.append(img)
-        masks.append(mask)
-    return torch.stack(imgs), torch.stack(masks)
+    pairs = [(tiles[i]["image"], tiles[i]["mask"]) for i in idx]
+    if augment:
+        pairs = [paired_augment(img, mask, gen) for img, mask in pairs]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def noisy(sched: DDPMScheduler, latents: torch.Tensor, gen: torch.Generator):
@@ -405,11 +397,7 @@ def train_controlnet(
         with torch.no_grad():
             z = lb.encode(imgs.to(acc.device), generator=gen)
         x, t, target = noisy(sched, z, gen)
-        ctx = lb.contexts(x.shape[0])
-        down, mid = m(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, return_dict=False)
-        pred = unet(
-            x, t, encoder_hidden_states=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid
-        ).sample
+        pred = controlled_unet(unet, m, x, t, lb.contexts(x.shape[0]), cond)
         return F.mse_loss(pred.float(), target.float())
 
     budget = {"max_minutes": cfg.max_minutes, "target_minutes": cfg.target_minutes}
