@@ -74,10 +74,6 @@ class ClassScheme:
         return [c.code for c in self.classes]
 
     @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    @property
     def colours(self) -> list[tuple[int, int, int]]:
         return [c.colour for c in self.classes]
 
@@ -159,12 +155,10 @@ class ClassScheme:
     # ---- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "description": self.description,
-            "nodata": self.nodata,
+            "name": self.name, "description": self.description, "nodata": self.nodata,
             "nodata_colour": _hex(self.nodata_colour),
             "classes": [{"code": c.code, "name": c.name, "colour": _hex(c.colour)} for c in self.classes],
-        }
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "scheme") -> "ClassScheme":
@@ -173,12 +167,10 @@ class ClassScheme:
                 ClassInfo(int(c["code"]), str(c["name"]), parse_colour(c["colour"], where)) for c in d["classes"]
             )
             return cls(
-                name=str(d["name"]),
-                classes=classes,
-                nodata=None if d.get("nodata") is None else int(d["nodata"]),
+                name=str(d["name"]), classes=classes, nodata=None if d.get("nodata") is None else int(d["nodata"]),
                 nodata_colour=parse_colour(d.get("nodata_colour", "#000000"), where),
                 description=str(d.get("description", "")),
-            )
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{where}: invalid scheme definition ({exc!r}); a scheme needs name, classes "
@@ -225,12 +217,12 @@ WORLDCOVER = ClassScheme(
 BUILTIN: dict[str, ClassScheme] = {"worldcover": WORLDCOVER}
 
 
+def _shipped(package: str) -> list[str]:
+    return sorted(f.name[:-5] for f in resources.files(package).iterdir() if f.name.endswith(".yaml"))
+
+
 def shipped_schemes() -> list[str]:
-    names = set(BUILTIN)
-    for f in resources.files("terrasynth.schemes").iterdir():
-        if f.name.endswith(".yaml"):
-            names.add(f.name[:-5])
-    return sorted(names)
+    return sorted(set(BUILTIN) | set(_shipped("terrasynth.schemes")))
 
 
 def load_scheme(name_or_path: str | Path | ClassScheme) -> ClassScheme:
@@ -291,7 +283,7 @@ class Remap:
 
 
 def shipped_remaps() -> list[str]:
-    return sorted(f.name[:-5] for f in resources.files("terrasynth.remaps").iterdir() if f.name.endswith(".yaml"))
+    return _shipped("terrasynth.remaps")
 
 
 def load_remap(name_or_path: str | Path) -> Remap:

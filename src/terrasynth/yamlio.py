@@ -30,12 +30,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
             if first is not None:
-                raise DuplicateKeyError(
-                    f"first on line {first.start_mark.line + 1}",
-                    node.start_mark,
-                    f"key {key!r} appears twice in one mapping",
-                    key_node.start_mark,
-                )
+                raise DuplicateKeyError(f"first on line {first.start_mark.line + 1}", node.start_mark,
+                                        f"key {key!r} appears twice in one mapping", key_node.start_mark)  # fmt: skip
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 

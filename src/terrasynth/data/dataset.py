@@ -24,6 +24,7 @@ import logging
 from logging.handlers import BufferingHandler
 import os
 import shlex
+import shutil
 import sys
 import threading
 import warnings
@@ -45,14 +46,8 @@ import terrasynth
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.io import (
-    TMP_PREFIX,
-    ensure_dir,
-    os_user_error,
-    remove_stale_tmp,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+    TMP_PREFIX, ensure_dir, os_user_error, remove_stale_tmp, write_bytes_atomic, write_json_atomic, write_text_atomic,
+)  # fmt: skip
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 _log = logging.getLogger(__name__)
@@ -116,17 +111,10 @@ class DatasetInfo:
 
     def to_json(self, records: list[TileRecord] | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "kind": self.kind,
-            "tile_size": self.tile_size,
-            "gsd": self.gsd,
-            "has_images": self.has_images,
-            "scheme": self.scheme.to_dict(),
-            "provenance": self.provenance,
-            "extra": self.extra,
-        }
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": self.name, "kind": self.kind,
+            "tile_size": self.tile_size, "gsd": self.gsd, "has_images": self.has_images,
+            "scheme": self.scheme.to_dict(), "provenance": self.provenance, "extra": self.extra,
+        }  # fmt: skip
         if records is not None:
             d["num_tiles"] = len(records)
             d["splits"] = split_counts(records)
@@ -194,24 +182,14 @@ def class_pixels(records: Iterable[TileRecord], scheme: ClassScheme) -> dict[int
     return tot
 
 
-def provenance(
-    source: str,
-    *,
-    config_hash: str | None = None,
-    seed: int | None = None,
-    generator: dict[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
+def provenance(source: str, *, config_hash: str | None = None, seed: int | None = None,
+               generator: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
     """The provenance block of ``dataset.json``: what made this dataset, with which code."""
     return {
         "source": source,
         "command": " ".join(shlex.quote(a) for a in ["terrasynth", *sys.argv[1:]]) if sys.argv else "",
-        "config_hash": config_hash,
-        "version": terrasynth.__version__,
-        "seed": seed,
-        "generator": generator,
-        **extra,
-    }
+        "config_hash": config_hash, "version": terrasynth.__version__, "seed": seed, "generator": generator, **extra,
+    }  # fmt: skip
 
 
 # ---- GeoTIFF tiles ------------------------------------------------------------------
@@ -327,14 +305,7 @@ class DatasetWriter:
     overlap the per-file fsyncs (see :class:`terrasynth.data.tile_sink.ThreadedWrites`).
     """
 
-    def __init__(
-        self,
-        out: str | os.PathLike,
-        info: DatasetInfo,
-        *,
-        shard: int | None = None,
-        overwrite: bool = False,
-    ):
+    def __init__(self, out: str | os.PathLike, info: DatasetInfo, *, shard: int | None = None, overwrite: bool = False):
         self.root = Path(out)
         self.info = info
         self.shard = shard
@@ -456,16 +427,6 @@ class DatasetWriter:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
 
-    def _clear(self) -> None:
-        """Empty the root; only for a directory this writer found empty (see discard_if_empty)."""
-        import shutil
-
-        for p in list(self.root.iterdir()):
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-
     def _load_journals(self) -> dict[str, TileRecord]:
         done: dict[str, TileRecord] = {}
         for j in sorted(self.root.glob(JOURNAL_GLOB)):
@@ -485,17 +446,8 @@ class DatasetWriter:
     def has(self, tile_id: str) -> bool:
         return self.complete or tile_id in self._done
 
-    def write(
-        self,
-        tile_id: str,
-        split: str,
-        label: np.ndarray,
-        image: np.ndarray | None = None,
-        *,
-        source: str = "",
-        crs: CRS | str | None = None,
-        transform: Affine | None = None,
-    ) -> TileRecord:
+    def write(self, tile_id: str, split: str, label: np.ndarray, image: np.ndarray | None = None, *, source: str = "",
+              crs: CRS | str | None = None, transform: Affine | None = None) -> TileRecord:  # fmt: skip
         """Write one tile: ``label`` (H, W) uint8 codes, ``image`` (H, W, 3) uint8 or None."""
         if self.info.has_images and image is None:
             raise ValueError(f"dataset {self.root} has images but tile {tile_id} has none")
@@ -512,17 +464,12 @@ class DatasetWriter:
             left, top = rasterio.transform.xy(transform, 0, 0, offset="ul")
             right, bottom = rasterio.transform.xy(transform, h, w, offset="ul")
             bounds = (float(min(left, right)), float(min(bottom, top)), float(max(left, right)), float(max(bottom, top)))
+        nodata = self.info.scheme.nodata
         rec = TileRecord(
-            id=tile_id,
-            split=split,
-            label=label_rel,
-            image=image_rel,
-            source=source,
-            crs=crs_string(crs),
-            bounds=bounds,
-            nodata_pixels=int(counts[self.info.scheme.nodata]) if self.info.scheme.nodata is not None else 0,
+            id=tile_id, split=split, label=label_rel, image=image_rel, source=source, crs=crs_string(crs), bounds=bounds,
+            nodata_pixels=int(counts[nodata]) if nodata is not None else 0,
             counts={c: int(counts[c]) for c in self.info.scheme.codes},
-        )
+        )  # fmt: skip
         self._append(rec)
         return rec
 
@@ -580,7 +527,8 @@ class DatasetWriter:
             return
         self.close()
         if self.root.exists():
-            self._clear()
+            for p in list(self.root.iterdir()):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
             if not self._existed:
                 self.root.rmdir()
 
@@ -594,24 +542,15 @@ class DatasetWriter:
 
 def _last_byte(path: Path) -> bytes:
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return b""
-        f.seek(-1, os.SEEK_END)
+        f.seek(max(0, path.stat().st_size - 1))
         return f.read(1)
-
-
-def index_columns(scheme: ClassScheme) -> list[str]:
-    return [
-        "id", "split", "image", "label", "source", "crs", "left", "bottom", "right", "top", "nodata_pixels",
-        *[f"count_{c}" for c in scheme.codes],
-    ]  # fmt: skip
 
 
 def index_to_csv(records: list[TileRecord], scheme: ClassScheme) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(index_columns(scheme))
+    w.writerow(["id", "split", "image", "label", "source", "crs", "left", "bottom", "right", "top", "nodata_pixels",
+                *[f"count_{c}" for c in scheme.codes]])  # fmt: skip
     for r in records:
         b = r.bounds or ("", "", "", "")
         w.writerow(

@@ -112,11 +112,6 @@ class SpatialBlocks:
         self.origin = origin  # lon, lat of a block corner
         self.table: dict[tuple[int, int], str] = {}
 
-    @classmethod
-    def metres(cls, block_m: float, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> "SpatialBlocks":
-        """Blocks whose side is ``block_m`` metres measured along a meridian."""
-        return cls(block_m / METRES_PER_DEGREE, fractions, seed)
-
     def _u(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # in block units, rounded so that an edge lying on a block edge is not split by float noise
         return (np.round((np.asarray(lon, np.float64) - self.origin[0]) / self.block_deg, 9),

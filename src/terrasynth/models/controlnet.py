@@ -74,32 +74,15 @@ class ControlNetGenerator:
     family = "controlnet"
 
     def __init__(
-        self,
-        base: LatentBase,
-        controlnet: ControlNetModel,
-        scheme: ClassScheme,
-        *,
-        scheduler: str = "DPMSolverMultistepScheduler",
-        steps: int = 20,
-        guidance_scale: float = 2.0,
-        conditioning_scale: float = 1.0,
-        unconditional: Unconditional = "base",
-        batch_size: int = 64,
-        run: str | None = None,
-        checkpoint: str | None = None,
-    ):
-        self.base = base
-        self.controlnet = controlnet.eval()
-        self.scheme = scheme
-        self.scheduler_name = scheduler
-        self.scheduler = make_scheduler(scheduler, base.noise_scheduler.config)
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.conditioning_scale = conditioning_scale
-        self.unconditional = unconditional
-        self.batch_size = batch_size
-        self.run = run
-        self.checkpoint = checkpoint
+        self, base: LatentBase, controlnet: ControlNetModel, scheme: ClassScheme, *,
+        scheduler: str = "DPMSolverMultistepScheduler", steps: int = 20, guidance_scale: float = 2.0,
+        conditioning_scale: float = 1.0, unconditional: Unconditional = "base", batch_size: int = 64,
+        run: str | None = None, checkpoint: str | None = None,
+    ):  # fmt: skip
+        self.base, self.controlnet, self.scheme = base, controlnet.eval(), scheme
+        self.scheduler_name, self.scheduler = scheduler, make_scheduler(scheduler, base.noise_scheduler.config)
+        self.steps, self.guidance_scale, self.conditioning_scale = steps, guidance_scale, conditioning_scale
+        self.unconditional, self.batch_size, self.run, self.checkpoint = unconditional, batch_size, run, checkpoint
 
     @property
     def device(self) -> torch.device:
@@ -163,17 +146,11 @@ class ControlNetGenerator:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "family": self.family,
-            "run": self.run,
-            "checkpoint": self.checkpoint,
-            "base": self.base.path,
-            "base_source": self.base.source,
-            "scheduler": self.scheduler_name,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "conditioning_scale": self.conditioning_scale,
+            "family": self.family, "run": self.run, "checkpoint": self.checkpoint, "base": self.base.path,
+            "base_source": self.base.source, "scheduler": self.scheduler_name, "steps": self.steps,
+            "guidance_scale": self.guidance_scale, "conditioning_scale": self.conditioning_scale,
             "unconditional": self.unconditional,
-        }
+        }  # fmt: skip
 
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> ControlNetGenerator:
@@ -189,11 +166,7 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu", **overri
     controlnet.requires_grad_(False)
     sampling = {**meta.get("sampling", {}), **overrides}
     return ControlNetGenerator(
-        base,
-        controlnet,
-        ClassScheme.from_dict(meta["scheme"], where=str(run / GENERATOR_FILE)),
-        unconditional=meta.get("unconditional", "base"),
-        run=str(run.resolve()),
-        checkpoint=str((run / CONTROLNET_DIR).resolve()),
-        **sampling,
-    )
+        base, controlnet, ClassScheme.from_dict(meta["scheme"], where=str(run / GENERATOR_FILE)),
+        unconditional=meta.get("unconditional", "base"), run=str(run.resolve()),
+        checkpoint=str((run / CONTROLNET_DIR).resolve()), **sampling,
+    )  # fmt: skip

@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset
 from terrasynth.classes import one_hot
 from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import provenance
-from terrasynth.data.torchdata import TileDataset, paired_augment
+from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
 from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
@@ -39,14 +39,9 @@ from terrasynth.models.controlnet import (
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.diffusion import LatentNorm, SamplingConfig, diffusion_target, training_scheduler
 from terrasynth.models.latent_base import (
-    ContextUNet,
-    build_latent_unet,
-    is_pretrained_base,
-    is_trained_base,
-    load_base,
-    save_trained_base,
-)
-from terrasynth.train.runner import RunResult, Runner, RunSpec, ema_copy, fingerprint, seed_everything
+    ContextUNet, build_latent_unet, is_pretrained_base, is_trained_base, load_base, save_trained_base,
+)  # fmt: skip
+from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
 # ---- configs --------------------------------------------------------------------------
 
@@ -144,11 +139,7 @@ def open_tiles(data: Path | Sequence[Path], splits: list[str]) -> ConcatDataset:
 
 def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random items: images (n, 3, H, W), masks (n, H, W)."""
-    idx = torch.randint(len(tiles), (n,), generator=gen).tolist()
-    pairs = [(tiles[i]["image"], tiles[i]["mask"]) for i in idx]
-    if augment:
-        pairs = [paired_augment(img, mask, gen) for img, mask in pairs]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return random_pairs(lambda i: (tiles[i]["image"], tiles[i]["mask"]), len(tiles), n, gen, augment)
 
 
 def noisy(sched: DDPMScheduler, latents: torch.Tensor, gen: torch.Generator):
@@ -210,17 +201,13 @@ def _fit(
     wrapped, _ = runner.prepare(model, torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
     runner.track_ema(p for p in runner.unwrap(wrapped).parameters() if p.requires_grad)
     result = runner.fit(_LossStep(acc, wrapped, loss))
-    return ema_copy(runner, wrapped), _summary(result)
+    return ema_copy(runner, wrapped), {k: v for k, v in asdict(result).items() if k != "losses"}
 
 
 def _inputs(data: object, init_from: Path | None = None) -> dict[str, Any]:
     """What a run was trained on, for its fingerprint (a changed input refuses the resume)."""
     prev = str(Path(init_from).resolve()) if init_from else None
     return {"data": [str(p.resolve()) for p in _paths(data)], "init_from": prev}
-
-
-def _summary(r: RunResult) -> dict[str, Any]:
-    return {k: v for k, v in asdict(r).items() if k != "losses"}
 
 
 def stage_minutes(cfg: ControlNetBaseConfig, stage: str, vae_used: float = 0.0) -> dict[str, float | None]:
@@ -243,14 +230,8 @@ def _spec(stage: str, cfg: ControlNetBaseConfig | ControlNetConfig, max_steps: i
 # ---- base -----------------------------------------------------------------------------
 
 
-def train_controlnet_base(
-    cfg: ControlNetBaseConfig,
-    data: Path | Sequence[Path],
-    out: Path,
-    *,
-    init_from: Path | None = None,
-    resume: bool = True,
-) -> Path:
+def train_controlnet_base(cfg: ControlNetBaseConfig, data: Path | Sequence[Path], out: Path, *,
+                          init_from: Path | None = None, resume: bool = True) -> Path:  # fmt: skip
     """Train the autoencoder, then the unconditional latent UNet, on all imagery of ``data``.
 
     ``init_from``: a previous base run whose autoencoder, UNet and context are the start
@@ -348,15 +329,8 @@ def train_controlnet_base(
 # ---- ControlNet -----------------------------------------------------------------------
 
 
-def train_controlnet(
-    cfg: ControlNetConfig,
-    data: Path,
-    base: Path | str,
-    out: Path,
-    *,
-    init_from: Path | None = None,
-    resume: bool = True,
-) -> Path:
+def train_controlnet(cfg: ControlNetConfig, data: Path, base: Path | str, out: Path, *,
+                     init_from: Path | None = None, resume: bool = True) -> Path:  # fmt: skip
     """Train a ControlNet (base frozen) on the image/mask pairs of ``data``; write a generator run.
 
     ``base``: a train-base run or a local Stable-Diffusion-layout checkpoint.

@@ -27,27 +27,16 @@ from terrasynth.accel import dist_state, make_accelerator, resolve_precision
 from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
-from terrasynth.data.torchdata import TileDataset, paired_augment
+from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
 from terrasynth.io import ensure_dir, save_weights, write_json_atomic
 from terrasynth.models.discriminators import (
-    MultiscalePatchGAN,
-    OASISDiscriminator,
-    labelmix,
-    labelmix_loss,
-    oasis_class_weights,
-    oasis_loss,
-)
+    MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
+)  # fmt: skip
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.spade import SPADEGenerator, num_up_for
 from terrasynth.train.diffaugment import Policy, diff_augment
-from terrasynth.train.gan_losses import (
-    VGGLoss,
-    feature_matching_loss,
-    hinge_d_loss,
-    hinge_g_loss,
-    multiscale,
-)
+from terrasynth.train.gan_losses import VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, multiscale
 from terrasynth.train.judge import build_judge, judge_miou, train_judge
 from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
@@ -153,16 +142,10 @@ class SpadeConfig(TrainBudget):
 def generator_kwargs(cfg: SpadeConfig, num_classes: int, tile_size: int) -> dict[str, Any]:
     m = cfg.model
     return dict(
-        num_classes=num_classes,
-        ngf=m.ngf,
-        num_up=num_up_for(tile_size, m.latent_size),
-        num_middle=m.num_middle,
-        hidden=m.hidden,
-        norm=m.norm,
-        spectral=m.spectral_norm,
-        noise="3d" if cfg.remedies.noise3d else "none",
+        num_classes=num_classes, ngf=m.ngf, num_up=num_up_for(tile_size, m.latent_size), num_middle=m.num_middle,
+        hidden=m.hidden, norm=m.norm, spectral=m.spectral_norm, noise="3d" if cfg.remedies.noise3d else "none",
         noise_dim=m.noise_dim,
-    )
+    )  # fmt: skip
 
 
 def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
@@ -216,15 +199,8 @@ def sample_batch(
     images: torch.Tensor, masks: torch.Tensor, batch_size: int, gen: torch.Generator, augment: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> images (B, 3, H, W) float in [-1, 1], masks (B, H, W) int64."""
-    idx = torch.randint(0, len(images), (batch_size,), generator=gen).tolist()
-    xs, ys = [], []
-    for i in idx:
-        x, y = images[i].float().div(127.5).sub(1), masks[i].long()
-        if augment:
-            x, y = paired_augment(x, y, gen)
-        xs.append(x)
-        ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+    return random_pairs(lambda i: (images[i].float().div(127.5).sub(1), masks[i].long()), len(images), batch_size,
+                        gen, augment)  # fmt: skip
 
 
 # ---- the family ---------------------------------------------------------------------

@@ -176,16 +176,8 @@ class _JSON:
 class Runner:
     """Trains one stage of a run directory; see the module docstring."""
 
-    def __init__(
-        self,
-        spec: RunSpec,
-        accelerator: Accelerator,
-        run_dir: str | os.PathLike,
-        fingerprint: dict[str, Any],
-        *,
-        resume: bool = True,
-        progress: bool = True,
-    ) -> None:
+    def __init__(self, spec: RunSpec, accelerator: Accelerator, run_dir: str | os.PathLike, fingerprint: dict[str, Any],
+                 *, resume: bool = True, progress: bool = True) -> None:  # fmt: skip
         self.spec, self.acc, self.run_dir = spec, accelerator, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints" / spec.stage
         self.resume, self.progress = resume, progress
