@@ -172,10 +172,8 @@ class ClassScheme:
                 description=str(d.get("description", "")),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{where}: invalid scheme definition ({exc!r}); a scheme needs name, classes "
-                "[{code, name, colour}] and optional nodata"
-            ) from exc
+            raise UserError(f"{where}: invalid scheme definition ({exc!r}); a scheme needs name, classes "
+                            "[{code, name, colour}] and optional nodata") from exc  # fmt: skip
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -258,16 +256,12 @@ class Remap:
     def __post_init__(self) -> None:
         missing = sorted(self.source.valid_codes() - set(self.mapping))
         if missing:
-            raise UserError(
-                f"remap {self.source.name}->{self.target.name}: source codes {missing} are not mapped; "
-                "every source code (and nodata) needs a target"
-            )
+            raise UserError(f"remap {self.source.name}->{self.target.name}: source codes {missing} are not mapped; "
+                            "every source code (and nodata) needs a target")  # fmt: skip
         bad = sorted(set(self.mapping.values()) - self.target.valid_codes())
         if bad:
-            raise UserError(
-                f"remap {self.source.name}->{self.target.name}: target codes {bad} are not in scheme "
-                f"'{self.target.name}' (known: {sorted(self.target.valid_codes())})"
-            )
+            raise UserError(f"remap {self.source.name}->{self.target.name}: target codes {bad} are not in scheme "
+                            f"'{self.target.name}' (known: {sorted(self.target.valid_codes())})")  # fmt: skip
 
     @cached_property
     def lut(self) -> np.ndarray:

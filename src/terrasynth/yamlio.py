@@ -45,6 +45,4 @@ def load_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except DuplicateKeyError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise UserError(
-            f"{where}: line {line}: {exc.problem} ({exc.context}); keep only one of them"
-        ) from exc
+        raise UserError(f"{where}: line {line}: {exc.problem} ({exc.context}); keep only one of them") from exc

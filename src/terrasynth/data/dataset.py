@@ -128,10 +128,8 @@ class DatasetInfo:
             raise UserError(f"{where}: not a terrasynth dataset.json (format={fmt!r}); pass a dataset directory")
         version = d.get("format_version")
         if type(version) is int and version > FORMAT_VERSION:
-            raise UserError(
-                f"{where}: dataset format version {version} is newer than this terrasynth "
-                f"understands ({FORMAT_VERSION}); upgrade terrasynth"
-            )
+            raise UserError(f"{where}: dataset format version {version} is newer than this terrasynth "
+                            f"understands ({FORMAT_VERSION}); upgrade terrasynth")  # fmt: skip
         try:
             meta = DatasetMeta.model_validate(d)
         except ValidationError as exc:
@@ -326,10 +324,8 @@ class DatasetWriter:
             raise UserError(f"{self.root}: already holds a dataset made with another config (hash {old} vs {cfg_hash}); "
                             "choose a new --out or pass --overwrite")  # fmt: skip
         elif partial.exists() and (old := json.loads(partial.read_text()).get("config_hash")) != cfg_hash:
-            raise UserError(
-                f"{self.root}: holds an unfinished dataset from another config (hash {old} vs {cfg_hash}); "
-                "rerun that command to finish it, choose a new --out, or pass --overwrite"
-            )
+            raise UserError(f"{self.root}: holds an unfinished dataset from another config (hash {old} vs {cfg_hash}); "
+                            "rerun that command to finish it, choose a new --out, or pass --overwrite")  # fmt: skip
         if self.root.exists() and not partial.exists() and not meta.exists() and not self._kept:
             # A writer killed while committing the marker leaves only its own temporary file.
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
@@ -505,10 +501,8 @@ class DatasetWriter:
         records = sorted(self._load_journals().values(), key=lambda r: r.id)
         if not records:
             self.discard_if_empty()
-            raise UserError(
-                f"{self.root}: no tiles were produced; check the input and the filters "
-                "(nodata threshold, tile size larger than the images?)"
-            )
+            raise UserError(f"{self.root}: no tiles were produced; check the input and the filters "
+                            "(nodata threshold, tile size larger than the images?)")  # fmt: skip
         write_text_atomic(self.root / INDEX_FILE, index_to_csv(records, self.info.scheme))
         write_json_atomic(self.root / META_FILE, self.info.to_json(records))
         for j in self.root.glob(JOURNAL_GLOB):

@@ -56,10 +56,8 @@ class TileDataset(TorchDataset):
             splits = (splits,)
         self.records = list(records) if records is not None else self.ds.split(*(splits or ()))
         if not self.records:
-            raise UserError(
-                f"{self.ds.root}: no tiles in split(s) {list(splits or ['all'])}; "
-                f"available: {sorted({r.split for r in self.ds.records})}"
-            )
+            raise UserError(f"{self.ds.root}: no tiles in split(s) {list(splits or ['all'])}; "
+                            f"available: {sorted({r.split for r in self.ds.records})}")  # fmt: skip
         self.with_images = self.ds.info.has_images
         if require_images and not self.with_images:
             raise UserError(f"{self.ds.root}: label-only dataset, but images are needed here; pass a paired dataset")

@@ -82,9 +82,8 @@ def iter_tiles(chunk: TileChunk) -> Iterator[tuple[int, int, slice, slice]]:
     """(row_off, col_off, row slice, col slice) of each tile, slices relative to the chunk."""
     for r in chunk.rows:
         for c in chunk.cols:
-            yield r, c, slice(r - chunk.row_off, r - chunk.row_off + chunk.tile), slice(
-                c - chunk.col_off, c - chunk.col_off + chunk.tile
-            )
+            rs, cs = r - chunk.row_off, c - chunk.col_off
+            yield r, c, slice(rs, rs + chunk.tile), slice(cs, cs + chunk.tile)
 
 
 class SpatialBlocks:

@@ -140,10 +140,8 @@ def num_up_for(tile_size: int, latent_size: int) -> int:
     """Upsampling stages that take a ``latent_size`` grid to ``tile_size``."""
     n = math.log2(tile_size / latent_size)
     if n != int(n) or n < 1:
-        raise UserError(
-            f"tile size {tile_size} / latent size {latent_size} must be a power of two >= 2; "
-            "fix model.latent_size (e.g. 4)"
-        )
+        raise UserError(f"tile size {tile_size} / latent size {latent_size} must be a power of two >= 2; "
+                        "fix model.latent_size (e.g. 4)")  # fmt: skip
     return int(n)
 
 

@@ -172,12 +172,9 @@ def build_spec(cfg: SpadeConfig) -> RunSpec:
 def load_tiles(ds: Dataset, records: list[TileRecord]) -> tuple[torch.Tensor, torch.Tensor]:
     """All tiles in memory: images (N, 3, H, W) uint8, masks (N, H, W) uint8 (255 nodata)."""
     td = TileDataset(ds, records=records, cache=False)
-    imgs, masks = [], []
-    for i in range(len(td)):
-        img, idx = td._load(i)
-        imgs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
-        masks.append(torch.from_numpy(idx.astype(np.uint8)))
-    return torch.stack(imgs), torch.stack(masks)
+    tiles = [td._load(i) for i in range(len(td))]
+    imgs = [torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))) for img, _ in tiles]
+    return torch.stack(imgs), torch.stack([torch.from_numpy(idx.astype(np.uint8)) for _, idx in tiles])
 
 
 def split_train_val(ds: Dataset, train: str, val: str) -> tuple[list[TileRecord], list[TileRecord]]:
