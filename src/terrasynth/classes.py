@@ -128,8 +128,7 @@ class ClassScheme:
 
     def check_codes(self, codes: np.ndarray, where: str) -> None:
         """Raise a one-line error if ``codes`` holds values the scheme does not know."""
-        present = np.unique(codes)
-        unknown = sorted(set(int(v) for v in present) - self.valid_codes())
+        unknown = sorted({int(v) for v in np.unique(codes)} - self.valid_codes())
         if unknown:
             raise UserError(
                 f"{where}: label codes {unknown} are not in scheme '{self.name}' "

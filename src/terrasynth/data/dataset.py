@@ -138,7 +138,8 @@ class DatasetInfo:
             value = "(missing)" if err["type"] == "missing" else repr(err.get("input"))
             raise UserError(f"{where}: {key} = {value} is invalid ({err['msg']}); rebuild the dataset or "
                             "restore the file") from exc  # fmt: skip
-        fields = {f: getattr(meta, f) for f in ("name", "kind", "tile_size", "gsd", "has_images", "provenance", "extra")}
+        fields = ("name", "kind", "tile_size", "gsd", "has_images", "provenance", "extra")
+        fields = {f: getattr(meta, f) for f in fields}
         return cls(scheme=ClassScheme.from_dict(meta.scheme, where=where), **fields)
 
 
@@ -320,12 +321,16 @@ class DatasetWriter:
         if overwrite:
             if meta.exists() or partial.exists():
                 self._remove_own_files()
-        elif meta.exists() and (old := json.loads(meta.read_text()).get("provenance", {}).get("config_hash")) != cfg_hash:
-            raise UserError(f"{self.root}: already holds a dataset made with another config (hash {old} vs {cfg_hash}); "
-                            "choose a new --out or pass --overwrite")  # fmt: skip
-        elif partial.exists() and (old := json.loads(partial.read_text()).get("config_hash")) != cfg_hash:
-            raise UserError(f"{self.root}: holds an unfinished dataset from another config (hash {old} vs {cfg_hash}); "
-                            "rerun that command to finish it, choose a new --out, or pass --overwrite")  # fmt: skip
+        else:
+            old = json.loads(meta.read_text()).get("provenance", {}).get("config_hash") if meta.exists() else cfg_hash
+            if old != cfg_hash:
+                raise UserError(f"{self.root}: already holds a dataset made with another config (hash {old} vs "
+                                f"{cfg_hash}); choose a new --out or pass --overwrite")  # fmt: skip
+            old = json.loads(partial.read_text()).get("config_hash") if partial.exists() else cfg_hash
+            if old != cfg_hash:
+                raise UserError(f"{self.root}: holds an unfinished dataset from another config (hash {old} vs "
+                                f"{cfg_hash}); rerun that command to finish it, choose a new --out, or pass "
+                                "--overwrite")  # fmt: skip
         if self.root.exists() and not partial.exists() and not meta.exists() and not self._kept:
             # A writer killed while committing the marker leaves only its own temporary file.
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
@@ -462,8 +467,8 @@ class DatasetWriter:
             bounds = (float(min(left, right)), float(min(bottom, top)), float(max(left, right)), float(max(bottom, top)))
         nodata = self.info.scheme.nodata
         rec = TileRecord(
-            id=tile_id, split=split, label=label_rel, image=image_rel, source=source, crs=crs_string(crs), bounds=bounds,
-            nodata_pixels=int(counts[nodata]) if nodata is not None else 0,
+            id=tile_id, split=split, label=label_rel, image=image_rel, source=source, crs=crs_string(crs),
+            bounds=bounds, nodata_pixels=int(counts[nodata]) if nodata is not None else 0,
             counts={c: int(counts[c]) for c in self.info.scheme.codes},
         )  # fmt: skip
         self._append(rec)
@@ -561,7 +566,8 @@ def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecor
             bounds = tuple(float(row[k]) for k in ("left", "bottom", "right", "top")) if row.get("left") else None
             out.append(TileRecord(
                 id=row["id"], split=row["split"], image=row["image"] or None, label=row["label"], source=row["source"],
-                crs=row["crs"] or None, bounds=bounds, nodata_pixels=int(row["nodata_pixels"]),  # type: ignore[arg-type]
+                crs=row["crs"] or None, bounds=bounds,  # type: ignore[arg-type]
+                nodata_pixels=int(row["nodata_pixels"]),
                 counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
             ))  # fmt: skip
         except (KeyError, ValueError, TypeError) as exc:  # TypeError: a short row yields None fields
@@ -631,11 +637,9 @@ class Dataset:
         if not root.is_dir():
             raise UserError(f"{root}: dataset directory not found; pass a directory made by a terrasynth data command")
         if not meta.exists():
-            hint = (
-                "it is an unfinished dataset: rerun the command that writes it to resume"
-                if (root / PARTIAL_FILE).exists()
-                else "it has no dataset.json: pass a directory made by a terrasynth data command"
-            )
+            hint = ("it is an unfinished dataset: rerun the command that writes it to resume"
+                    if (root / PARTIAL_FILE).exists()
+                    else "it has no dataset.json: pass a directory made by a terrasynth data command")  # fmt: skip
             raise UserError(f"{root}: not a usable dataset; {hint}")
         try:
             info = DatasetInfo.from_json(json.loads(meta.read_text()), str(meta))
