@@ -100,7 +100,8 @@ class StaticCatalog:
         for item in self.root.get_items(recursive=True):
             if item.collection_id not in (None, collection):
                 continue
-            if item.bbox is not None and intersects(item.bbox, area.bbox) and _in_dates(item, datetime) and _matches(item, props):
+            overlaps = item.bbox is not None and intersects(item.bbox, area.bbox)
+            if overlaps and _in_dates(item, datetime) and _matches(item, props):
                 out.append(_to_source(item, asset))
                 if limit and len(out) >= limit:
                     break
