@@ -47,7 +47,7 @@ def test_native_pairs_line_up_pixel_for_pixel_and_nodata_stays_nodata(sao_tome, 
             lab, rgb = ds.read_label(rec), ds.read_image(rec)
             # the label is exactly the code the image pixel was painted from: same grid, no shift
             np.testing.assert_array_equal(lab, codes_from_rgb(rgb))
-            crs, tr = ds.georef(rec)
+            crs, tr = ds.read_label_georef(rec)[1:]
             assert (tr.a, tr.e) == (src.transform.a, src.transform.e)
             col, row = ~src.transform * (tr.c, tr.f)
             assert col == pytest.approx(round(col)) and row == pytest.approx(round(row))
@@ -66,7 +66,7 @@ def test_resampled_pairs_keep_codes_exact_and_aligned(sao_tome, tmp_path):
     for rec in ds.records:
         lab, rgb = ds.read_label(rec), ds.read_image(rec)
         assert set(np.unique(lab).tolist()) <= src_codes - {0}  # no interpolated codes, no nodata kept
-        crs, tr = ds.georef(rec)
+        crs, tr = ds.read_label_georef(rec)[1:]
         assert tr.a == 4.0 and tr.c % 4 == 0 and tr.f % 4 == 0
         # where the 3x3 neighbourhood holds one class the bilinear image has that class's exact colour
         uniform = (maximum_filter(lab, 3) == minimum_filter(lab, 3))[1:-1, 1:-1]
@@ -88,7 +88,7 @@ def test_real_naip_scenes_keep_their_own_utm_zone_and_rgb_bands(shared_data, tmp
     assert {r.crs for r in ds.records} == {"EPSG:26916", "EPSG:26911"}  # each scene in its own zone
     for rec in ds.records:
         with rasterio.open(rec.source) as src:
-            crs, tr = ds.georef(rec)
+            crs, tr = ds.read_label_georef(rec)[1:]
             col, row = (round(v) for v in ~src.transform * (tr.c, tr.f))
             ref = src.read([1, 2, 3], window=((row, row + 64), (col, col + 64)))
         np.testing.assert_array_equal(np.moveaxis(ds.read_image(rec), -1, 0), ref)

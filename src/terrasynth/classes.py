@@ -88,10 +88,6 @@ class ClassScheme:
         return [c.code for c in self.classes]
 
     @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    @property
     def colours(self) -> list[tuple[int, int, int]]:
         return [c.colour for c in self.classes]
 
@@ -157,8 +153,7 @@ class ClassScheme:
 
     def check_codes(self, codes: np.ndarray, where: str) -> None:
         """Raise a one-line error if ``codes`` holds values the scheme does not know."""
-        present = np.unique(codes)
-        unknown = sorted(set(int(v) for v in present) - self.valid_codes())
+        unknown = sorted({int(v) for v in np.unique(codes)} - self.valid_codes())
         if unknown:
             raise UserError(
                 f"{where}: label codes {unknown} are not in scheme '{self.name}' "
@@ -201,13 +196,11 @@ class ClassScheme:
                 ClassInfo(int(c["code"]), str(c["name"]), parse_colour(c["colour"], where)) for c in d["classes"]
             )
             return cls(
-                name=str(d["name"]),
-                classes=classes,
-                nodata=None if d.get("nodata") is None else int(d["nodata"]),
+                name=str(d["name"]), classes=classes, nodata=None if d.get("nodata") is None else int(d["nodata"]),
                 nodata_colour=parse_colour(d.get("nodata_colour", "#000000"), where),
                 extra_nodata_colours=tuple(parse_colour(c, where) for c in _colour_list(d.get("extra_nodata_colours"))),
                 description=str(d.get("description", "")),
-            )
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(
                 f"{where}: invalid scheme definition ({exc!r}); a scheme needs name, classes "
@@ -261,12 +254,12 @@ WORLDCOVER = ClassScheme(
 BUILTIN: dict[str, ClassScheme] = {"worldcover": WORLDCOVER}
 
 
+def _shipped(package: str) -> list[str]:
+    return sorted(f.name[:-5] for f in resources.files(package).iterdir() if f.name.endswith(".yaml"))
+
+
 def shipped_schemes() -> list[str]:
-    names = set(BUILTIN)
-    for f in resources.files("terrasynth.schemes").iterdir():
-        if f.name.endswith(".yaml"):
-            names.add(f.name[:-5])
-    return sorted(names)
+    return sorted(set(BUILTIN) | set(_shipped("terrasynth.schemes")))
 
 
 def load_scheme(name_or_path: str | Path | ClassScheme) -> ClassScheme:
@@ -302,16 +295,12 @@ class Remap:
     def __post_init__(self) -> None:
         missing = sorted(self.source.valid_codes() - set(self.mapping))
         if missing:
-            raise UserError(
-                f"remap {self.source.name}->{self.target.name}: source codes {missing} are not mapped; "
-                "every source code (and nodata) needs a target"
-            )
+            raise UserError(f"remap {self.source.name}->{self.target.name}: source codes {missing} are not mapped; "
+                            "every source code (and nodata) needs a target")  # fmt: skip
         bad = sorted(set(self.mapping.values()) - self.target.valid_codes())
         if bad:
-            raise UserError(
-                f"remap {self.source.name}->{self.target.name}: target codes {bad} are not in scheme "
-                f"'{self.target.name}' (known: {sorted(self.target.valid_codes())})"
-            )
+            raise UserError(f"remap {self.source.name}->{self.target.name}: target codes {bad} are not in scheme "
+                            f"'{self.target.name}' (known: {sorted(self.target.valid_codes())})")  # fmt: skip
 
     @cached_property
     def lut(self) -> np.ndarray:
@@ -327,7 +316,7 @@ class Remap:
 
 
 def shipped_remaps() -> list[str]:
-    return sorted(f.name[:-5] for f in resources.files("terrasynth.remaps").iterdir() if f.name.endswith(".yaml"))
+    return _shipped("terrasynth.remaps")
 
 
 def load_remap(name_or_path: str | Path) -> Remap:

@@ -74,12 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from tqdm import tqdm
 
-        # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class too.
+        # tqdm reads TQDM_DISABLE when it is imported: disable bars on the class too, and keep the
+        # variable for code that passes ``disable=`` itself (acquire reads it) and for worker processes.
         os.environ["TQDM_DISABLE"] = "1"
         tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
-        # ... and keep the variable for code that passes ``disable=`` itself (acquire reads it) and
-        # for worker processes.
-        os.environ["TQDM_DISABLE"] = "1"
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

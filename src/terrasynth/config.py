@@ -108,12 +108,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    model: type[M],
-    path: str | Path | None = None,
-    flags: dict[str, Any] | None = None,
-    sets: Iterable[str] = (),
-) -> M:
+def load_config(model: type[M], path: str | Path | None = None, flags: dict[str, Any] | None = None,
+                sets: Iterable[str] = ()) -> M:  # fmt: skip
     """Build a validated ``model`` from a YAML file, CLI flags (None values ignored) and ``--set``s."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     if flags:

@@ -150,6 +150,14 @@ def load_weights(path: str | os.PathLike, fix: str = "retrain, or restore the fi
         raise UserError(f"{path}: damaged or truncated weights file ({size} bytes: {msg}); {fix}") from exc
 
 
+def save_weights(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
+    """Write ``tensors`` (a state dict) as ``.safetensors``, atomically (CPU, contiguous copies)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp))
+
+
 def read_json(path: str | os.PathLike, fix: str) -> Any:
     """A JSON file that terrasynth wrote; unreadable or invalid JSON is a one-line :class:`UserError`."""
     path = Path(path)

@@ -30,12 +30,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
             if first is not None:
-                raise DuplicateKeyError(
-                    f"first on line {first.start_mark.line + 1}",
-                    node.start_mark,
-                    f"key {key!r} appears twice in one mapping",
-                    key_node.start_mark,
-                )
+                raise DuplicateKeyError(f"first on line {first.start_mark.line + 1}", node.start_mark,
+                                        f"key {key!r} appears twice in one mapping", key_node.start_mark)  # fmt: skip
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
@@ -49,6 +45,4 @@ def load_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except DuplicateKeyError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise UserError(
-            f"{where}: line {line}: {exc.problem} ({exc.context}); keep only one of them"
-        ) from exc
+        raise UserError(f"{where}: line {line}: {exc.problem} ({exc.context}); keep only one of them") from exc

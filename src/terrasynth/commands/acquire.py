@@ -101,19 +101,14 @@ def cmd_acquire(args: argparse.Namespace) -> int:
             split = tuple(float(x) for x in args.split.split(","))
         except ValueError:
             raise UserError(f"--split {args.split!r}: expected three fractions, e.g. 0.8,0.1,0.1") from None
-    flags = {
-        "source": args.source, "landcover": args.landcover, "imagery": args.imagery, "catalog": args.catalog,
-        "stac_url": args.stac_url, "imagery_collection": args.imagery_collection, "imagery_asset": args.imagery_asset,
-        "landcover_collection": args.landcover_collection, "landcover_asset": args.landcover_asset,
-        "landcover_version": args.landcover_version, "remap": args.remap, "datetime": args.datetime, "state": args.state,
-        "max_items": args.max_items, "bbox": parse_bbox(args.bbox) if args.bbox else None,
-        "area_file": args.area_file, "area": args.area, "product": args.product, "tile": args.tile,
-        "stride": args.stride, "edge": args.edge, "gsd": _gsd(args.gsd), "crs": args.crs,
-        "max_nodata": args.max_nodata,
+    plain = ("source", "landcover", "imagery", "catalog", "stac_url", "imagery_collection", "imagery_asset",
+             "landcover_collection", "landcover_asset", "landcover_version", "remap", "datetime", "state", "max_items",
+             "area_file", "area", "product", "tile", "stride", "edge", "crs", "max_nodata", "max_tiles", "block_size",
+             "seed", "workers", "retries", "name")  # fmt: skip
+    flags = {k: getattr(args, k) for k in plain} | {
+        "bbox": parse_bbox(args.bbox) if args.bbox else None, "gsd": _gsd(args.gsd), "split_fractions": split,
         "max_class_fraction": _fractions(args.max_class_fraction, "--max-class-fraction"),
         "min_class_fraction": _fractions(args.min_class_fraction, "--min-class-fraction"),
-        "max_tiles": args.max_tiles, "block_size": args.block_size, "split_fractions": split, "seed": args.seed,
-        "workers": args.workers, "retries": args.retries, "name": args.name,
     }  # fmt: skip
     cfg = load_config(AcquireConfig, args.config, flags, args.sets)
     ds = acquire(cfg, Path(args.out), overwrite=args.overwrite)

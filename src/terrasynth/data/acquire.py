@@ -44,11 +44,11 @@ from tqdm.auto import tqdm
 
 from terrasynth.classes import WORLDCOVER, Remap, load_remap
 from terrasynth.config import Seed, StrictModel, config_dict, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, crs_string, provenance
 from terrasynth.data.scene_tiler import ChunkResult, Scene, Tile, TileFilter, cut_chunk, lonlat_bounds
 from terrasynth.errors import UserError
 from terrasynth.geo import stac
-from terrasynth.geo.area import Area, Bounds, resolve_area
+from terrasynth.geo.area import Area, Bounds, intersects, resolve_area
 from terrasynth.geo.read import RasterCache, gdal_env
 from terrasynth.geo.reproject import Grid, bounds_in, grid_of, native_subgrid, read_preview, snapped_grid, utm_crs
 from terrasynth.geo.tiling import METRES_PER_DEGREE, EdgeRule, SpatialBlocks, TileChunk, tile_chunks, tile_offsets
@@ -172,10 +172,6 @@ def _bounds4326(src: rasterio.io.DatasetReader) -> Bounds:
     return transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
 
 
-def _intersects(a: Bounds, b: Bounds) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _intersection(a: Bounds, b: Bounds) -> Bounds:
     return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
 
@@ -205,16 +201,19 @@ def find_sources(cfg: AcquireConfig, area: Area | None) -> tuple[list[stac.Sourc
     else:
         search = stac.ApiSearch(url, sign=cfg.source == "planetary-computer")
     lc_filter = {"esa_worldcover:product_version": cfg.landcover_version} if cfg.landcover_version else {}
-    lc = search.items(cfg.landcover_collection, cfg.landcover_asset, area, None, lc_filter, cfg.max_items)
-    if cfg.source == "planetary-computer":
-        # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
-        lc = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in lc]
+
+    def find(collection: str, asset: str, dates: str | None, props: dict[str, Any]) -> list[stac.SourceItem]:
+        found = search.items(collection, asset, area, dates, props, cfg.max_items)
+        if cfg.source == "planetary-computer":
+            # SAS tokens expire within hours: keep bare hrefs and sign when opening (RasterCache(sign=...))
+            found = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in found]
+        return found
+
+    lc = find(cfg.landcover_collection, cfg.landcover_asset, None, lc_filter)
     im: list[stac.SourceItem] = []
     if need_imagery:
         im_filter = {"naip:state": state} if state and cfg.imagery_collection == "naip" else {}
-        im = search.items(cfg.imagery_collection, cfg.imagery_asset, area, cfg.datetime, im_filter, cfg.max_items)
-        if cfg.source == "planetary-computer":
-            im = [dataclasses.replace(it, href=it.href.split("?")[0]) for it in im]
+        im = find(cfg.imagery_collection, cfg.imagery_asset, cfg.datetime, im_filter)
         if not im:
             raise UserError(
                 f"no '{cfg.imagery_collection}' items for area {area.bbox}"
@@ -262,7 +261,7 @@ def plan(cfg: AcquireConfig, cache: RasterCache) -> Plan:
 
 
 def _plan_landcover(cfg, cache, lc_items, lc_bounds, area_bbox, items) -> Plan:
-    lc_in = [it for it in lc_items if area_bbox is None or _intersects(lc_bounds[it.href], area_bbox)]
+    lc_in = [it for it in lc_items if area_bbox is None or intersects(lc_bounds[it.href], area_bbox)]
     if not lc_in:
         raise UserError(f"--landcover: no file overlaps the area {area_bbox}; check --bbox/--area and the files")
     if cfg.gsd in (None, "native") and cfg.crs is None:
@@ -281,7 +280,8 @@ def _plan_landcover(cfg, cache, lc_items, lc_bounds, area_bbox, items) -> Plan:
         return Plan(scenes, round(sum(res_m) / len(res_m), 3), items)
     if cfg.gsd == "native":
         raise UserError("--gsd native cannot be combined with --crs; give --gsd METRES for a reprojected grid")
-    bbox = area_bbox or _union([lc_bounds[it.href] for it in lc_in])
+    bs = [lc_bounds[it.href] for it in lc_in]
+    bbox = area_bbox or (min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs))
     crs = _parse_crs(cfg.crs) if cfg.crs else utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     gsd = float(cfg.gsd or 10.0)
     if crs.is_geographic:
@@ -306,10 +306,10 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
                 raise UserError(f"{it.href}: has {src.count} band(s); imagery needs RGB in bands 1-3 (NAIP RGBN)")
             full = grid_of(src)
         sb = transform_bounds(full.crs, "EPSG:4326", *full.bounds, densify_pts=21)
-        if area_bbox is not None and not _intersects(sb, area_bbox):
+        if area_bbox is not None and not intersects(sb, area_bbox):
             skipped.append(f"{it.id}: outside the area")
             continue
-        labels = tuple(h for h, b in lc_bounds.items() if _intersects(b, sb))
+        labels = tuple(h for h, b in lc_bounds.items() if intersects(b, sb))
         if not labels:
             skipped.append(f"{it.id}: no land cover overlaps it")
             continue
@@ -319,8 +319,7 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
             grid = native_subgrid(full, region)
             if grid is None:
                 continue
-            origin = (round((grid.transform.f - full.transform.f) / full.transform.e),
-                      round((grid.transform.c - full.transform.c) / full.transform.a))  # fmt: skip
+            origin = _offset(full, grid)
             res_m.append(_res_metres(full))
         else:
             gsd = float(cfg.gsd or 1.0)
@@ -331,7 +330,7 @@ def _plan_pairs(cfg, cache, im_items, lc_bounds, area_bbox, items) -> Plan:
         owned = ()
         if cfg.gsd != "native":  # grids on one stride x gsd lattice per CRS: overlaps are the same tiles
             owned = tuple(sc.grid.bounds for sc in scenes if sc.grid.crs == grid.crs
-                          and _intersects(sc.grid.bounds, grid.bounds))  # fmt: skip
+                          and intersects(sc.grid.bounds, grid.bounds))  # fmt: skip
         scenes.append(Scene(name, grid, labels, image=it.href, id_origin=origin, owned_by=owned))
     if not scenes:
         why = "; ".join(skipped[:3]) or "no imagery"
@@ -357,11 +356,16 @@ def _item_grid(it: stac.SourceItem) -> Grid | None:
 def _snap_to_stride(full: Grid, sub: Grid, stride: int) -> tuple[Grid, int, int]:
     """Start ``sub`` on a multiple of ``stride`` pixels of ``full``: tile positions (and ids)
     then do not depend on the exact area, and tiles line up with the lon/lat split blocks."""
-    r0 = round((sub.transform.f - full.transform.f) / full.transform.e)
-    c0 = round((sub.transform.c - full.transform.c) / full.transform.a)
+    r0, c0 = _offset(full, sub)
     r1, c1 = r0 + sub.height, c0 + sub.width
     r0, c0 = r0 // stride * stride, c0 // stride * stride
     return full.window(r0, c0, r1 - r0, c1 - c0), r0, c0
+
+
+def _offset(full: Grid, sub: Grid) -> tuple[int, int]:
+    """(row, col) of ``sub``'s origin in pixels of ``full`` (same lattice)."""
+    return (round((sub.transform.f - full.transform.f) / full.transform.e),
+            round((sub.transform.c - full.transform.c) / full.transform.a))  # fmt: skip
 
 
 def _unique(name: str, seen: set[str]) -> str:
@@ -371,10 +375,6 @@ def _unique(name: str, seen: set[str]) -> str:
         name = f"{base}-{k}"
     seen.add(name)
     return name
-
-
-def _union(bs: list[Bounds]) -> Bounds:
-    return min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs)
 
 
 def _res_metres(g: Grid) -> float:
@@ -387,14 +387,6 @@ def _parse_crs(text: str) -> CRS:
         return CRS.from_user_input(text)
     except CRSError as exc:
         raise UserError(f"--crs {text!r}: not a CRS rasterio knows ({exc}); give e.g. EPSG:32632") from exc
-
-
-def tile_filter(cfg: AcquireConfig) -> TileFilter:
-    return TileFilter(
-        max_nodata=cfg.max_nodata,
-        max_class={parse_codes(k): v for k, v in cfg.max_class_fraction.items()},
-        min_class={parse_codes(k): v for k, v in cfg.min_class_fraction.items()},
-    )
 
 
 # Default split block side in tile widths. On geographic grids blocks fall between tiles
@@ -468,7 +460,7 @@ def _likely_kept(cache: RasterCache, s: Scene, rows: np.ndarray, cols: np.ndarra
     return out
 
 
-# ---- running ----# ---- running ----------------------------------------------------------------------------
+# ---- running ----------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
@@ -487,48 +479,16 @@ def _work(task: tuple[int, TileChunk]) -> ChunkResult:
     res = cut_chunk(w["cache"], w["scenes"][i], i, chunk, w["blocks"], w["keep"], w["remap"])
     writer: DatasetWriter | None = w["writer"]
     if writer is not None:  # write here, in parallel, instead of shipping pixels to the main process
-        scene = w["scenes"][i]
         for t in res.tiles:
-            if not writer.has(t.id):
-                writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                             crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+            _write(writer, w["scenes"][i], t)
         res.written, res.tiles = len(res.tiles), []
     return res
 
 
-def run_chunks(
-    tasks: list[tuple[int, TileChunk]], scenes: list[Scene], blocks: SpatialBlocks, keep: TileFilter,
-    *, workers: int, retries: int, backoff: float, env: dict[str, Any], remap: Remap | None = None,
-    sign: Callable[[str], str] | None = None, writers: list[DatasetWriter] | None = None,
-) -> Iterator[ChunkResult]:  # fmt: skip
-    """Results in task order (so a tile cap is deterministic); at most 2 chunks per worker in flight."""
-    if workers <= 1:
-        cache = RasterCache(retries, backoff, sign)
-        try:
-            for i, chunk in tasks:
-                yield cut_chunk(cache, scenes[i], i, chunk, blocks, keep, remap)
-        finally:
-            cache.close()
-        return
-    ctx = mp.get_context("spawn")
-    shard_ids = ctx.Queue()
-    for k in range(workers):
-        shard_ids.put(k)
-    ex = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(scenes, blocks, keep, remap, retries, backoff, env, sign, writers, shard_ids),
-    )  # fmt: skip
-    try:
-        it = iter(tasks)
-        pending = deque(ex.submit(_work, t) for t in islice(it, 2 * workers))
-        while pending:
-            res = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(ex.submit(_work, nxt))
-            yield res
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+def _write(writer: DatasetWriter, scene: Scene, t: Tile) -> None:
+    if not writer.has(t.id):
+        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0], crs=scene.grid.crs,
+                     transform=t.transform)  # fmt: skip
 
 
 @dataclass
@@ -550,19 +510,44 @@ class Job:
         return sum(len(ch) for _, ch in self.tasks)
 
     def results(self, writers: list[DatasetWriter] | None = None) -> Iterator[ChunkResult]:
-        """Chunks read and cut, in task order; with ``writers`` (one shard writer per worker)
-        the workers write their tiles themselves and return only counts."""
+        """Chunks read and cut, in task order (so a tile cap is deterministic), at most 2 chunks per worker in
+        flight; with ``writers`` (one shard writer per worker) the workers write their tiles themselves and
+        return only counts."""
+        scenes, workers, retries, backoff = self.plan.scenes, self.cfg.workers, self.cfg.retries, self.cfg.retry_backoff
         with rasterio.Env(**self.env):
-            yield from run_chunks(self.tasks, self.plan.scenes, self.blocks, self.keep, workers=self.cfg.workers,
-                                  retries=self.cfg.retries, backoff=self.cfg.retry_backoff, env=self.env,
-                                  remap=self.remap, sign=self.sign, writers=writers)  # fmt: skip
+            if workers <= 1:
+                cache = RasterCache(retries, backoff, self.sign)
+                try:
+                    for i, chunk in self.tasks:
+                        yield cut_chunk(cache, scenes[i], i, chunk, self.blocks, self.keep, self.remap)
+                finally:
+                    cache.close()
+                return
+            ctx = mp.get_context("spawn")
+            shard_ids = ctx.Queue()
+            for k in range(workers):
+                shard_ids.put(k)
+            ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(
+                scenes, self.blocks, self.keep, self.remap, retries, backoff, self.env, self.sign, writers, shard_ids))
+            try:
+                it = iter(self.tasks)
+                pending = deque(ex.submit(_work, t) for t in islice(it, 2 * workers))
+                while pending:
+                    res = pending.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append(ex.submit(_work, nxt))
+                    yield res
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(cfg: AcquireConfig) -> Job:
     """Resolve sources, plan scenes and split blocks (reads raster headers only)."""
     env = gdal_env()
     stride = cfg.stride or cfg.tile
-    keep = tile_filter(cfg)
+    keep = TileFilter(cfg.max_nodata, {parse_codes(k): v for k, v in cfg.max_class_fraction.items()},
+                      {parse_codes(k): v for k, v in cfg.min_class_fraction.items()})  # fmt: skip
     remap = load_remap(cfg.remap) if cfg.remap else None
     if remap is not None and remap.target.name != WORLDCOVER.name:
         raise UserError(f"--remap {cfg.remap}: maps onto '{remap.target.name}'; acquire needs a remap onto worldcover")
@@ -605,11 +590,7 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
     p, blocks, stride = job.plan, job.blocks, job.stride
     chash = config_hash({k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS})
     info = DatasetInfo(
-        name=cfg.name or out.name,
-        kind="real",
-        scheme=WORLDCOVER,
-        tile_size=cfg.tile,
-        gsd=p.gsd_m,
+        name=cfg.name or out.name, kind="real", scheme=WORLDCOVER, tile_size=cfg.tile, gsd=p.gsd_m,
         has_images=cfg.product == "pairs",
         provenance=provenance(f"acquire:{cfg.source}", config_hash=chash, seed=cfg.seed),
     )
@@ -643,9 +624,7 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
                     if cfg.max_tiles is not None and stats["kept"] >= cfg.max_tiles:
                         stats["over_cap"] += 1
                         continue
-                    if not writer.has(t.id):
-                        writer.write(t.id, t.split, t.label, t.image, source=scene.image or scene.labels[0],
-                                     crs=scene.grid.crs, transform=t.transform)  # fmt: skip
+                    _write(writer, scene, t)
                     stats["kept"] += 1
                 bar.update(res.candidates)
                 bar.set_postfix(kept=stats["kept"], refresh=False)
@@ -685,7 +664,6 @@ def acquire(cfg: AcquireConfig, out: Path, *, overwrite: bool = False) -> Datase
 
 
 def _scene_record(s: Scene) -> dict[str, Any]:
-    crs = s.grid.crs
-    return {"name": s.name, "crs": f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
+    return {"name": s.name, "crs": crs_string(s.grid.crs),
             "res": list(s.grid.res), "width": s.grid.width, "height": s.grid.height, "bounds": list(s.grid.bounds),
             "image": s.image, "labels": list(s.labels)}  # fmt: skip

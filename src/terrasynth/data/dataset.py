@@ -21,11 +21,15 @@ import csv
 import io
 import json
 import logging
+from logging.handlers import BufferingHandler
 import os
 import shlex
+import shutil
 import sys
 import threading
 import warnings
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
@@ -42,14 +46,8 @@ import terrasynth
 from terrasynth.classes import ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.io import (
-    TMP_PREFIX,
-    ensure_dir,
-    os_user_error,
-    remove_stale_tmp,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+    TMP_PREFIX, ensure_dir, os_user_error, remove_stale_tmp, write_bytes_atomic, write_json_atomic, write_text_atomic,
+)  # fmt: skip
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 _log = logging.getLogger(__name__)
@@ -113,17 +111,10 @@ class DatasetInfo:
 
     def to_json(self, records: list[TileRecord] | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "kind": self.kind,
-            "tile_size": self.tile_size,
-            "gsd": self.gsd,
-            "has_images": self.has_images,
-            "scheme": self.scheme.to_dict(),
-            "provenance": self.provenance,
-            "extra": self.extra,
-        }
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": self.name, "kind": self.kind,
+            "tile_size": self.tile_size, "gsd": self.gsd, "has_images": self.has_images,
+            "scheme": self.scheme.to_dict(), "provenance": self.provenance, "extra": self.extra,
+        }  # fmt: skip
         if records is not None:
             d["num_tiles"] = len(records)
             d["splits"] = split_counts(records)
@@ -137,10 +128,8 @@ class DatasetInfo:
             raise UserError(f"{where}: not a terrasynth dataset.json (format={fmt!r}); pass a dataset directory")
         version = d.get("format_version")
         if type(version) is int and version > FORMAT_VERSION:
-            raise UserError(
-                f"{where}: dataset format version {version} is newer than this terrasynth "
-                f"understands ({FORMAT_VERSION}); upgrade terrasynth"
-            )
+            raise UserError(f"{where}: dataset format version {version} is newer than this terrasynth "
+                            f"understands ({FORMAT_VERSION}); upgrade terrasynth")  # fmt: skip
         try:
             meta = DatasetMeta.model_validate(d)
         except ValidationError as exc:
@@ -149,16 +138,9 @@ class DatasetInfo:
             value = "(missing)" if err["type"] == "missing" else repr(err.get("input"))
             raise UserError(f"{where}: {key} = {value} is invalid ({err['msg']}); rebuild the dataset or "
                             "restore the file") from exc  # fmt: skip
-        return cls(
-            name=meta.name,
-            kind=meta.kind,
-            scheme=ClassScheme.from_dict(meta.scheme, where=where),
-            tile_size=meta.tile_size,
-            gsd=meta.gsd,
-            has_images=meta.has_images,
-            provenance=meta.provenance,
-            extra=meta.extra,
-        )
+        fields = ("name", "kind", "tile_size", "gsd", "has_images", "provenance", "extra")
+        fields = {f: getattr(meta, f) for f in fields}
+        return cls(scheme=ClassScheme.from_dict(meta.scheme, where=where), **fields)
 
 
 class DatasetMeta(BaseModel):
@@ -187,10 +169,7 @@ class DatasetMeta(BaseModel):
 
 
 def split_counts(records: Iterable[TileRecord]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in records:
-        out[r.split] = out.get(r.split, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(r.split for r in records).items()))
 
 
 def class_pixels(records: Iterable[TileRecord], scheme: ClassScheme) -> dict[int, int]:
@@ -202,30 +181,20 @@ def class_pixels(records: Iterable[TileRecord], scheme: ClassScheme) -> dict[int
     return tot
 
 
-def provenance(
-    source: str,
-    *,
-    config_hash: str | None = None,
-    seed: int | None = None,
-    generator: dict[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
+def provenance(source: str, *, config_hash: str | None = None, seed: int | None = None,
+               generator: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
     """The provenance block of ``dataset.json``: what made this dataset, with which code."""
     return {
         "source": source,
         "command": " ".join(shlex.quote(a) for a in ["terrasynth", *sys.argv[1:]]) if sys.argv else "",
-        "config_hash": config_hash,
-        "version": terrasynth.__version__,
-        "seed": seed,
-        "generator": generator,
-        **extra,
-    }
+        "config_hash": config_hash, "version": terrasynth.__version__, "seed": seed, "generator": generator, **extra,
+    }  # fmt: skip
 
 
 # ---- GeoTIFF tiles ------------------------------------------------------------------
 
 
-def _crs_string(crs: CRS | str | None) -> str | None:
+def crs_string(crs: CRS | str | None) -> str | None:
     if crs is None:
         return None
     crs = CRS.from_user_input(crs)
@@ -237,30 +206,31 @@ def write_label_tif(
     path: Path, codes: np.ndarray, scheme: ClassScheme, crs: CRS | str | None = None, transform: Affine | None = None
 ) -> None:
     """Write a single-band uint8 label GeoTIFF with the scheme's colour table, atomically."""
-    h, w = codes.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=1, dtype="uint8", compress="deflate")
-    if crs is not None:
-        profile.update(crs=CRS.from_user_input(crs), transform=transform)
-    if scheme.nodata is not None:
-        profile["nodata"] = scheme.nodata
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            dst.write(codes.astype(np.uint8, copy=False), 1)
-            dst.write_colormap(1, scheme.colormap())
-        _commit_tif(path, mem)
+    _write_tif(path, codes.astype(np.uint8, copy=False)[None], crs, transform, nodata=scheme.nodata,
+               colormap=scheme.colormap())  # fmt: skip
 
 
 def write_image_tif(path: Path, rgb: np.ndarray, crs: CRS | str | None = None, transform: Affine | None = None) -> None:
     """Write an (H, W, 3) uint8 RGB GeoTIFF, atomically."""
-    h, w, c = rgb.shape
-    if c != 3 or rgb.dtype != np.uint8:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", compress="deflate", photometric="RGB")
+    _write_tif(path, np.moveaxis(rgb, -1, 0), crs, transform, photometric="RGB")
+
+
+def _write_tif(path: Path, bands: np.ndarray, crs: CRS | str | None, transform: Affine | None,
+               nodata: int | None = None, colormap: dict | None = None, **extra: str) -> None:  # fmt: skip
+    """Write (C, H, W) uint8 ``bands`` as a deflated GeoTIFF (georeferenced when ``crs`` is given), atomically."""
+    c, h, w = bands.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype="uint8", compress="deflate", **extra)
     if crs is not None:
         profile.update(crs=CRS.from_user_input(crs), transform=transform)
+    if nodata is not None:
+        profile["nodata"] = nodata
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
-            dst.write(np.moveaxis(rgb, -1, 0))
+            dst.write(bands)
+            if colormap is not None:
+                dst.write_colormap(1, colormap)
         _commit_tif(path, mem)
 
 
@@ -279,31 +249,23 @@ def _commit_tif(path: Path, mem: MemoryFile) -> None:
 
 def read_label_tif(path: Path) -> tuple[np.ndarray, CRS | None, Affine]:
     """(H, W) uint8 class codes with the file's CRS and transform, from one open."""
-    try:
-        with rasterio.open(path) as src:
-            return src.read(1), src.crs, src.transform
-    except RasterioIOError as exc:
-        raise UserError(f"{path}: unreadable label tile ({exc}); rerun the command that wrote this dataset") from exc
+    with _open_tile(path, "label") as src:
+        return src.read(1), src.crs, src.transform
 
 
 def read_image_tif(path: Path) -> np.ndarray:
     """(H, W, 3) uint8."""
+    with _open_tile(path, "image") as src:
+        return np.moveaxis(src.read(), 0, -1)
+
+
+@contextmanager
+def _open_tile(path: Path, what: str) -> Iterator[rasterio.io.DatasetReader]:
     try:
         with rasterio.open(path) as src:
-            return np.moveaxis(src.read(), 0, -1)
+            yield src
     except RasterioIOError as exc:
-        raise UserError(f"{path}: unreadable image tile ({exc}); rerun the command that wrote this dataset") from exc
-
-
-class _GDALWarnings(logging.Handler):
-    """Collects what GDAL reports through rasterio's logger while a file is checked."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        raise UserError(f"{path}: unreadable {what} tile ({exc}); rerun the command that wrote this dataset") from exc
 
 
 def _valid_tif(path: Path) -> np.ndarray | None:
@@ -311,7 +273,7 @@ def _valid_tif(path: Path) -> np.ndarray | None:
     tail (colour table, metadata): GDAL then only warns ("IO error during reading"), so warnings
     count as damage too."""
     log = logging.getLogger("rasterio._env")
-    seen, level, propagate = _GDALWarnings(), log.level, log.propagate
+    seen, level, propagate = BufferingHandler(1 << 30), log.level, log.propagate  # collects what GDAL reports
     log.addHandler(seen)
     log.setLevel(logging.WARNING)  # the CLI raises rasterio's level to ERROR; here we want to hear
     log.propagate = False  # ... but not to print
@@ -325,7 +287,7 @@ def _valid_tif(path: Path) -> np.ndarray | None:
         log.removeHandler(seen)
         log.setLevel(level)
         log.propagate = propagate
-    ok = ok and not any("error" in m.lower() for m in seen.messages)
+    ok = ok and not any("error" in r.getMessage().lower() for r in seen.buffer)
     return (arr[0] if arr.shape[0] == 1 else arr) if ok else None
 
 
@@ -342,46 +304,33 @@ class DatasetWriter:
     overlap the per-file fsyncs (see :class:`terrasynth.data.tile_sink.ThreadedWrites`).
     """
 
-    def __init__(
-        self,
-        out: str | os.PathLike,
-        info: DatasetInfo,
-        *,
-        shard: int | None = None,
-        overwrite: bool = False,
-    ):
+    def __init__(self, out: str | os.PathLike, info: DatasetInfo, *, shard: int | None = None, overwrite: bool = False):
         self.root = Path(out)
         self.info = info
         self.shard = shard
         # Whether this writer starts from nothing: then a run that fails before its first tile
         # removes what it created, so bad input leaves no partial output (see discard_if_empty).
         self._existed = self.root.exists()
-        self._fresh = shard in (None, 0) and (
+        first = shard in (None, 0)  # only the first writer sweeps, marks and may discard
+        self._fresh = first and (
             not self._existed or not any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir())
         )
         self._kept: list[str] = []  # what --overwrite left in place because terrasynth did not write it
         cfg_hash = info.provenance.get("config_hash")
-        meta = self.root / META_FILE
-        if meta.exists():
-            old = json.loads(meta.read_text())
-            if overwrite or old.get("provenance", {}).get("config_hash") != cfg_hash:
-                if not overwrite:
-                    raise UserError(
-                        f"{self.root}: already holds a dataset made with another config "
-                        f"(hash {old.get('provenance', {}).get('config_hash')} vs {cfg_hash}); "
-                        "choose a new --out or pass --overwrite"
-                    )
+        meta, partial = self.root / META_FILE, self.root / PARTIAL_FILE
+        if overwrite:
+            if meta.exists() or partial.exists():
                 self._remove_own_files()
-        partial = self.root / PARTIAL_FILE
-        if partial.exists() and not overwrite:
-            old_hash = json.loads(partial.read_text()).get("config_hash")
-            if old_hash != cfg_hash:
-                raise UserError(
-                    f"{self.root}: holds an unfinished dataset from another config (hash {old_hash} vs {cfg_hash}); "
-                    "rerun that command to finish it, choose a new --out, or pass --overwrite"
-                )
-        elif partial.exists() and overwrite:
-            self._remove_own_files()
+        else:
+            old = json.loads(meta.read_text()).get("provenance", {}).get("config_hash") if meta.exists() else cfg_hash
+            if old != cfg_hash:
+                raise UserError(f"{self.root}: already holds a dataset made with another config (hash {old} vs "
+                                f"{cfg_hash}); choose a new --out or pass --overwrite")  # fmt: skip
+            old = json.loads(partial.read_text()).get("config_hash") if partial.exists() else cfg_hash
+            if old != cfg_hash:
+                raise UserError(f"{self.root}: holds an unfinished dataset from another config (hash {old} vs "
+                                f"{cfg_hash}); rerun that command to finish it, choose a new --out, or pass "
+                                "--overwrite")  # fmt: skip
         if self.root.exists() and not partial.exists() and not meta.exists() and not self._kept:
             # A writer killed while committing the marker leaves only its own temporary file.
             if any(not p.name.startswith(TMP_PREFIX) for p in self.root.iterdir()):
@@ -389,24 +338,20 @@ class DatasetWriter:
         ensure_dir(self.root)
         # Only the first writer sweeps temp files a killed run left: a later rank's sweep would
         # delete files the first rank is writing at that moment.
-        sweep = shard is None or shard == 0
-        if sweep:
-            remove_stale_tmp(self.root)
+        if first:
+            for d in (self.root, self.root / "labels", self.root / "images"):
+                remove_stale_tmp(d)
         self.complete = meta.exists()
         # The marker is committed before anything else is created, so a directory this writer has
         # touched is always recognisable as an unfinished dataset (a kill between creating labels/
         # and the marker used to leave a directory that the same command refused as "not empty").
-        if not self.complete and (shard is None or shard == 0) and not partial.exists():
+        if not self.complete and first and not partial.exists():
             write_json_atomic(partial, {"config_hash": cfg_hash})
         ensure_dir(self.root / "labels")
         if info.has_images:
             ensure_dir(self.root / "images")
-        for sub in (self.root / "labels", self.root / "images"):
-            if sweep and sub.exists():
-                remove_stale_tmp(sub)
         self._done: dict[str, TileRecord] = self._load_journals() if not self.complete else {}
-        jname = ".journal.jsonl" if shard is None else f".journal.{shard}.jsonl"
-        self._journal_path = self.root / jname
+        self._journal_path = self.root / (".journal.jsonl" if shard is None else f".journal.{shard}.jsonl")
         self._journal = None
         # write() may run in several threads (tile fsyncs overlap); the journal is shared.
         self._journal_lock = threading.Lock()
@@ -414,10 +359,7 @@ class DatasetWriter:
     def __getstate__(self) -> dict[str, Any]:
         # Shard writers are sent to worker processes (acquire --workers): a lock and an open
         # journal handle do not pickle; the worker makes its own.
-        state = self.__dict__.copy()
-        state["_journal_lock"] = None
-        state["_journal"] = None
-        return state
+        return {**self.__dict__, "_journal_lock": None, "_journal": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -486,16 +428,6 @@ class DatasetWriter:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
 
-    def _clear(self) -> None:
-        """Empty the root; only for a directory this writer found empty (see discard_if_empty)."""
-        import shutil
-
-        for p in list(self.root.iterdir()):
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-
     def _load_journals(self) -> dict[str, TileRecord]:
         done: dict[str, TileRecord] = {}
         for j in sorted(self.root.glob(JOURNAL_GLOB)):
@@ -515,17 +447,8 @@ class DatasetWriter:
     def has(self, tile_id: str) -> bool:
         return self.complete or tile_id in self._done
 
-    def write(
-        self,
-        tile_id: str,
-        split: str,
-        label: np.ndarray,
-        image: np.ndarray | None = None,
-        *,
-        source: str = "",
-        crs: CRS | str | None = None,
-        transform: Affine | None = None,
-    ) -> TileRecord:
+    def write(self, tile_id: str, split: str, label: np.ndarray, image: np.ndarray | None = None, *, source: str = "",
+              crs: CRS | str | None = None, transform: Affine | None = None) -> TileRecord:  # fmt: skip
         """Write one tile: ``label`` (H, W) uint8 codes, ``image`` (H, W, 3) uint8 or None."""
         if self.info.has_images and image is None:
             raise ValueError(f"dataset {self.root} has images but tile {tile_id} has none")
@@ -542,17 +465,12 @@ class DatasetWriter:
             left, top = rasterio.transform.xy(transform, 0, 0, offset="ul")
             right, bottom = rasterio.transform.xy(transform, h, w, offset="ul")
             bounds = (float(min(left, right)), float(min(bottom, top)), float(max(left, right)), float(max(bottom, top)))
+        nodata = self.info.scheme.nodata
         rec = TileRecord(
-            id=tile_id,
-            split=split,
-            label=label_rel,
-            image=image_rel,
-            source=source,
-            crs=_crs_string(crs),
-            bounds=bounds,
-            nodata_pixels=int(counts[self.info.scheme.nodata]) if self.info.scheme.nodata is not None else 0,
+            id=tile_id, split=split, label=label_rel, image=image_rel, source=source, crs=crs_string(crs),
+            bounds=bounds, nodata_pixels=int(counts[nodata]) if nodata is not None else 0,
             counts={c: int(counts[c]) for c in self.info.scheme.codes},
-        )
+        )  # fmt: skip
         self._append(rec)
         return rec
 
@@ -588,10 +506,8 @@ class DatasetWriter:
         records = sorted(self._load_journals().values(), key=lambda r: r.id)
         if not records:
             self.discard_if_empty()
-            raise UserError(
-                f"{self.root}: no tiles were produced; check the input and the filters "
-                "(nodata threshold, tile size larger than the images?)"
-            )
+            raise UserError(f"{self.root}: no tiles were produced; check the input and the filters "
+                            "(nodata threshold, tile size larger than the images?)")  # fmt: skip
         write_text_atomic(self.root / INDEX_FILE, index_to_csv(records, self.info.scheme))
         write_json_atomic(self.root / META_FILE, self.info.to_json(records))
         for j in self.root.glob(JOURNAL_GLOB):
@@ -610,7 +526,8 @@ class DatasetWriter:
             return
         self.close()
         if self.root.exists():
-            self._clear()
+            for p in list(self.root.iterdir()):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
             if not self._existed:
                 self.root.rmdir()
 
@@ -624,24 +541,15 @@ class DatasetWriter:
 
 def _last_byte(path: Path) -> bytes:
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return b""
-        f.seek(-1, os.SEEK_END)
+        f.seek(max(0, path.stat().st_size - 1))
         return f.read(1)
-
-
-def index_columns(scheme: ClassScheme) -> list[str]:
-    return [
-        "id", "split", "image", "label", "source", "crs", "left", "bottom", "right", "top", "nodata_pixels",
-        *[f"count_{c}" for c in scheme.codes],
-    ]  # fmt: skip
 
 
 def index_to_csv(records: list[TileRecord], scheme: ClassScheme) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(index_columns(scheme))
+    w.writerow(["id", "split", "image", "label", "source", "crs", "left", "bottom", "right", "top", "nodata_pixels",
+                *[f"count_{c}" for c in scheme.codes]])  # fmt: skip
     for r in records:
         b = r.bounds or ("", "", "", "")
         w.writerow(
@@ -652,26 +560,16 @@ def index_to_csv(records: list[TileRecord], scheme: ClassScheme) -> str:
 
 
 def index_from_csv(text: str, scheme: ClassScheme, where: str) -> list[TileRecord]:
-    rows = list(csv.DictReader(io.StringIO(text)))
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(csv.DictReader(io.StringIO(text))):
         try:
-            bounds = (
-                tuple(float(row[k]) for k in ("left", "bottom", "right", "top")) if row.get("left") else None
-            )
-            out.append(
-                TileRecord(
-                    id=row["id"],
-                    split=row["split"],
-                    image=row["image"] or None,
-                    label=row["label"],
-                    source=row["source"],
-                    crs=row["crs"] or None,
-                    bounds=bounds,  # type: ignore[arg-type]
-                    nodata_pixels=int(row["nodata_pixels"]),
-                    counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
-                )
-            )
+            bounds = tuple(float(row[k]) for k in ("left", "bottom", "right", "top")) if row.get("left") else None
+            out.append(TileRecord(
+                id=row["id"], split=row["split"], image=row["image"] or None, label=row["label"], source=row["source"],
+                crs=row["crs"] or None, bounds=bounds,  # type: ignore[arg-type]
+                nodata_pixels=int(row["nodata_pixels"]),
+                counts={c: int(row.get(f"count_{c}", 0) or 0) for c in scheme.codes},
+            ))  # fmt: skip
         except (KeyError, ValueError, TypeError) as exc:  # TypeError: a short row yields None fields
             raise UserError(f"{where}: row {i + 2} is malformed ({exc!r}); rebuild the dataset") from exc
     return out
@@ -739,11 +637,9 @@ class Dataset:
         if not root.is_dir():
             raise UserError(f"{root}: dataset directory not found; pass a directory made by a terrasynth data command")
         if not meta.exists():
-            hint = (
-                "it is an unfinished dataset: rerun the command that writes it to resume"
-                if (root / PARTIAL_FILE).exists()
-                else "it has no dataset.json: pass a directory made by a terrasynth data command"
-            )
+            hint = ("it is an unfinished dataset: rerun the command that writes it to resume"
+                    if (root / PARTIAL_FILE).exists()
+                    else "it has no dataset.json: pass a directory made by a terrasynth data command")  # fmt: skip
             raise UserError(f"{root}: not a usable dataset; {hint}")
         try:
             info = DatasetInfo.from_json(json.loads(meta.read_text()), str(meta))
@@ -827,13 +723,6 @@ class Dataset:
         if rec.image is None:
             raise UserError(f"{self.root}: tile {rec.id} has no image (label-only dataset); use a paired dataset")
         return read_image_tif(self.root / rec.image)
-
-    def georef(self, rec: TileRecord) -> tuple[CRS | None, Affine | None]:
-        """CRS and transform of a tile (None, None when not georeferenced)."""
-        if rec.crs is None:
-            return None, None
-        with rasterio.open(self.root / rec.label) as src:
-            return src.crs, src.transform
 
     def iter_tiles(self, split: str | None = None) -> Iterator[tuple[TileRecord, np.ndarray, np.ndarray | None]]:
         for rec in self.split(*([split] if split else [])):

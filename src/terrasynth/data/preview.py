@@ -51,11 +51,5 @@ def dataset_preview(ds: Dataset, path: str | Path, n: int = 8, records: Sequence
             row.append(ds.read_image(rec))
         rows.append(row)
     # Rows of pairs read better side by side: fold into up to 4 pairs per line.
-    per_line = 4
-    lines = []
-    for k in range(0, len(rows), per_line):
-        chunk = rows[k : k + per_line]
-        flat = [p for r in chunk for p in r]
-        lines.append(flat)
-    scale = max(1, 128 // ds.info.tile_size)
-    return save_png(path, grid(lines, scale=scale))
+    lines = [[p for r in rows[k : k + 4] for p in r] for k in range(0, len(rows), 4)]
+    return save_png(path, grid(lines, scale=max(1, 128 // ds.info.tile_size)))

@@ -150,14 +150,14 @@ def cut_chunk(
     """Read ``chunk`` of ``scene`` and return its kept tiles, with the reasons others were dropped."""
     cgrid = scene.grid.window(chunk.row_off, chunk.col_off, chunk.height, chunk.width)
     pos = [(r, c) for r in chunk.rows for c in chunk.cols]
-    splits = blocks.assign(*lonlat_bounds(scene.grid, [p[0] for p in pos], [p[1] for p in pos], chunk.tile))
-    dropped = {"block_edge": 0, "outside_area": 0, "nodata": 0, "class_fraction": 0, "duplicate": 0}
-    dropped["block_edge"] = sum(s is None for s in splits)
+    rows, cols = [p[0] for p in pos], [p[1] for p in pos]
+    splits = blocks.assign(*lonlat_bounds(scene.grid, rows, cols, chunk.tile))
+    dropped = {"block_edge": sum(s is None for s in splits), "outside_area": 0, "nodata": 0, "class_fraction": 0,
+               "duplicate": 0}  # fmt: skip
     if scene.clip is not None:
         import shapely
 
-        inside = shapely.contains_xy(scene.clip, *lonlat_centres(scene.grid, [p[0] for p in pos], [p[1] for p in pos],
-                                                                  chunk.tile))  # fmt: skip
+        inside = shapely.contains_xy(scene.clip, *lonlat_centres(scene.grid, rows, cols, chunk.tile))
         dropped["outside_area"] = sum(1 for s, ok in zip(splits, inside) if s is not None and not ok)
         splits = [s if ok else None for s, ok in zip(splits, inside)]
     if all(s is None for s in splits):

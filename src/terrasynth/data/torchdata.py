@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,16 @@ def paired_augment(image: torch.Tensor | None, mask: torch.Tensor, gen: torch.Ge
     return (dihedral_t(image, r) if image is not None else None), dihedral_t(mask, r)
 
 
+def random_pairs(get: Callable[[int], tuple[torch.Tensor, torch.Tensor]], n: int, batch_size: int,
+                 gen: torch.Generator, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``batch_size`` random items ``get(i)`` (image (C, H, W), mask (H, W)) of ``n``, stacked; each pair given
+    the same random :func:`dihedral_t` when ``augment``. Draws from ``gen`` only."""
+    pairs = [get(i) for i in torch.randint(0, n, (batch_size,), generator=gen).tolist()]
+    if augment:
+        pairs = [paired_augment(img, mask, gen) for img, mask in pairs]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
 class TileDataset(TorchDataset):
     """Reads a terrasynth dataset for training.
 
@@ -37,24 +47,17 @@ class TileDataset(TorchDataset):
     """
 
     def __init__(
-        self,
-        data: Dataset | str | os.PathLike,
-        splits: Sequence[str] | str | None = ("train",),
-        *,
-        augment: bool = False,
-        require_images: bool = True,
-        cache: bool = True,
+        self, data: Dataset | str | os.PathLike, splits: Sequence[str] | str | None = ("train",), *,
+        augment: bool = False, require_images: bool = True, cache: bool = True,
         records: Sequence[TileRecord] | None = None,
-    ):
+    ):  # fmt: skip
         self.ds = data if isinstance(data, Dataset) else Dataset.open(data)
         if isinstance(splits, str):
             splits = (splits,)
         self.records = list(records) if records is not None else self.ds.split(*(splits or ()))
         if not self.records:
-            raise UserError(
-                f"{self.ds.root}: no tiles in split(s) {list(splits or ['all'])}; "
-                f"available: {sorted({r.split for r in self.ds.records})}"
-            )
+            raise UserError(f"{self.ds.root}: no tiles in split(s) {list(splits or ['all'])}; "
+                            f"available: {sorted({r.split for r in self.ds.records})}")  # fmt: skip
         self.with_images = self.ds.info.has_images
         if require_images and not self.with_images:
             raise UserError(f"{self.ds.root}: label-only dataset, but images are needed here; pass a paired dataset")

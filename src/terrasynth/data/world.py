@@ -137,11 +137,7 @@ def generate_world(
     nreg = cfg.num_regions()
     splits = assign_splits(nreg, cfg.ratios, cfg.seed)
     info = DatasetInfo(
-        name=out.name,
-        kind="procedural",
-        scheme=WORLDCOVER,
-        tile_size=cfg.size,
-        gsd=cfg.gsd,
+        name=out.name, kind="procedural", scheme=WORLDCOVER, tile_size=cfg.size, gsd=cfg.gsd,
         provenance=provenance("terrasynth procedural world", config_hash=config_hash(cfg), seed=cfg.seed),
         extra={"regions": nreg, "region_tiles": cfg.region_tiles(), "season": cfg.season},
     )

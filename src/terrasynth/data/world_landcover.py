@@ -86,7 +86,7 @@ def fbm(rng: np.random.Generator, n: int, sigmas: tuple[float, ...], weights: tu
     return sum(w * smooth_field(rng, n, s) for s, w in zip(sigmas, weights)) / sum(weights)
 
 
-def _rotated(n: int, angle: float, centre: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+def rotated(n: int, angle: float, centre: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     xx, yy = xx - centre[1], yy - centre[0]
     c, s = np.cos(angle), np.sin(angle)
@@ -142,7 +142,7 @@ def make_landcover(rng: np.random.Generator, n: int, biome: str, tropical: bool 
     if farm_share > 0.02:
         zone = smooth_field(rng, n, 28)
         farm = zone > np.quantile(zone, 1.0 - farm_share)
-        u, v = _rotated(n, angle, (n / 2, n / 2))
+        u, v = rotated(n, angle, (n / 2, n / 2))
         ce = _edges(rng, float(u.min()), float(u.max()), (9, 30))
         ci = np.searchsorted(ce, u)
         off = rng.uniform(0, 30, ce.size + 1).astype(np.float32)
@@ -176,7 +176,7 @@ def make_landcover(rng: np.random.Generator, n: int, biome: str, tropical: bool 
         if not town.any():
             continue
         ta = rng.uniform(-0.8, 0.8)
-        u, v = _rotated(n, ta, (cy, cx))
+        u, v = rotated(n, ta, (cy, cx))
         bx, by = rng.uniform(6, 12), rng.uniform(5, 11)
         su, sv = np.mod(u, bx), np.mod(v, by)
         is_street = (su < 1.0) | (sv < 1.0)

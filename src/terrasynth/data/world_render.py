@@ -17,11 +17,10 @@ import numpy as np
 from scipy import ndimage
 
 from terrasynth.data.world_landcover import (
-    BARE, BUILT, CROP, GRASS, LandCover, MANGROVE, MOSS, SHRUB, SNOW, TREE, WATER, WETLAND, smooth_field,
+    BARE, BUILT, CROP, GRASS, LandCover, MANGROVE, MOSS, SHRUB, SNOW, TREE, WATER, WETLAND, rotated, smooth_field,
 )  # fmt: skip
 
 Season = Literal["spring", "summer", "autumn", "winter", "dry"]
-SEASONS: tuple[str, ...] = ("spring", "summer", "autumn", "winter", "dry")
 
 # Per season: tree, grass, shrub-dark colours; crop stage probabilities (green, ripe, soil);
 # deciduous share that turns (autumn colours / bare winter crowns).
@@ -48,18 +47,10 @@ def _sig(x):
 
 
 def render(
-    lc: LandCover,
-    rng: np.random.Generator,
-    *,
-    season: Season = "summer",
-    sun_elevation: float = 45.0,
-    sun_azimuth: float = 315.0,
-    brightness: float = 1.0,
-    haze: float = 0.0,
-    noise: float = 3.0,
-    blur: float = 0.6,
+    lc: LandCover, rng: np.random.Generator, *, season: Season = "summer", sun_elevation: float = 45.0,
+    sun_azimuth: float = 315.0, brightness: float = 1.0, haze: float = 0.0, noise: float = 3.0, blur: float = 0.6,
     jitter: float = 0.15,
-) -> np.ndarray:
+) -> np.ndarray:  # fmt: skip
     """(R, R, 3) uint8 RGB for a region's land cover. Angles in degrees, azimuth clockwise from north."""
     codes = lc.codes
     n = codes.shape[0]
@@ -133,7 +124,7 @@ def render(
         rows_along = rng.random(npar) < 0.5
         period = rng.uniform(2.2, 4.5, npar).astype(np.float32)
         amp = np.where(stage == 1, 0.05, 0.13) * rng.uniform(0.4, 1.0, npar)
-        u, v = _rot(n, lc.parcel_angle)
+        u, v = rotated(n, lc.parcel_angle)
         pid = lc.parcel[m]
         coord = np.where(rows_along[pid], u[m], v[m])
         rows = 1 + amp[pid] * np.sin(2 * np.pi * coord / period[pid] + rng.uniform(0, 6.3, npar)[pid])
@@ -170,12 +161,6 @@ def render(
     if noise > 0:
         img += rng.normal(0, noise, img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def _rot(n: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    c, s = np.cos(angle), np.sin(angle)
-    return xx * c + yy * s, -xx * s + yy * c
 
 
 def _shadow_step(azimuth: float) -> tuple[int, int]:

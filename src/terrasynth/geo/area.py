@@ -50,6 +50,11 @@ class Area:
         return clip
 
 
+def intersects(a: Bounds, b: Bounds) -> bool:
+    """Whether two bounds share an area (touching edges do not count)."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def parse_bbox(text: str | tuple | list, where: str = "--bbox") -> Bounds:
     parts = text.split(",") if isinstance(text, str) else list(text)
     try:

@@ -156,6 +156,13 @@ def _read_native(src: DatasetReader, win: Window, bands: list[int], nodata: floa
     return data, valid
 
 
+def _footprint(src: DatasetReader, grid: Grid, pad: int = 0) -> tuple[int, int, int, int]:
+    """(col0, row0, col1, row1): the whole source pixels under ``grid``, ``pad`` more on each side."""
+    w = from_bounds(*transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21), transform=src.transform)
+    return (math.floor(w.col_off) - pad, math.floor(w.row_off) - pad,
+            math.ceil(w.col_off + w.width) + pad, math.ceil(w.row_off + w.height) + pad)  # fmt: skip
+
+
 def _warp_image(src: DatasetReader, grid: Grid, bands: list[int], nodata: float) -> tuple[np.ndarray, np.ndarray]:
     """Warp imagery through arrays rather than a WarpedVRT.
 
@@ -163,11 +170,7 @@ def _warp_image(src: DatasetReader, grid: Grid, bands: list[int], nodata: float)
     validity mask and weights the bilinear kernel by it, changing RGB values. Reading the
     source window ourselves keeps the RGB exact and the validity mask our own.
     """
-    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    w = from_bounds(left, bottom, right, top, transform=src.transform)
-    pad = 2  # bilinear reaches one source pixel beyond the footprint
-    c0, r0 = math.floor(w.col_off) - pad, math.floor(w.row_off) - pad
-    c1, r1 = math.ceil(w.col_off + w.width) + pad, math.ceil(w.row_off + w.height) + pad
+    c0, r0, c1, r1 = _footprint(src, grid, pad=2)  # bilinear reaches one source pixel beyond the footprint
     win = Window(c0, r0, c1 - c0, r1 - r0)
     data, ok = _read_native(src, win, bands, 0)
     inside = ok.astype(np.float32)
@@ -185,11 +188,8 @@ def read_preview(src: DatasetReader, grid: Grid) -> tuple[np.ndarray, np.ndarray
     """Labels on a coarse ``grid``, cheaply: a decimated read (GDAL serves it from the
     overviews) warped with nearest neighbour. For estimates only (e.g. which tiles are
     mostly nodata); returns ((H, W) codes, (H, W) valid)."""
-    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    w = from_bounds(left, bottom, right, top, transform=src.transform)
-    c0, r0 = max(0, math.floor(w.col_off)), max(0, math.floor(w.row_off))
-    c1 = min(src.width, math.ceil(w.col_off + w.width))
-    r1 = min(src.height, math.ceil(w.row_off + w.height))
+    c0, r0, c1, r1 = _footprint(src, grid)
+    c0, r0, c1, r1 = max(0, c0), max(0, r0), min(src.width, c1), min(src.height, r1)
     out = np.zeros((grid.height, grid.width), src.dtypes[0])
     if c1 <= c0 or r1 <= r0:
         return out, np.zeros(out.shape, bool)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from terrasynth.errors import UserError
-from terrasynth.geo.area import Area
+from terrasynth.geo.area import Area, intersects
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,10 @@ def _to_source(item: Any, asset: str, href: str | None = None) -> SourceItem:
         )
     dt = item.properties.get("datetime") or item.properties.get("start_datetime")
     return SourceItem(
-        href=href or item.assets[asset].get_absolute_href() or item.assets[asset].href,
-        id=item.id,
-        collection=item.collection_id,
-        datetime=dt,
-        bbox=tuple(item.bbox) if item.bbox else None,
-        properties=dict(item.properties),
-        self_href=item.get_self_href(),
-    )
+        href=href or item.assets[asset].get_absolute_href() or item.assets[asset].href, id=item.id,
+        collection=item.collection_id, datetime=dt, bbox=tuple(item.bbox) if item.bbox else None,
+        properties=dict(item.properties), self_href=item.get_self_href(),
+    )  # fmt: skip
 
 
 def _matches(item: Any, props: dict[str, Any]) -> bool:
@@ -81,10 +77,6 @@ def _in_dates(item: Any, datetime: str | None) -> bool:
     lo, _, hi = datetime.partition("/")
     hi = hi or lo
     return (lo in ("", "..") or dt >= lo[:10]) and (hi in ("", "..") or dt <= hi[:10])
-
-
-def _bbox_overlaps(a: Any, b: tuple[float, float, float, float]) -> bool:
-    return a is not None and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 class StaticCatalog:
@@ -108,7 +100,8 @@ class StaticCatalog:
         for item in self.root.get_items(recursive=True):
             if item.collection_id not in (None, collection):
                 continue
-            if _bbox_overlaps(item.bbox, area.bbox) and _in_dates(item, datetime) and _matches(item, props):
+            overlaps = item.bbox is not None and intersects(item.bbox, area.bbox)
+            if overlaps and _in_dates(item, datetime) and _matches(item, props):
                 out.append(_to_source(item, asset))
                 if limit and len(out) >= limit:
                     break

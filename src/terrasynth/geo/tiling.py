@@ -82,9 +82,8 @@ def iter_tiles(chunk: TileChunk) -> Iterator[tuple[int, int, slice, slice]]:
     """(row_off, col_off, row slice, col slice) of each tile, slices relative to the chunk."""
     for r in chunk.rows:
         for c in chunk.cols:
-            yield r, c, slice(r - chunk.row_off, r - chunk.row_off + chunk.tile), slice(
-                c - chunk.col_off, c - chunk.col_off + chunk.tile
-            )
+            rs, cs = r - chunk.row_off, c - chunk.col_off
+            yield r, c, slice(rs, rs + chunk.tile), slice(cs, cs + chunk.tile)
 
 
 class SpatialBlocks:
@@ -111,11 +110,6 @@ class SpatialBlocks:
         self.seed = seed
         self.origin = origin  # lon, lat of a block corner
         self.table: dict[tuple[int, int], str] = {}
-
-    @classmethod
-    def metres(cls, block_m: float, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> "SpatialBlocks":
-        """Blocks whose side is ``block_m`` metres measured along a meridian."""
-        return cls(block_m / METRES_PER_DEGREE, fractions, seed)
 
     def _u(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # in block units, rounded so that an edge lying on a block edge is not split by float noise

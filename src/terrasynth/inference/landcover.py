@@ -49,19 +49,10 @@ def parse_composition(text: str, codes: list[int], where: str = "--composition")
 
 
 def generate_maps(
-    model: LandcoverLDM,
-    n: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-    composition: dict[int, float] | None = None,
-    guidance: float | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    skip=lambda b: False,
-    on_batch=None,
-    progress: bool = True,
-) -> tuple[np.ndarray, float]:
+    model: LandcoverLDM, n: int, *, seed: int = 0, batch_size: int = 64, composition: dict[int, float] | None = None,
+    guidance: float | None = None, sampler: str | None = None, steps: int | None = None, skip=lambda b: False,
+    on_batch=None, progress: bool = True,
+) -> tuple[np.ndarray, float]:  # fmt: skip
     """``n`` maps as (n, H, W) uint8 class codes and the seconds per map.
 
     Batch ``b`` is drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + b)`` so any
@@ -70,41 +61,27 @@ def generate_maps(
     if sampler is not None:
         make_scheduler(sampler, model.train_scheduler_config)  # an unknown name fails now, not after a batch
     cond = model.composition_vector(composition) if composition else None
-    maps = []
-    secs, made = 0.0, 0
-    nb = (n + batch_size - 1) // batch_size
-    for b in tqdm(range(nb), desc="sample maps", unit="batch", disable=not progress):
-        m = min(batch_size, n - b * batch_size)
+    full, secs, made = [], 0.0, 0
+    for b in tqdm(range(-(-n // batch_size)), desc="sample maps", unit="batch", disable=not progress):
         if skip(b):
-            maps.append(None)
             continue
+        m = min(batch_size, n - b * batch_size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + b)
         t0 = time.perf_counter()
         idx = model.generate(m, g, composition=cond, guidance=guidance, sampler=sampler, steps=steps)
         secs += time.perf_counter() - t0
         made += m
-        codes = model.scheme.to_codes(idx.cpu().numpy())
-        maps.append(codes)
+        full.append(model.scheme.to_codes(idx.cpu().numpy()))
         if on_batch:
-            on_batch(b, codes)
-    full = [x for x in maps if x is not None]
+            on_batch(b, full[-1])
     return (np.concatenate(full) if full else np.zeros((0,), np.uint8)), (secs / made if made else float("nan"))
 
 
 def sample_landcover(
-    run: Path,
-    n: int,
-    out: Path,
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-    composition: dict[int, float] | None = None,
-    guidance: float | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    split: str = "train",
+    run: Path, n: int, out: Path, *, seed: int = 0, batch_size: int = 64, composition: dict[int, float] | None = None,
+    guidance: float | None = None, sampler: str | None = None, steps: int | None = None, split: str = "train",
     overwrite: bool = False,
-) -> Dataset:
+) -> Dataset:  # fmt: skip
     """Write ``n`` generated maps as a label-only dataset (``kind: synthetic``) at ``out``.
 
     Rerunning the same command resumes: finished batches are skipped.

@@ -32,7 +32,7 @@ def preview_grid(
         row = [ds.scheme.colourize(c)]
         if rec.image:
             row.append(ds.read_image(rec))
-        row += [(d[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for d in draws]
+        row += [_u8(d[i]) for d in draws]
         rows.append(row)
     return save_png(out, grid(rows, scale=max(1, 128 // ds.info.tile_size)))
 

@@ -45,30 +45,18 @@ class AutoencoderArch(StrictModel):
 
 
 def build_autoencoder(
-    in_channels: int,
-    *,
-    latent_channels: int = 4,
-    block_out_channels: tuple[int, ...] = (32, 64, 128),
-    layers_per_block: int = 1,
-    norm_num_groups: int = 16,
-    mid_attention: bool = False,
-    sample_size: int = 32,
-) -> AutoencoderKL:
+    in_channels: int, *, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (32, 64, 128),
+    layers_per_block: int = 1, norm_num_groups: int = 16, mid_attention: bool = False, sample_size: int = 32,
+) -> AutoencoderKL:  # fmt: skip
     """A KL autoencoder on ``in_channels`` (K one-hot classes, or 3 for RGB) whose downsampling
     factor is ``2 ** (len(block_out_channels) - 1)``."""
     n = len(block_out_channels)
     return AutoencoderKL(
-        in_channels=in_channels,
-        out_channels=in_channels,
-        latent_channels=latent_channels,
-        block_out_channels=tuple(block_out_channels),
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups,
-        mid_block_add_attention=mid_attention,
-        sample_size=sample_size,
-    )
+        in_channels=in_channels, out_channels=in_channels, latent_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels), down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+        mid_block_add_attention=mid_attention, sample_size=sample_size,
+    )  # fmt: skip
 
 
 def downsampling_factor(vae: AutoencoderKL) -> int:
@@ -113,8 +101,7 @@ class VAELoss(torch.nn.Module):
 
     def __init__(self, vae: AutoencoderKL, kl_weight: float):
         super().__init__()
-        self.vae = vae
-        self.kl_weight = kl_weight
+        self.vae, self.kl_weight = vae, kl_weight
 
     def forward(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images * 2 - 1

@@ -57,38 +57,32 @@ def build_controlnet(
     )
 
 
+def controlled_unet(
+    unet: torch.nn.Module, controlnet: torch.nn.Module, latents: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+    cond: torch.Tensor, conditioning_scale: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """The base ``unet``'s output for ``latents`` (B, C, h, w) at ``t`` with ``controlnet``'s residuals for ``cond``."""
+    down, mid = controlnet(latents, t, encoder_hidden_states=ctx, controlnet_cond=cond,
+                           conditioning_scale=conditioning_scale, return_dict=False)  # fmt: skip
+    return unet(latents, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                mid_block_additional_residual=mid).sample  # fmt: skip
+
+
 class ControlNetGenerator:
     """Land-cover masks -> RGB with a frozen latent base and a trained ControlNet."""
 
     family = "controlnet"
 
     def __init__(
-        self,
-        base: LatentBase,
-        controlnet: ControlNetModel,
-        scheme: ClassScheme,
-        *,
-        scheduler: str = "DPMSolverMultistepScheduler",
-        steps: int = 20,
-        guidance_scale: float = 2.0,
-        conditioning_scale: float = 1.0,
-        unconditional: Unconditional = "base",
-        batch_size: int = 64,
-        run: str | None = None,
-        checkpoint: str | None = None,
-    ):
-        self.base = base
-        self.controlnet = controlnet.eval()
-        self.scheme = scheme
-        self.scheduler_name = scheduler
-        self.scheduler = make_scheduler(scheduler, base.noise_scheduler.config)
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.conditioning_scale = conditioning_scale
-        self.unconditional = unconditional
-        self.batch_size = batch_size
-        self.run = run
-        self.checkpoint = checkpoint
+        self, base: LatentBase, controlnet: ControlNetModel, scheme: ClassScheme, *,
+        scheduler: str = "DPMSolverMultistepScheduler", steps: int = 20, guidance_scale: float = 2.0,
+        conditioning_scale: float = 1.0, unconditional: Unconditional = "base", batch_size: int = 64,
+        run: str | None = None, checkpoint: str | None = None,
+    ):  # fmt: skip
+        self.base, self.controlnet, self.scheme = base, controlnet.eval(), scheme
+        self.scheduler_name, self.scheduler = scheduler, make_scheduler(scheduler, base.noise_scheduler.config)
+        self.steps, self.guidance_scale, self.conditioning_scale = steps, guidance_scale, conditioning_scale
+        self.unconditional, self.batch_size, self.run, self.checkpoint = unconditional, batch_size, run, checkpoint
 
     @property
     def device(self) -> torch.device:
@@ -108,14 +102,7 @@ class ControlNetGenerator:
         ctx = self.base.contexts(latents.shape[0])
         if cond is None:
             return self.base.unet(latents, t, encoder_hidden_states=ctx).sample
-        down, mid = self.controlnet(
-            latents, t, encoder_hidden_states=ctx, controlnet_cond=cond,
-            conditioning_scale=conditioning_scale, return_dict=False,
-        )  # fmt: skip
-        return self.base.unet(
-            latents, t, encoder_hidden_states=ctx,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid,
-        ).sample  # fmt: skip
+        return controlled_unet(self.base.unet, self.controlnet, latents, t, ctx, cond, conditioning_scale)
 
     def _guided(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         g, s = self.guidance_scale, self.conditioning_scale
@@ -125,19 +112,15 @@ class ControlNetGenerator:
         x2 = torch.cat([latents, latents])
         ctx = self.base.contexts(2 * b)
         if self.unconditional == "zero_condition":
-            down, mid = self.controlnet(
-                x2, t, encoder_hidden_states=ctx, controlnet_cond=torch.cat([cond, torch.zeros_like(cond)]),
-                conditioning_scale=s, return_dict=False,
-            )  # fmt: skip
+            both = torch.cat([cond, torch.zeros_like(cond)])
+            out = controlled_unet(self.base.unet, self.controlnet, x2, t, ctx, both, s)
         else:  # the base alone: zero residuals for the unconditional half
             down, mid = self.controlnet(
                 latents, t, encoder_hidden_states=ctx[:b], controlnet_cond=cond, conditioning_scale=s, return_dict=False
             )
-            down = [torch.cat([r, torch.zeros_like(r)]) for r in down]
-            mid = torch.cat([mid, torch.zeros_like(mid)])
-        out = self.base.unet(
-            x2, t, encoder_hidden_states=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid
-        ).sample
+            down, mid = [torch.cat([r, torch.zeros_like(r)]) for r in down], torch.cat([mid, torch.zeros_like(mid)])
+            out = self.base.unet(x2, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                                 mid_block_additional_residual=mid).sample  # fmt: skip
         c, u = out.chunk(2)
         return u + g * (c - u)
 
@@ -163,17 +146,11 @@ class ControlNetGenerator:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "family": self.family,
-            "run": self.run,
-            "checkpoint": self.checkpoint,
-            "base": self.base.path,
-            "base_source": self.base.source,
-            "scheduler": self.scheduler_name,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "conditioning_scale": self.conditioning_scale,
+            "family": self.family, "run": self.run, "checkpoint": self.checkpoint, "base": self.base.path,
+            "base_source": self.base.source, "scheduler": self.scheduler_name, "steps": self.steps,
+            "guidance_scale": self.guidance_scale, "conditioning_scale": self.conditioning_scale,
             "unconditional": self.unconditional,
-        }
+        }  # fmt: skip
 
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> ControlNetGenerator:
@@ -189,11 +166,7 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu", **overri
     controlnet.requires_grad_(False)
     sampling = {**meta.get("sampling", {}), **overrides}
     return ControlNetGenerator(
-        base,
-        controlnet,
-        ClassScheme.from_dict(meta["scheme"], where=str(run / GENERATOR_FILE)),
-        unconditional=meta.get("unconditional", "base"),
-        run=str(run.resolve()),
-        checkpoint=str((run / CONTROLNET_DIR).resolve()),
-        **sampling,
-    )
+        base, controlnet, ClassScheme.from_dict(meta["scheme"], where=str(run / GENERATOR_FILE)),
+        unconditional=meta.get("unconditional", "base"), run=str(run.resolve()),
+        checkpoint=str((run / CONTROLNET_DIR).resolve()), **sampling,
+    )  # fmt: skip

@@ -73,15 +73,10 @@ def diffusion_target(sched: DDPMScheduler, z0: torch.Tensor, noise: torch.Tensor
 
 @torch.no_grad()
 def sample_latents(
-    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scheduler: SchedulerMixin,
-    shape: tuple[int, int, int, int],
-    *,
-    steps: int,
-    generator: torch.Generator,
-    device: torch.device | str,
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: SchedulerMixin,
+    shape: tuple[int, int, int, int], *, steps: int, generator: torch.Generator, device: torch.device | str,
     step_on_cpu: bool = False,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """The reverse process from N(0, I) noise drawn on CPU from ``generator``: latents ``shape`` (B, C, h, w).
 
     ``predict(x, t)`` is the (guided) network output for scaled latents ``x`` at timestep ``t``. ``step_on_cpu``

@@ -28,13 +28,8 @@ class PatchGAN(nn.Module):
         for n in range(1, n_layers):
             nf_prev, nf = nf, min(nf * 2, 512)
             stride = 1 if n == n_layers - 1 else 2
-            layers.append(
-                nn.Sequential(
-                    maybe_sn(nn.Conv2d(nf_prev, nf, 4, stride, 1), spectral),
-                    nn.InstanceNorm2d(nf, affine=False),
-                    nn.LeakyReLU(0.2),
-                )
-            )
+            conv = maybe_sn(nn.Conv2d(nf_prev, nf, 4, stride, 1), spectral)
+            layers.append(nn.Sequential(conv, nn.InstanceNorm2d(nf, affine=False), nn.LeakyReLU(0.2)))
         layers.append(nn.Sequential(nn.Conv2d(nf, 1, 4, 1, 1)))
         self.layers = nn.ModuleList(layers)
 
@@ -124,8 +119,7 @@ def oasis_class_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     valid = masks[masks != IGNORE_INDEX]
     counts = torch.bincount(valid, minlength=num_classes).float()
     total = counts.sum().clamp(min=1)
-    w = torch.where(counts > 0, total / (counts * num_classes).clamp(min=1), torch.zeros_like(counts))
-    return w
+    return torch.where(counts > 0, total / (counts * num_classes).clamp(min=1), torch.zeros_like(counts))
 
 
 def oasis_loss(logits: torch.Tensor, masks: torch.Tensor, *, real: bool, weights: torch.Tensor) -> torch.Tensor:

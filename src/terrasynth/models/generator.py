@@ -59,10 +59,8 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu") -> Image
     run = Path(run)
     f = run / GENERATOR_FILE
     if not f.is_file():
-        raise UserError(
-            f"{run}: not a generator run (no {GENERATOR_FILE}); pass the --out of "
-            "'terrasynth spade train' or 'terrasynth controlnet train'"
-        )
+        raise UserError(f"{run}: not a generator run (no {GENERATOR_FILE}); pass the --out of "
+                        "'terrasynth spade train' or 'terrasynth controlnet train'")  # fmt: skip
     try:
         family = json.loads(f.read_text()).get("family")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:

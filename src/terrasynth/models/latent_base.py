@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors.torch import save_file
 
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, load_weights, write_json_atomic
+from terrasynth.io import load_weights, save_weights, write_json_atomic
 from terrasynth.models.autoencoder import downsampling_factor
 from terrasynth.models.diffusion import LatentNorm
 
@@ -78,21 +77,13 @@ def is_pretrained_base(path: Path) -> bool:
     return all((path / d).is_dir() for d in ("vae", "unet", "text_encoder", "tokenizer"))
 
 
-def save_trained_base(
-    out: Path,
-    vae: AutoencoderKL,
-    unet: UNet2DConditionModel,
-    noise_scheduler: DDPMScheduler,
-    context: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-) -> None:
+def save_trained_base(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, noise_scheduler: DDPMScheduler,
+                      context: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:  # fmt: skip
     """Write a trained base in its directory layout; ``base.json`` last marks it complete."""
     vae.save_pretrained(out / "vae")
     unet.save_pretrained(out / "unet")
     noise_scheduler.save_pretrained(out / "scheduler")
-    with atomic_path(out / CONTEXT_FILE) as tmp:
-        save_file({"context": context.detach().cpu().contiguous()}, str(tmp))
+    save_weights(out / CONTEXT_FILE, {"context": context})
     write_json_atomic(out / LATENTS_FILE, {"mean": mean.tolist(), "std": std.tolist()})
     write_json_atomic(out / BASE_FILE, {"kind": "trained", "factor": downsampling_factor(vae)})
 
@@ -111,19 +102,21 @@ def encode_prompt(path: Path, prompt: str) -> torch.Tensor:
 def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase:
     """Load a base model from a train-base run or a local Stable-Diffusion-layout directory."""
     path = Path(path)
+    if not (is_trained_base(path) or is_pretrained_base(path)):
+        raise UserError(
+            f"{path}: not a base model; pass the --out of 'terrasynth controlnet train-base' or a local "
+            "Stable-Diffusion-layout directory (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    vae = AutoencoderKL.from_pretrained(path / "vae")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet")
+    sched = DDPMScheduler.from_pretrained(path / "scheduler")
     if is_trained_base(path):
-        vae = AutoencoderKL.from_pretrained(path / "vae")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
-        sched = DDPMScheduler.from_pretrained(path / "scheduler")
         context = load_weights(path / CONTEXT_FILE)["context"]
         stats = json.loads((path / LATENTS_FILE).read_text())
         std = torch.tensor(stats["std"], dtype=torch.float32)
         norm = LatentNorm(torch.tensor(stats["mean"], dtype=torch.float32), scale=1.0 / std)
         source = "trained"
-    elif is_pretrained_base(path):
-        vae = AutoencoderKL.from_pretrained(path / "vae")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
-        sched = DDPMScheduler.from_pretrained(path / "scheduler")
+    else:
         context = encode_prompt(path, prompt)
         c = vae.config.latent_channels
         norm = LatentNorm(
@@ -131,11 +124,6 @@ def load_base(path: str | Path, prompt: str = "aerial photograph") -> LatentBase
             scale=torch.full((c,), float(vae.config.scaling_factor)),
         )
         source = "pretrained"
-    else:
-        raise UserError(
-            f"{path}: not a base model; pass the --out of 'terrasynth controlnet train-base' or a local "
-            "Stable-Diffusion-layout directory (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
-        )
     vae.requires_grad_(False).eval()
     unet.requires_grad_(False).eval()
     return LatentBase(vae, unet, sched, context, norm, source, str(path.resolve()))
@@ -154,15 +142,9 @@ class ContextUNet(torch.nn.Module):
 
 
 def build_latent_unet(
-    latent_channels: int,
-    sample_size: int,
-    *,
-    block_out_channels: tuple[int, ...],
-    cross_attention: tuple[bool, ...],
-    layers_per_block: int,
-    cross_attention_dim: int,
-    attention_head_dim: int,
-) -> UNet2DConditionModel:
+    latent_channels: int, sample_size: int, *, block_out_channels: tuple[int, ...], cross_attention: tuple[bool, ...],
+    layers_per_block: int, cross_attention_dim: int, attention_head_dim: int,
+) -> UNet2DConditionModel:  # fmt: skip
     """The base denoiser on (B, C, h, w) latents; ``cross_attention[i]`` attends to the context in level ``i``."""
     if len(cross_attention) != len(block_out_channels):
         n, m = len(cross_attention), len(block_out_channels)
@@ -170,14 +152,8 @@ def build_latent_unet(
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
     return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        down_block_types=down,
-        up_block_types=up,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=attention_head_dim,
+        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels, down_block_types=down,
+        up_block_types=up, block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
         norm_num_groups=min(32, min(block_out_channels)),
-    )
+    )  # fmt: skip

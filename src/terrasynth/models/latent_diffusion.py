@@ -30,16 +30,10 @@ Denoiser = UNet2DModel | UNet2DConditionModel
 
 
 def build_denoiser(
-    latent_channels: int,
-    sample_size: int,
-    *,
-    block_out_channels: tuple[int, ...] = (64, 128, 128),
-    layers_per_block: int = 2,
-    attention: tuple[bool, ...] = (False, False, True),
-    attention_head_dim: int = 8,
-    norm_num_groups: int = 32,
-    composition_classes: int | None = None,
-) -> Denoiser:
+    latent_channels: int, sample_size: int, *, block_out_channels: tuple[int, ...] = (64, 128, 128),
+    layers_per_block: int = 2, attention: tuple[bool, ...] = (False, False, True), attention_head_dim: int = 8,
+    norm_num_groups: int = 32, composition_classes: int | None = None,
+) -> Denoiser:  # fmt: skip
     """A UNet on (B, C, h, w) latents; ``attention[i]`` puts self-attention in level ``i``.
 
     With ``composition_classes = K`` the UNet takes ``class_labels`` (B, K) of class
@@ -50,20 +44,14 @@ def build_denoiser(
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     common = dict(
-        sample_size=sample_size,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        norm_num_groups=norm_num_groups,
-    )
+        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block, down_block_types=down,
+        up_block_types=up, norm_num_groups=norm_num_groups, attention_head_dim=attention_head_dim,
+    )  # fmt: skip
     if composition_classes is None:
-        return UNet2DModel(**common, attention_head_dim=attention_head_dim)
+        return UNet2DModel(**common)
     return UNet2DConditionModel(
         **common,
-        attention_head_dim=attention_head_dim,
         mid_block_type="UNetMidBlock2D",  # self-attention only: there is no text to cross-attend to
         cross_attention_dim=block_out_channels[-1],  # unused (no cross-attention blocks), but required
         class_embed_type="projection",
@@ -80,15 +68,8 @@ def denoise(unet: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor
     return unet(x, t).sample
 
 
-def p_losses(
-    unet: Denoiser,
-    z0: torch.Tensor,
-    cond: torch.Tensor | None = None,
-    *,
-    scheduler: DDPMScheduler,
-    snr_gamma: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def p_losses(unet: Denoiser, z0: torch.Tensor, cond: torch.Tensor | None = None, *, scheduler: DDPMScheduler,
+             snr_gamma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """Denoising loss on clean normalised latents ``z0`` (B, C, h, w).
 
     The target follows ``scheduler.config.prediction_type`` (noise or velocity);
@@ -120,19 +101,10 @@ class LandcoverLDM:
     """
 
     def __init__(
-        self,
-        vae: AutoencoderKL,
-        unet: Denoiser,
-        train_scheduler_config: dict[str, Any],
-        norm: LatentNorm,
-        scheme: ClassScheme,
-        *,
-        class_frequencies: list[float] | None = None,
-        default_sampler: str = "dpmsolver++",
-        default_steps: int = 25,
-        default_guidance: float = 1.0,
-        train_compositions: torch.Tensor | None = None,
-    ):
+        self, vae: AutoencoderKL, unet: Denoiser, train_scheduler_config: dict[str, Any], norm: LatentNorm,
+        scheme: ClassScheme, *, class_frequencies: list[float] | None = None, default_sampler: str = "dpmsolver++",
+        default_steps: int = 25, default_guidance: float = 1.0, train_compositions: torch.Tensor | None = None,
+    ):  # fmt: skip
         self.vae, self.unet, self.norm, self.scheme = vae, unet, norm, scheme
         self.train_scheduler_config = dict(train_scheduler_config)
         self.class_frequencies = class_frequencies or [1.0 / scheme.num_classes] * scheme.num_classes
@@ -170,15 +142,9 @@ class LandcoverLDM:
 
     @torch.no_grad()
     def generate(
-        self,
-        n: int,
-        generator: torch.Generator,
-        *,
-        composition: torch.Tensor | None = None,
-        guidance: float | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
-    ) -> torch.Tensor:
+        self, n: int, generator: torch.Generator, *, composition: torch.Tensor | None = None,
+        guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """``n`` maps (n, H, W) int64 training indices.
 
         ``composition`` (K,) fractions, or None: then a conditional model draws each map's
@@ -221,15 +187,12 @@ class LandcoverLDM:
         write_json_atomic(
             path / MODEL_FILE,
             {
-                "unet_class": type(self.unet).__name__,
-                "train_scheduler": self.train_scheduler_config,
+                "unet_class": type(self.unet).__name__, "train_scheduler": self.train_scheduler_config,
                 "latent_norm": {"mean": self.norm.shift.tolist(), "std": self.norm.std.tolist()},
-                "scheme": self.scheme.to_dict(),
-                "class_frequencies": self.class_frequencies,
-                "default_sampler": self.default_sampler,
-                "default_steps": self.default_steps,
+                "scheme": self.scheme.to_dict(), "class_frequencies": self.class_frequencies,
+                "default_sampler": self.default_sampler, "default_steps": self.default_steps,
                 "default_guidance": self.default_guidance,
-            },
+            },  # fmt: skip
         )
         if self.train_compositions is not None:
             save_file({"compositions": self.train_compositions.contiguous()}, path / COMPOSITIONS_FILE)
@@ -245,9 +208,6 @@ class LandcoverLDM:
             meta["train_scheduler"],
             LatentNorm(torch.tensor(meta["latent_norm"]["mean"]), std=torch.tensor(meta["latent_norm"]["std"])),
             ClassScheme.from_dict(meta["scheme"], where=str(path / MODEL_FILE)),
-            class_frequencies=meta["class_frequencies"],
-            default_sampler=meta["default_sampler"],
-            default_steps=meta["default_steps"],
-            default_guidance=meta["default_guidance"],
+            **{k: meta[k] for k in ("class_frequencies", "default_sampler", "default_steps", "default_guidance")},
             train_compositions=load_weights(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
         ).eval()

@@ -97,22 +97,11 @@ class SPADEGenerator(nn.Module):
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        *,
-        ngf: int = 32,
-        num_up: int = 4,
-        num_middle: int = 1,
-        hidden: int = 64,
-        norm: Norm = "instance",
-        spectral: bool = True,
-        noise: Noise = "none",
-        noise_dim: int = 32,
-    ):
+        self, num_classes: int, *, ngf: int = 32, num_up: int = 4, num_middle: int = 1, hidden: int = 64,
+        norm: Norm = "instance", spectral: bool = True, noise: Noise = "none", noise_dim: int = 32,
+    ):  # fmt: skip
         super().__init__()
-        self.num_classes = num_classes
-        self.num_up = num_up
-        self.noise = noise
+        self.num_classes, self.num_up, self.noise = num_classes, num_up, noise
         self.noise_dim = noise_dim if noise == "3d" else 0
         label_nc = num_classes + self.noise_dim
         chans = [min(ngf * 2 ** (num_up - i), 16 * ngf) for i in range(num_up + 1)]  # top (small) .. bottom (full res)
@@ -151,10 +140,8 @@ def num_up_for(tile_size: int, latent_size: int) -> int:
     """Upsampling stages that take a ``latent_size`` grid to ``tile_size``."""
     n = math.log2(tile_size / latent_size)
     if n != int(n) or n < 1:
-        raise UserError(
-            f"tile size {tile_size} / latent size {latent_size} must be a power of two >= 2; "
-            "fix model.latent_size (e.g. 4)"
-        )
+        raise UserError(f"tile size {tile_size} / latent size {latent_size} must be a power of two >= 2; "
+                        "fix model.latent_size (e.g. 4)")  # fmt: skip
     return int(n)
 
 
@@ -165,10 +152,7 @@ class SpadeImageGenerator:
     """Wraps a trained :class:`SPADEGenerator` behind the ``ImageGenerator`` protocol."""
 
     def __init__(self, net: SPADEGenerator, scheme: ClassScheme, *, run: Path, checkpoint: str, device="cpu"):
-        self.net = net.to(device).eval()
-        self.scheme = scheme
-        self.run = run
-        self.checkpoint = checkpoint
+        self.net, self.scheme, self.run, self.checkpoint = net.to(device).eval(), scheme, run, checkpoint
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -22,11 +22,9 @@ def _rand(shape, gen: torch.Generator | None, device) -> torch.Tensor:
 
 
 def diff_augment(
-    images: Sequence[torch.Tensor],
-    masks: torch.Tensor,
-    policy: Sequence[Policy] = ("color", "translation", "cutout"),
+    images: Sequence[torch.Tensor], masks: torch.Tensor, policy: Sequence[Policy] = ("color", "translation", "cutout"),
     generator: torch.Generator | None = None,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
     """Augment several image batches (each (B, 3, H, W) in [-1, 1]) with the *same* random
     transform, plus their shared ``masks`` (B, H, W) (shifted/cut pixels become nodata).
 

@@ -27,24 +27,21 @@ from torch.utils.data import ConcatDataset
 
 from terrasynth.classes import one_hot
 from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
-from terrasynth.data.dataset import Dataset, provenance
-from terrasynth.data.torchdata import TileDataset, paired_augment
+from terrasynth.data.dataset import provenance
+from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
 from terrasynth.inference.previews import training_preview
 from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.autoencoder import AutoencoderArch, VAELoss, downsampling_factor
-from terrasynth.models.controlnet import CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet
+from terrasynth.models.controlnet import (
+    CONTROLNET_DIR, ControlNetGenerator, Unconditional, build_controlnet, controlled_unet,
+)  # fmt: skip
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.diffusion import LatentNorm, SamplingConfig, diffusion_target, training_scheduler
 from terrasynth.models.latent_base import (
-    ContextUNet,
-    build_latent_unet,
-    is_pretrained_base,
-    is_trained_base,
-    load_base,
-    save_trained_base,
-)
-from terrasynth.train.runner import RunResult, Runner, RunSpec, ema_copy, fingerprint, seed_everything
+    ContextUNet, build_latent_unet, is_pretrained_base, is_trained_base, load_base, save_trained_base,
+)  # fmt: skip
+from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
 # ---- configs --------------------------------------------------------------------------
 
@@ -130,15 +127,10 @@ class ControlNetRunConfig(StrictModel):
 # ---- helpers --------------------------------------------------------------------------
 
 
-def open_tiles(data: Path | Sequence[Path], splits: list[str], require_masks: bool = False) -> ConcatDataset:
-    paths = [Path(data)] if isinstance(data, (str, Path)) else [Path(p) for p in data]
-    sets = []
-    for p in paths:
-        ds = Dataset.open(p)
-        recs = ds.split(*splits)
-        if not recs:
-            raise UserError(f"{p}: no tiles in split(s) {splits}; available: {sorted({r.split for r in ds.records})}")
-        sets.append(TileDataset(ds, records=recs, cache=True))
+def open_tiles(data: Path | Sequence[Path], splits: list[str]) -> ConcatDataset:
+    """The image/mask tiles of ``splits`` of one or more paired datasets of one tile size, cached in memory."""
+    paths = _paths(data)
+    sets = [TileDataset(p, splits, cache=True) for p in paths]
     sizes = {s.ds.info.tile_size for s in sets}
     if len(sizes) > 1:
         raise UserError(f"datasets {[str(p) for p in paths]} have different tile sizes {sorted(sizes)}; use one size")
@@ -147,16 +139,7 @@ def open_tiles(data: Path | Sequence[Path], splits: list[str], require_masks: bo
 
 def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random items: images (n, 3, H, W), masks (n, H, W)."""
-    idx = torch.randint(len(tiles), (n,), generator=gen).tolist()
-    imgs, masks = [], []
-    for i in idx:
-        it = tiles[i]
-        img, mask = it["image"], it["mask"]
-        if augment:
-            img, mask = paired_augment(img, mask, gen)
-        imgs.append(img)
-        masks.append(mask)
-    return torch.stack(imgs), torch.stack(masks)
+    return random_pairs(lambda i: (tiles[i]["image"], tiles[i]["mask"]), len(tiles), n, gen, augment)
 
 
 def noisy(sched: DDPMScheduler, latents: torch.Tensor, gen: torch.Generator):
@@ -218,17 +201,13 @@ def _fit(
     wrapped, _ = runner.prepare(model, torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
     runner.track_ema(p for p in runner.unwrap(wrapped).parameters() if p.requires_grad)
     result = runner.fit(_LossStep(acc, wrapped, loss))
-    return ema_copy(runner, wrapped), _summary(result)
+    return ema_copy(runner, wrapped), {k: v for k, v in asdict(result).items() if k != "losses"}
 
 
 def _inputs(data: object, init_from: Path | None = None) -> dict[str, Any]:
     """What a run was trained on, for its fingerprint (a changed input refuses the resume)."""
     prev = str(Path(init_from).resolve()) if init_from else None
     return {"data": [str(p.resolve()) for p in _paths(data)], "init_from": prev}
-
-
-def _summary(r: RunResult) -> dict[str, Any]:
-    return {k: v for k, v in asdict(r).items() if k != "losses"}
 
 
 def stage_minutes(cfg: ControlNetBaseConfig, stage: str, vae_used: float = 0.0) -> dict[str, float | None]:
@@ -251,14 +230,8 @@ def _spec(stage: str, cfg: ControlNetBaseConfig | ControlNetConfig, max_steps: i
 # ---- base -----------------------------------------------------------------------------
 
 
-def train_controlnet_base(
-    cfg: ControlNetBaseConfig,
-    data: Path | Sequence[Path],
-    out: Path,
-    *,
-    init_from: Path | None = None,
-    resume: bool = True,
-) -> Path:
+def train_controlnet_base(cfg: ControlNetBaseConfig, data: Path | Sequence[Path], out: Path, *,
+                          init_from: Path | None = None, resume: bool = True) -> Path:  # fmt: skip
     """Train the autoencoder, then the unconditional latent UNet, on all imagery of ``data``.
 
     ``init_from``: a previous base run whose autoencoder, UNet and context are the start
@@ -356,15 +329,8 @@ def train_controlnet_base(
 # ---- ControlNet -----------------------------------------------------------------------
 
 
-def train_controlnet(
-    cfg: ControlNetConfig,
-    data: Path,
-    base: Path | str,
-    out: Path,
-    *,
-    init_from: Path | None = None,
-    resume: bool = True,
-) -> Path:
+def train_controlnet(cfg: ControlNetConfig, data: Path, base: Path | str, out: Path, *,
+                     init_from: Path | None = None, resume: bool = True) -> Path:  # fmt: skip
     """Train a ControlNet (base frozen) on the image/mask pairs of ``data``; write a generator run.
 
     ``base``: a train-base run or a local Stable-Diffusion-layout checkpoint.
@@ -405,11 +371,7 @@ def train_controlnet(
         with torch.no_grad():
             z = lb.encode(imgs.to(acc.device), generator=gen)
         x, t, target = noisy(sched, z, gen)
-        ctx = lb.contexts(x.shape[0])
-        down, mid = m(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, return_dict=False)
-        pred = unet(
-            x, t, encoder_hidden_states=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid
-        ).sample
+        pred = controlled_unet(unet, m, x, t, lb.contexts(x.shape[0]), cond)
         return F.mse_loss(pred.float(), target.float())
 
     budget = {"max_minutes": cfg.max_minutes, "target_minutes": cfg.target_minutes}

@@ -21,32 +21,22 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from safetensors.torch import load_file
 
 from terrasynth.accel import dist_state, make_accelerator, resolve_precision
 from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
-from terrasynth.data.torchdata import TileDataset, paired_augment
+from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
-from terrasynth.io import atomic_path, ensure_dir, write_json_atomic
+from terrasynth.io import ensure_dir, save_weights, write_json_atomic
 from terrasynth.models.discriminators import (
-    MultiscalePatchGAN,
-    OASISDiscriminator,
-    labelmix,
-    labelmix_loss,
-    oasis_class_weights,
-    oasis_loss,
-)
+    MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
+)  # fmt: skip
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.spade import SPADEGenerator, num_up_for
 from terrasynth.train.diffaugment import Policy, diff_augment
-from terrasynth.train.gan_losses import (
-    VGGLoss,
-    feature_matching_loss,
-    hinge_d_loss,
-    hinge_g_loss,
-    multiscale,
-)
+from terrasynth.train.gan_losses import VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, multiscale
 from terrasynth.train.judge import build_judge, judge_miou, train_judge
 from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
@@ -152,16 +142,10 @@ class SpadeConfig(TrainBudget):
 def generator_kwargs(cfg: SpadeConfig, num_classes: int, tile_size: int) -> dict[str, Any]:
     m = cfg.model
     return dict(
-        num_classes=num_classes,
-        ngf=m.ngf,
-        num_up=num_up_for(tile_size, m.latent_size),
-        num_middle=m.num_middle,
-        hidden=m.hidden,
-        norm=m.norm,
-        spectral=m.spectral_norm,
-        noise="3d" if cfg.remedies.noise3d else "none",
+        num_classes=num_classes, ngf=m.ngf, num_up=num_up_for(tile_size, m.latent_size), num_middle=m.num_middle,
+        hidden=m.hidden, norm=m.norm, spectral=m.spectral_norm, noise="3d" if cfg.remedies.noise3d else "none",
         noise_dim=m.noise_dim,
-    )
+    )  # fmt: skip
 
 
 def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
@@ -188,12 +172,9 @@ def build_spec(cfg: SpadeConfig) -> RunSpec:
 def load_tiles(ds: Dataset, records: list[TileRecord]) -> tuple[torch.Tensor, torch.Tensor]:
     """All tiles in memory: images (N, 3, H, W) uint8, masks (N, H, W) uint8 (255 nodata)."""
     td = TileDataset(ds, records=records, cache=False)
-    imgs, masks = [], []
-    for i in range(len(td)):
-        img, idx = td._load(i)
-        imgs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
-        masks.append(torch.from_numpy(idx.astype(np.uint8)))
-    return torch.stack(imgs), torch.stack(masks)
+    tiles = [td._load(i) for i in range(len(td))]
+    imgs = [torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))) for img, _ in tiles]
+    return torch.stack(imgs), torch.stack([torch.from_numpy(idx.astype(np.uint8)) for _, idx in tiles])
 
 
 def split_train_val(ds: Dataset, train: str, val: str) -> tuple[list[TileRecord], list[TileRecord]]:
@@ -215,15 +196,8 @@ def sample_batch(
     images: torch.Tensor, masks: torch.Tensor, batch_size: int, gen: torch.Generator, augment: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> images (B, 3, H, W) float in [-1, 1], masks (B, H, W) int64."""
-    idx = torch.randint(0, len(images), (batch_size,), generator=gen).tolist()
-    xs, ys = [], []
-    for i in idx:
-        x, y = images[i].float().div(127.5).sub(1), masks[i].long()
-        if augment:
-            x, y = paired_augment(x, y, gen)
-        xs.append(x)
-        ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+    return random_pairs(lambda i: (images[i].float().div(127.5).sub(1), masks[i].long()), len(images), batch_size,
+                        gen, augment)  # fmt: skip
 
 
 # ---- the family ---------------------------------------------------------------------
@@ -305,8 +279,7 @@ class SpadeTrainer:
                 d_loss = d_loss + cfg.loss.labelmix * lm_loss
         else:
             seg_d = one_hot(m_d, self.k)
-            outs = self.D(torch.cat([f_d, r_d]), torch.cat([seg_d, seg_d]))
-            fk, rl = _split_scales(outs, real.shape[0])
+            fk, rl = _split_scales(self.D(torch.cat([f_d, r_d]), torch.cat([seg_d, seg_d])), real.shape[0])
             d_loss = multiscale(hinge_d_loss, rl, fk)
         self.opt_d.zero_grad(set_to_none=True)
         self.runner.backward(d_loss)
@@ -318,15 +291,11 @@ class SpadeTrainer:
             self.D.requires_grad_(False)
         (f_g, r_g), m_g = self._d_inputs([fake, real], masks, gen)
         if oasis:
-            w = oasis_class_weights(m_g, self.k)
-            adv = oasis_loss(self.D(f_g), m_g, real=True, weights=w)
-            g_loss = adv
+            g_loss = adv = oasis_loss(self.D(f_g), m_g, real=True, weights=oasis_class_weights(m_g, self.k))
         else:
             seg_g = one_hot(m_g, self.k)
-            outs = self.D(torch.cat([f_g, r_g]), torch.cat([seg_g, seg_g]))
-            fk, rl = _split_scales(outs, real.shape[0])
-            adv = multiscale(hinge_g_loss, fk)
-            g_loss = adv
+            fk, rl = _split_scales(self.D(torch.cat([f_g, r_g]), torch.cat([seg_g, seg_g])), real.shape[0])
+            g_loss = adv = multiscale(hinge_g_loss, fk)
             if cfg.loss.feature_matching > 0:
                 fm = feature_matching_loss(fk, rl)
                 logs["g_fm"] = fm.item()
@@ -397,8 +366,6 @@ class Snapshots:
                 f.unlink()
 
     def take(self, net: SPADEGenerator, step: int, minutes: float, tb: Any) -> None:
-        from safetensors.torch import save_file
-
         cfg, k, va_mask = self.cfg, self.k, self.va_mask
         score, extra = float(step), {}
         if self.judge is not None:
@@ -410,8 +377,7 @@ class Snapshots:
                 extra["diversity_l1"] = float((fake - fake2).abs().mean())
         name = f"checkpoints/step_{step:07d}.safetensors"
         ensure_dir(self.out / "checkpoints")
-        with atomic_path(self.out / name) as tmp:
-            save_file({n: t.detach().cpu().contiguous() for n, t in net.state_dict().items()}, str(tmp))
+        save_weights(self.out / name, net.state_dict())
         self.scores.append({"step": step, "score": score, "checkpoint": name, "minutes": minutes, **extra})
         ranked = sorted(self.scores, key=lambda s: (s["score"], s["step"]), reverse=True)
         for s in ranked[cfg.select.keep :]:
@@ -500,8 +466,6 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True,
 def _ready_judge(cfg: SpadeConfig, data: Path, out: Path, tr_recs: list[TileRecord], tr_img: torch.Tensor,
                  tr_mask: torch.Tensor, k: int, *, resume: bool, progress: bool) -> torch.nn.Module:  # fmt: skip
     """The judge from ``select.judge_cache`` when it holds one for these settings, else trained (stage ``judge``)."""
-    from safetensors.torch import load_file, save_file
-
     s = cfg.select
     seed_everything(cfg.seed)
     judge = build_judge(k, s.judge_encoder)
@@ -517,6 +481,5 @@ def _ready_judge(cfg: SpadeConfig, data: Path, out: Path, tr_recs: list[TileReco
                         fingerprint=fingerprint(settings, **inputs), resume=resume, progress=progress)  # fmt: skip
     if cached is not None and dist_state().is_main_process:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached) as tmp:
-            save_file({n: t.detach().cpu().contiguous() for n, t in judge.state_dict().items()}, str(tmp))
+        save_weights(cached, judge.state_dict())
     return judge

@@ -21,7 +21,7 @@ from torch import nn
 
 from terrasynth.accel import make_accelerator
 from terrasynth.classes import IGNORE_INDEX
-from terrasynth.data.torchdata import paired_augment
+from terrasynth.data.torchdata import random_pairs
 from terrasynth.evaluate.segmentation import SegmentationMetrics
 from terrasynth.train.runner import RunSpec, Runner
 
@@ -41,10 +41,9 @@ class JudgeTraining:
         self.net, self.opt = runner.prepare(judge, torch.optim.Adam(judge.parameters(), lr=1e-3))
 
     def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(self.images), (self.batch_size,), generator=gen)
-        pairs = [paired_augment(self.images[i].float() / 255, self.masks[i].long(), gen) for i in idx.tolist()]
-        x = torch.stack([p[0] for p in pairs]).to(self.device)  # (B, 3, H, W) in [0, 1]
-        y = torch.stack([p[1] for p in pairs]).to(self.device)  # (B, H, W)
+        x, y = random_pairs(lambda i: (self.images[i].float() / 255, self.masks[i].long()), len(self.images),
+                            self.batch_size, gen)  # fmt: skip
+        x, y = x.to(self.device), y.to(self.device)  # (B, 3, H, W) in [0, 1], (B, H, W)
         return F.cross_entropy(self.net(x * 2 - 1), y, ignore_index=IGNORE_INDEX)
 
 

@@ -203,10 +203,8 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     f = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
     need = f * 2 ** (len(cfg.diffusion.block_out_channels) - 1)
     if size % need:
-        raise UserError(
-            f"{data}: tile size {size} is not divisible by {need} (autoencoder f={f} x UNet levels); "
-            "change autoencoder/diffusion block_out_channels or the tile size"
-        )
+        raise UserError(f"{data}: tile size {size} is not divisible by {need} (autoencoder f={f} x UNet levels); "
+                        "change autoencoder/diffusion block_out_channels or the tile size")  # fmt: skip
     ensure_dir(out)
     fp = fingerprint(config_dict(cfg), data=str(data.resolve()))
     if not resume or not any((out / "checkpoints").glob("*/step-*")):
@@ -251,12 +249,11 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     unet = dm.net.eval()
 
     if d_runner.acc.is_main_process:
-        s = cfg.sampling
+        s, comps = cfg.sampling, batch_compositions(masks, scheme.num_classes)
         model = LandcoverLDM(
             vae, unet, dict(training_scheduler(cfg.diffusion.prediction_type, cfg.diffusion.num_train_timesteps).config),
-            norm, scheme, class_frequencies=batch_compositions(masks, scheme.num_classes).mean(0).tolist(),
-            default_sampler=s.scheduler, default_steps=s.steps, default_guidance=s.guidance_scale,
-            train_compositions=batch_compositions(masks, scheme.num_classes) if cfg.diffusion.composition_control else None,
+            norm, scheme, class_frequencies=comps.mean(0).tolist(), default_sampler=s.scheduler, default_steps=s.steps,
+            default_guidance=s.guidance_scale, train_compositions=comps if cfg.diffusion.composition_control else None,
         )  # fmt: skip
         model.save_pretrained(out / "model")
         ema_copy(d_runner, dm.net).save_pretrained(out / "model" / "unet_ema")

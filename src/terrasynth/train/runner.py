@@ -39,7 +39,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Protocol
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from terrasynth.errors import UserError
-from terrasynth.io import ensure_dir, write_json_atomic
+from terrasynth.io import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,6 @@ class RunResult:
     resumed_from: int | None
     losses: list[float] = field(default_factory=list)
     probe: dict[str, float] | None = None
-
-
-class Family(Protocol):
-    """What a model family writes (besides building its modules through the runner)."""
-
-    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor | dict[str, float]: ...
 
 
 def step_generator(seed: int, stage: str, step: int, rank: int = 0) -> torch.Generator:
@@ -149,19 +143,13 @@ def first_difference(old: Any, new: Any, path: str = "") -> str:
 
 
 class _State:
-    """The runner's own counters, checkpointed as an Accelerate custom object."""
+    """The runner's own counters, checkpointed (as JSON) as the first custom object."""
 
     def __init__(self) -> None:
         self.step, self.elapsed, self.max_steps, self.done = 0, 0.0, 0, False
         self.fingerprint: dict[str, Any] | None = None
         self.losses: list[float] = []
         self.probe: dict[str, float] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"json": json.dumps(self.__dict__)}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.__dict__.update(json.loads(sd["json"]))
 
 
 def _saved_fingerprint(path: Path) -> dict[str, Any] | None:
@@ -172,32 +160,24 @@ def _saved_fingerprint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-class _Extra:
-    """A family's own resumable state (scores, best checkpoint, ...), as plain JSON."""
+class _JSON:
+    """Plain-JSON state (``get()`` / ``put(d)``) as an Accelerate custom checkpoint object."""
 
-    def __init__(self, family: Any) -> None:
-        self.family = family
+    def __init__(self, get: Callable[[], Any], put: Callable[[Any], None]) -> None:
+        self.get, self.put = get, put
 
     def state_dict(self) -> dict[str, Any]:
-        return {"json": json.dumps(self.family.state_dict())}
+        return {"json": json.dumps(self.get())}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.family.load_state_dict(json.loads(sd["json"]))
+        self.put(json.loads(sd["json"]))
 
 
 class Runner:
     """Trains one stage of a run directory; see the module docstring."""
 
-    def __init__(
-        self,
-        spec: RunSpec,
-        accelerator: Accelerator,
-        run_dir: str | os.PathLike,
-        fingerprint: dict[str, Any],
-        *,
-        resume: bool = True,
-        progress: bool = True,
-    ) -> None:
+    def __init__(self, spec: RunSpec, accelerator: Accelerator, run_dir: str | os.PathLike, fingerprint: dict[str, Any],
+                 *, resume: bool = True, progress: bool = True) -> None:  # fmt: skip
         self.spec, self.acc, self.run_dir = spec, accelerator, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints" / spec.stage
         self.resume, self.progress = resume, progress
@@ -262,11 +242,11 @@ class Runner:
     def _register(self, family: Any) -> None:
         if self._registered:
             return
-        self.acc.register_for_checkpointing(self.state)
+        self.acc.register_for_checkpointing(_JSON(lambda: self.state.__dict__, self.state.__dict__.update))
         if self.ema is not None:
             self.acc.register_for_checkpointing(self.ema)
-        if hasattr(family, "state_dict") and hasattr(family, "load_state_dict"):
-            self.acc.register_for_checkpointing(_Extra(family))
+        if hasattr(family, "state_dict") and hasattr(family, "load_state_dict"):  # scores, best checkpoint, ...
+            self.acc.register_for_checkpointing(_JSON(family.state_dict, family.load_state_dict))
         self._registered = True
 
     def checkpoints(self) -> list[Path]:
@@ -324,7 +304,7 @@ class Runner:
         if self.acc.is_main_process:
             for p in self.checkpoints():
                 shutil.rmtree(p)
-            for p in self.ckpt_dir.glob(".step-*.tmp") if self.ckpt_dir.is_dir() else []:
+            for p in self.ckpt_dir.glob(".step-*.tmp"):
                 shutil.rmtree(p, ignore_errors=True)
         self.acc.wait_for_everyone()
 
@@ -426,20 +406,19 @@ class Runner:
         self._register(family)
         if not self.resume:
             self._clear()
-        elif self.acc.is_main_process and self.ckpt_dir.is_dir():
+        elif self.acc.is_main_process:
             for p in self.ckpt_dir.glob(".step-*.tmp"):  # what a kill during a save left behind
                 shutil.rmtree(p, ignore_errors=True)
         resumed = self._load_latest() if self.checkpoints() else None
-        if resumed is not None:
-            self._refuse_if_changed(self.state.fingerprint, fp)
         if resumed is None:
             self.state.step, self.state.elapsed, self.state.done, self.state.losses = 0, 0.0, False, []
             self.state.max_steps = s.max_steps
             if s.target_minutes and s.max_steps > s.probe_steps:  # a run that short is its own probe
                 self._probe(family)
-        elif s.max_steps != self.state.max_steps and not (s.target_minutes and self.state.probe):
-            self.state.max_steps = s.max_steps  # a budget extended (or cut) on resume
-        if resumed is not None:
+        else:
+            self._refuse_if_changed(self.state.fingerprint, fp)
+            if s.max_steps != self.state.max_steps and not (s.target_minutes and self.state.probe):
+                self.state.max_steps = s.max_steps  # a budget extended (or cut) on resume
             log.info("%s: resuming %s at step %d (%.1f min trained)", s.stage, self.run_dir, resumed,
                      self.state.elapsed / 60)  # fmt: skip
         if self.state.done and self._progress() >= 1.0:
@@ -507,12 +486,6 @@ class Runner:
             loss=self.state.losses[-1] if self.state.losses else float("nan"), resumed_from=resumed,
             losses=list(self.state.losses), probe=self.state.probe,
         )  # fmt: skip
-
-    def write_budget(self, path: str | os.PathLike) -> None:
-        """Record the steps that ran and how they were chosen (the speed probe), for the run's readers."""
-        if self.acc.is_main_process:
-            write_json_atomic(path, {"stage": self.spec.stage, "max_steps": self.state.max_steps,
-                                     "steps": self.state.step, "probe": self.state.probe})  # fmt: skip
 
 
 def ema_copy(runner: Runner, module: torch.nn.Module) -> torch.nn.Module:
