@@ -119,13 +119,16 @@ class InceptionFeatures(torch.nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
 
-        self.net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
+        # With weights to load, build on the meta device: initialising 22M parameters first costs seconds.
+        with torch.device("meta" if state_dict is not None else "cpu"):
+            self.net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
         self.net.fc = torch.nn.Identity()
         if state_dict is not None:
             # The ImageNet file also holds the auxiliary head and the classifier: neither is used.
             keep = {k: v for k, v in state_dict.items() if not k.startswith(("AuxLogits.", "fc."))}
-            self.net.load_state_dict(keep)  # strict: any other mismatch is the caller's to report
-        self.net.eval().requires_grad_(False)
+            self.net.load_state_dict(keep, assign=True)  # strict: any other mismatch is the caller's to report
+        # channels_last runs Inception about twice as fast on a CPU.
+        self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> "InceptionFeatures":
         return super().train(False)  # batch norm stays in inference mode
@@ -135,7 +138,7 @@ class InceptionFeatures(torch.nn.Module):
         x = images.float() / 127.5 - 1.0
         x = torch.nn.functional.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
                                             align_corners=False, antialias=x.shape[-1] > INCEPTION_SIZE)  # fmt: skip
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
 def inception_cache_file() -> Path:
