@@ -8,7 +8,6 @@ from pathlib import Path
 from terrasynth.cli_base import CLI, out_file
 from terrasynth.errors import UserError
 
-
 # evaluate.image_realism.METRICS, spelled out so that building the parser does not import torch (a test checks).
 METRICS = ("segmenter_fd", "inception", "class_stats", "diversity")
 
@@ -32,7 +31,9 @@ def register(cli: CLI) -> None:
     p.add_argument("--max-tiles", dest="max_tiles", type=int, default=1000, metavar="N",
                    help="at most N masks, spread over the index (default 1000)")  # fmt: skip
     p.add_argument("--metric", action="append", choices=METRICS, help="only these metrics (repeatable; default all)")
-    p.add_argument("--out", type=out_file, metavar="FILE.json", help="write the full result (per-class tables too) as JSON")
+    p.add_argument(
+        "--out", type=out_file, metavar="FILE.json", help="write the full result (per-class tables too) as JSON"
+    )
     p.set_defaults(func=cmd_realism)
 
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -130,7 +131,7 @@ class InceptionFeatures(torch.nn.Module):
         # channels_last runs Inception about twice as fast on a CPU.
         self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
-    def train(self, mode: bool = True) -> "InceptionFeatures":
+    def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)  # batch norm stays in inference mode
 
     @torch.no_grad()
@@ -170,7 +171,7 @@ def load_inception(weights: str | Path | None = None) -> InceptionFeatures:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:
         raise UserError(f"{path}: cannot read Inception weights ({exc.__class__.__name__}); pass a state dict "
                         "file (torch.save or .safetensors)") from exc  # fmt: skip
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -443,8 +444,11 @@ def image_realism(
                 t = torch.cat([seg(torch.from_numpy(_images(real, recs)).permute(0, 3, 1, 2).to(device).float() / 255).cpu()
                                for recs in _batches(picked, batch_size)])  # fmt: skip
             floor = frechet_distance(t, a)
-            res.update(floor_real_train_vs_real_test=floor, train_tiles=len(picked),
-                       ratio=res["real_vs_synthetic"] / floor if floor > 0 else None)
+            res.update(
+                floor_real_train_vs_real_test=floor,
+                train_tiles=len(picked),
+                ratio=res["real_vs_synthetic"] / floor if floor > 0 else None,
+            )
         else:
             res["floor_skipped"] = f"{len(train)} real train tile(s); the floor needs 2 or more"
         out["segmenter_fd"] = res
