@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads; as the CLI sets it (terrasynth.threads)
+
 import numpy as np
 import torch
 
@@ -68,7 +71,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     res: dict = {"tiles": args.tiles, "size": args.size, "threads": args.threads, "load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

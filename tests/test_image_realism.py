@@ -84,8 +84,8 @@ def test_segmenter_fd_orders_identical_noise_and_shift(world):
           for k in ("same", "noise", "shift")}  # fmt: skip
     assert fd["same"]["real_vs_synthetic"] <= 1e-6 * fd["shift"]["real_vs_synthetic"]
     assert fd["noise"]["real_vs_synthetic"] < fd["shift"]["real_vs_synthetic"]
-    floor = fd["same"]["floor_real_train_vs_real_test"]
-    assert floor > 0 and fd["same"]["train_tiles"] == 8
+    floor = fd["same"]["floor"]
+    assert floor > 0 and fd["same"]["floor_tiles"] == 8 and fd["same"]["floor_split"] == "train"
     assert fd["shift"]["ratio"] == pytest.approx(fd["shift"]["real_vs_synthetic"] / floor)
     assert fd["same"]["features"] == 288  # mobilenetv3_small_050's deepest map
 

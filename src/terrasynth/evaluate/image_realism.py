@@ -8,8 +8,9 @@ measured is one of the images.
 
 - **Segmenter FD** (always offline): Fréchet distance between the global-average-pooled deepest
   encoder features of a segmenter trained on the real data, real vs synthetic, next to the
-  *floor* real-train vs real-test with as many tiles on each side (two real samples of one
-  distribution; their masks differ, so the floor also holds the train/test shift), and the ratio.
+  *floor* real-train vs real-test (test vs train when ``split`` is train) with as many tiles a
+  side (two real samples of one distribution; their masks differ, so the floor also holds the
+  train/test shift), and the ratio.
 - **FID and KID** (torchmetrics) on 2048-d pool features of torchvision's Inception v3, when its
   weights are at hand (a local file; nothing is downloaded). These are *not* the TF-Inception
   FID of papers (torch-fidelity's network is not installed): compare values within this tool only.
@@ -436,21 +437,20 @@ def image_realism(
         a, b = torch.cat(feats["seg_real"]), torch.cat(feats["seg_syn"])
         res: dict[str, Any] = {"segmenter": str(segmenter_run), "checkpoint": checkpoint,
                                   "features": seg.num_features, "real_vs_synthetic": frechet_distance(a, b)}  # fmt: skip
-        # The floor: as many real train tiles as there are masks, so both FDs carry the same small-sample bias.
-        train = real.split("train")
-        picked = [train[i] for i in spread(len(train), n)]
+        # The floor: as many real tiles of another split (train, or test when ``split`` is train) as there are
+        # masks, so that both FDs carry the same small-sample bias.
+        other = "train" if split != "train" else "test"
+        recs = real.split(other)
+        picked = [recs[i] for i in spread(len(recs), n)]
         if len(picked) >= 2:
             with torch.inference_mode():
-                t = torch.cat([seg(torch.from_numpy(_images(real, recs)).permute(0, 3, 1, 2).to(device).float() / 255).cpu()
-                               for recs in _batches(picked, batch_size)])  # fmt: skip
+                t = torch.cat([seg(torch.from_numpy(_images(real, rs)).permute(0, 3, 1, 2).to(device).float() / 255).cpu()
+                               for rs in _batches(picked, batch_size)])  # fmt: skip
             floor = frechet_distance(t, a)
-            res.update(
-                floor_real_train_vs_real_test=floor,
-                train_tiles=len(picked),
-                ratio=res["real_vs_synthetic"] / floor if floor > 0 else None,
-            )
+            ratio = res["real_vs_synthetic"] / floor if floor > 0 else None
+            res.update(floor=floor, floor_split=other, floor_tiles=len(picked), ratio=ratio)
         else:
-            res["floor_skipped"] = f"{len(train)} real train tile(s); the floor needs 2 or more"
+            res["floor_skipped"] = f"{len(recs)} real {other} tile(s); the floor needs 2 or more"
         out["segmenter_fd"] = res
     if inc is not None:
         a, b = torch.cat(feats["inc_real"]), torch.cat(feats["inc_syn"])
@@ -490,8 +490,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if "skipped" in fd:
         lines.append(f"segmenter FD   skipped: {fd['skipped']}")
     else:
-        floor = fd.get("floor_real_train_vs_real_test")
-        tail = (f"  floor (real train vs test) {floor:.4g}  ratio {fd['ratio']:.3g}" if floor and fd["ratio"]
+        floor = fd.get("floor")
+        tail = (f"  floor (real {fd['floor_split']} vs {result['split']}) {floor:.4g}  ratio {fd['ratio']:.3g}" if floor
                 else f"  floor: {fd.get('floor_skipped', 'zero')}")  # fmt: skip
         lines.append(f"segmenter FD   real vs synthetic {fd['real_vs_synthetic']:.4g}{tail}")
     inc = result["inception"]
