@@ -8,7 +8,7 @@ from pathlib import Path
 from terrasynth.cli_base import CLI, out_file
 from terrasynth.errors import UserError
 
-# evaluate.image_realism.METRICS, spelled out so that building the parser does not import torch (a test checks).
+# evaluate.image_realism.METRICS, spelled out so that building the parser imports no torch (a test checks they agree).
 METRICS = ("segmenter_fd", "inception", "class_stats", "diversity")
 
 
