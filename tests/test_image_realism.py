@@ -122,9 +122,15 @@ def test_fid_with_random_inception(world, tmp_path: Path):
     assert frechet_distance(f, f) <= 1e-6 * inc["fid"]
 
 
-def test_inception_weights_missing_or_wrong(world, tmp_path: Path):
+def test_inception_weights_missing_or_wrong(world, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: offline, nothing to find
+    with pytest.raises(UserError, match="no Inception v3 weights in .*--inception-weights PATH"):
+        load_inception()
     with pytest.raises(UserError, match="--inception-weights PATH"):
         load_inception(tmp_path / "nope.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="cannot read Inception weights"):
+        load_inception(tmp_path / "text.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(UserError, match="not torchvision Inception v3 weights"):
         load_inception(tmp_path / "bad.pth")
