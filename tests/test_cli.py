@@ -36,7 +36,7 @@ def test_command_modules_do_not_import_the_entry_point():
     code = (
         "import sys, importlib\n"
         "from terrasynth.cli_base import CLI\n"
-        "mods = ['data', 'spade', 'controlnet', 'synthesize', 'segment', 'acquire', 'landcover', 'pipeline']\n"
+        "mods = ['data', 'spade', 'controlnet', 'synthesize', 'realism', 'segment', 'acquire', 'landcover', 'pipeline']\n"
         "for m in mods: importlib.import_module('terrasynth.commands.' + m)\n"
         "assert 'terrasynth.cli' not in sys.modules, 'a command module imports terrasynth.cli'\n"
     )

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "terrasynth.commands.spade",
     "terrasynth.commands.controlnet",
     "terrasynth.commands.synthesize",
+    "terrasynth.commands.realism",
     "terrasynth.commands.segment",
     "terrasynth.commands.acquire",
     "terrasynth.commands.landcover",

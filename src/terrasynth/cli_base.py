@@ -86,7 +86,7 @@ def out_file(text: str) -> Path:
 # and may live in the run they configure, so they are not listed).
 INPUT_ARGS = ("images", "masks", "data", "labels", "generator", "model", "base", "init_from", "real", "samples",
               "landcover", "imagery", "catalog", "area_file", "encoder_weights", "run", "segmenter", "synthetic",
-              "hardness")  # fmt: skip
+              "hardness", "inception_weights")  # fmt: skip
 
 
 def _fixed_prefix(text: str) -> Path:

@@ -11,6 +11,7 @@
   training map under the 8 dihedral transforms (flips and 90-degree rotations).
 
 Maps are (N, H, W) arrays of class *codes*; nodata pixels are ignored throughout.
+Realism of synthetic *images* (FID/KID, segmenter-feature FD, colour, texture): :mod:`terrasynth.evaluate.image_realism`.
 """
 
 from __future__ import annotations
