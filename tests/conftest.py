@@ -16,6 +16,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import pytest
+from hypothesis import settings
 import torch
 from rasterio.transform import from_origin
 
@@ -30,6 +31,12 @@ SHARED_DATA = Path(os.environ.get("TERRASYNTH_SHARED_DATA", ROOT.parent / "share
 
 # Tests run on 2 cores; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# Properties are checked for behaviour, not speed: no per-example deadline (hypothesis' 200 ms
+# default failed tests on a loaded CI machine while the property held).
+settings.register_profile("terrasynth", deadline=None)
+settings.load_profile("terrasynth")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_shift_rule_covers_every_pixel(size, tile, stride):
     assert offs == sorted(set(offs)) and all(b - a <= stride for a, b in zip(offs, offs[1:]))
 
 
-@settings(max_examples=60, deadline=None)  # a loaded CI machine must not fail a property on time
+@settings(max_examples=60)
 @given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.integers(1, 40), stride=st.integers(1, 40),
        chunk=st.integers(1, 150), edge=st.sampled_from(["drop", "shift"]))  # fmt: skip
 def test_chunks_hold_every_tile_exactly_once(h, w, tile, stride, chunk, edge):
