@@ -96,7 +96,8 @@ def default_recipes() -> dict[str, Recipe]:
         "cn-x4-filter": Recipe(description="cn-x4 + FreeMask filter (k=1.25)", variants=4, filter=FilterRecipe()),
         "cn-x4-hard": Recipe(description="cn-x4, harder masks get more images (1..4)", variants=4, hardness=True),
         "cn-layouts": Recipe(description="cn + as many new land-cover layouts as labelled tiles", new_layouts=1.0),
-        "cn-proportional": Recipe(description="cn mixed by tile counts instead of a fixed real share", real_share="proportional"),
+        "cn-x4-proportional": Recipe(description="cn-x4 mixed by tile counts (20% real) instead of a fixed share",
+                                     variants=4, real_share="proportional"),
         "cn-only": Recipe(description="ControlNet images alone (real val selects checkpoints)", synthetic_only=True),
     }
 
