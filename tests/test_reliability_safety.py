@@ -482,7 +482,8 @@ def _wait_for_tiles(out: Path, n: int, p: subprocess.Popen, timeout: float = 120
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_ends_with_one_line_no_bar_after_it_no_temp_files_and_the_same_resume(tmp_path, sig):
-    argv = ["data", "world", "--tiles", 160, "--size", 32, "--out", tmp_path / "w"]
+    # 480 tiles (~5 s of work): long enough that a starved test process still signals before the end
+    argv = ["data", "world", "--tiles", 480, "--size", 32, "--out", tmp_path / "w"]
     p = _start(argv, quiet=False)
     _wait_for_tiles(tmp_path / "w", 8, p)
     p.send_signal(sig)
@@ -495,7 +496,7 @@ def test_a_signal_ends_with_one_line_no_bar_after_it_no_temp_files_and_the_same_
     assert not list((tmp_path / "w").rglob(".tmp-*"))
     assert not (tmp_path / "w" / "dataset.json").exists()
     assert cli(*argv).rc == 0
-    assert cli("data", "world", "--tiles", 160, "--size", 32, "--out", tmp_path / "ref").rc == 0
+    assert cli("data", "world", "--tiles", 480, "--size", 32, "--out", tmp_path / "ref").rc == 0
     assert sha_tree(tmp_path / "w") == sha_tree(tmp_path / "ref")
 
 
