@@ -169,7 +169,8 @@ def test_scarce_dubai_twin(shared_data, tmp_path):
     cfg["data"]["pairs"]["images"] = str(shared_data / "pairs" / "dubai" / "images" / "tile[12358]_part1.jpg")
     cfg["data"]["pairs"]["masks"] = str(shared_data / "pairs" / "dubai" / "masks")
     cfg["data"]["pairs"]["options"].update(tile=32, stride=160)
-    cfg["scarce"].update({"fractions": [0.5], "seeds": [0], "headline_seeds": 1, "recipes": {"cn": {}}})
+    cfg["scarce"].update({"fractions": [0.5], "seeds": [0], "headline_seeds": 1, "recipes": {"cn": {}},
+                          "larger_fraction_recipes": None})
     path = tmp_path / "scarce-dubai-twin.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert run_cli("-q", "run", path, "--out", tmp_path / "run", *SETS) == 0
