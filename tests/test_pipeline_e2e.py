@@ -82,15 +82,20 @@ def test_report_command_rebuilds(demo_run, tmp_path):
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
 
 
-def test_dronedeploy_twin(shared_data, tmp_path):
-    out = tmp_path / "dd"
+def _pairs_twin(shared_data: Path, out: Path, name: str, images: str, stride: int) -> None:
+    """configs/<name>.yaml on the shared pairs ``images`` (a glob), 32 px tiles, one UNet, one synthetic set."""
     sets = twin_sets(**{
-        "data.pairs.images": str(shared_data / "pairs" / "dronedeploy" / "images" / "*-00000[0-9].png"),
-        "data.pairs.masks": str(shared_data / "pairs" / "dronedeploy" / "masks"),
-        "data.pairs.options.tile": "32", "data.pairs.options.stride": "96",
+        "data.pairs.images": str(shared_data / "pairs" / name / "images" / images),
+        "data.pairs.masks": str(shared_data / "pairs" / name / "masks"),
+        "data.pairs.options.tile": "32", "data.pairs.options.stride": str(stride),
         "segment.archs": "[unet]", "mixing.synthetic_sets": "[fakergbreallc]",
     })  # fmt: skip
-    assert run_cli("-q", "run", ROOT / "configs" / "dronedeploy.yaml", "--out", out, *sets) == 0
+    assert run_cli("-q", "run", ROOT / "configs" / f"{name}.yaml", "--out", out, *sets) == 0
+
+
+def test_dronedeploy_twin(shared_data, tmp_path):
+    out = tmp_path / "dd"
+    _pairs_twin(shared_data, out, "dronedeploy", "*-00000[0-9].png", 96)
     m = json.loads(Path(_outputs(out)["evaluate"]["matrix"]).read_text())
     assert len(m["cells"]) == 1 * 4 * 4
 
@@ -99,13 +104,7 @@ def test_dronedeploy_twin(shared_data, tmp_path):
 def test_dubai_twin(shared_data, tmp_path):
     """configs/dubai.yaml on one part of each region: the region split reaches every stage."""
     out = tmp_path / "dubai"
-    sets = twin_sets(**{
-        "data.pairs.images": str(shared_data / "pairs" / "dubai" / "images" / "*_part3.jpg"),
-        "data.pairs.masks": str(shared_data / "pairs" / "dubai" / "masks"),
-        "data.pairs.options.tile": "32", "data.pairs.options.stride": "320",
-        "segment.archs": "[unet]", "mixing.synthetic_sets": "[fakergbreallc]",
-    })  # fmt: skip
-    assert run_cli("-q", "run", ROOT / "configs" / "dubai.yaml", "--out", out, *sets) == 0
+    _pairs_twin(shared_data, out, "dubai", "*_part3.jpg", 320)
     real = json.loads((Path(_outputs(out)["data"]["real"]) / "dataset.json").read_text())
     assert real["extra"]["groups"] == {"tile1": "train", "tile2": "val", "tile3": "train", "tile4": "train",
                                        "tile5": "test", "tile6": "train", "tile8": "test"}  # fmt: skip
