@@ -106,7 +106,9 @@ def test_changed_config_is_refused_and_restart_starts_over(tmp_path):
     with pytest.raises(UserError, match=r"different lr \(0.05 vs 0.1\).*--restart"):
         r2.fit(f2)
     # budget keys may change without refusal
-    r3, f3 = _run(tmp_path, RunSpec("reg", max_steps=8, checkpoint_every=3), fp=fingerprint({"lr": 0.05, "max_steps": 8}))
+    r3, f3 = _run(
+        tmp_path, RunSpec("reg", max_steps=8, checkpoint_every=3), fp=fingerprint({"lr": 0.05, "max_steps": 8})
+    )
     assert r3.fit(f3).steps == 8
     r4, f4 = _run(tmp_path, spec, fp=fingerprint({"lr": 0.1}), resume=False)
     res = r4.fit(f4)
@@ -166,6 +168,27 @@ def test_wall_time_budget_stops_and_anneals(tmp_path):
     assert 0 < res.steps < 10**7
     assert r.optimizers[0].param_groups[0]["lr"] < 0.05 * 0.2  # near the end of the cosine
     shutil.rmtree(tmp_path)
+
+
+def test_a_run_the_minute_budget_stops_before_it_learned_is_flagged(tmp_path, caplog):
+    """11 autoencoder steps in a 2.4-minute share on a slow CPU made a ControlNet that painted noise
+    with no word said: a run the wall-time budget ends before its warm-up (or 100 steps) warns."""
+    import time
+
+    class Slow(Regression):
+        def training_step(self, step, gen):
+            time.sleep(0.03)
+            return super().training_step(step, gen)
+
+    acc = make_accelerator(mixed_precision="no", cpu=True)
+    for spec, warned in ((RunSpec("slow", max_steps=10**6, max_minutes=0.004, warmup_steps=50), True),
+                         (RunSpec("short", max_steps=5, warmup_steps=50), False)):  # fmt: skip
+        caplog.clear()
+        runner = Runner(spec, acc, tmp_path / spec.stage, fingerprint({}), progress=False)
+        res = runner.fit(Slow(runner))
+        assert (res.steps < 100) and (("barely trained" in caplog.text) == warned), caplog.text
+        if warned:
+            assert f"ended after {res.steps} steps" in caplog.text
 
 
 def test_on_start_hook_and_tensorboard_writer_for_the_family(tmp_path):

@@ -58,6 +58,7 @@ EMAWarmup = Literal["power", "linear", "none"]
 BUDGET_KEYS = frozenset({"max_steps", "max_minutes", "target_minutes", "checkpoint_every", "keep_checkpoints",
                          "num_workers", "threads"})  # fmt: skip
 _CKPT = re.compile(r"^step-(\d{8})$")
+FEW_STEPS = 100  # a run the wall-time budget stops before this many steps (or its warm-up) is flagged
 
 
 @dataclass
@@ -465,6 +466,12 @@ class Runner:
                     t_last = time.perf_counter()  # checkpoint writing is not training time
         finally:
             bar.close()
+        few = max(s.warmup_steps, FEW_STEPS)
+        if self.state.step < min(self.state.max_steps, few) and self.state.elapsed > 0:
+            log.warning("%s: the wall-time budget (%.1f min) ended after %d steps (%.1f s/step), before %d: "
+                        "the model is barely trained; give it more minutes (max_minutes), fixed max_steps "
+                        "or smaller models", s.stage, self.state.elapsed / 60, self.state.step,
+                        self.state.elapsed / max(self.state.step, 1), few)  # fmt: skip
         if smooth is not None and (not self.state.losses or self.state.losses[-1] != smooth):
             self.state.losses.append(smooth)
         if hasattr(family, "on_end"):
