@@ -309,7 +309,8 @@ def build_report(
         heads = {g: headline(r) for g, r in found.items()}
         text_md("Features of the segmenter trained on the real data; the floor is real train vs real test at the same "
                 "sample size (a ratio near 1: no more distinguishable than two real samples). Laplacian ratio below 1: "
-                "smoother than real. Full tables: image_realism.json.")  # fmt: skip
+                "smoother than real. FID/KID need torchvision's Inception v3 weights in its cache ($TORCH_HOME/hub/checkpoints). "
+                "Full tables: image_realism.json.")  # fmt: skip
         rows = [f"| {k} | {' | '.join(h.get(k, '') for h in heads.values())} |" for k in next(iter(heads.values()))]
         labels = " | ".join(GENERATOR_LABELS.get(g, g) for g in heads)
         text_md("\n".join([f"| metric | {labels} |", "|---" * (len(heads) + 1) + "|", *rows]))
