@@ -63,13 +63,15 @@ def test_report_sections_and_browser_render(demo_run):
     for s in SECTIONS:
         assert f'<section id="{s}">' in text, s
     md = html.with_suffix(".md").read_text()
-    for title in ("Cross-test matrix", "Mixing", "Samples", "Image realism", "Realism", "Timings", "Configuration", "Versions"):
+    for title in ("Cross-test matrix", "Mixing", "Samples", "Image realism", "Realism", "Timings", "Configuration",
+                  "Versions"):  # fmt: skip
         assert f"## {title}" in md
     assert "| segmenter FD / real floor |" in md and "| Laplacian variance, synthetic / real, per class |" in md
     found = json.loads((html.parent / "image_realism.json").read_text())
     assert set(found) == {"controlnet", "spade"} and all(r["segmenter_fd"]["ratio"] > 0 for r in found.values())
     for gen in found:  # one test mask per row: mask | real | two samples (32 px tiles, drawn 4x, 2 px padding)
-        assert np.asarray(Image.open(html.parent / f"samples-{gen}.png")).shape == ((GRID_ROWS * 34 + 2) * 4, (4 * 34 + 2) * 4, 3)
+        shape = np.asarray(Image.open(html.parent / f"samples-{gen}.png")).shape
+        assert shape == ((GRID_ROWS * 34 + 2) * 4, (4 * 34 + 2) * 4, 3)
     n_img = text.count("<img ")
     assert n_img >= 5  # heatmap, mixing curves, sample grid, a grid per image generator
     if CHROMIUM is None:
