@@ -245,6 +245,46 @@ def test_local_pretrained_sd_layout_base(tmp_path):
     assert not torch.allclose(other.context, gen.base.context)  # the prompt reaches the context
 
 
+HUB_CHECK = """
+import sys, torch
+from diffusers import AutoencoderKL
+from terrasynth.errors import UserError
+from terrasynth.models.latent_base import load_base
+b = load_base("terrasynth-test/tiny-sd")
+ref = AutoencoderKL.from_pretrained(sys.argv[1]).state_dict()
+print(b.source, b.path, b.factor, tuple(b.context.shape), all(torch.equal(v, ref[k]) for k, v in b.vae.state_dict().items()))
+try:
+    load_base("terrasynth-test/missing")
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_hub_id_base_resolves_from_the_hub_cache_and_offline_is_one_line(tmp_path):
+    """--base org/name as users with internet type it: diffusers' from_pretrained finds it in a Hub cache
+    folder (the layout the Hub client writes; HF_HUB_OFFLINE=1, read at import: a subprocess); a
+    missing one is a one-line error that says how to pass a local directory instead."""
+    import os
+    import subprocess
+    import sys
+
+    from terrasynth.models.latent_base import is_hub_id
+
+    snap = tmp_path / "hf" / "hub" / "models--terrasynth-test--tiny-sd" / "snapshots" / ("a" * 40)
+    tiny_sd_checkpoint(snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", HUB_CHECK, str(snap / "vae")], env=env, capture_output=True, text=True,
+                         timeout=180, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded, err = out.stdout.strip().splitlines()
+    assert loaded.split() == ["pretrained", "terrasynth-test/tiny-sd", "8", "(1,", "8,", "16)", "True"]
+    assert err.startswith("--base terrasynth-test/missing: cannot load") and "--base DIR" in err
+    assert "Warning" not in out.stderr
+    assert is_hub_id("org/name") and not is_hub_id(snap) and not is_hub_id("runs/a/b")
+
+
 @pytest.mark.parametrize("name", ["controlnet-cpu.yaml", "controlnet-gpu.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(ControlNetRunConfig, ROOT / "configs" / name)

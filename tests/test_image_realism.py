@@ -202,3 +202,16 @@ def test_cli(world, tmp_path: Path, capsys):
         assert run_cli("realism", "--real", world["real"].root, *bad) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_headline_for_the_report(world):
+    """The report's numbers: FD ratio to the floor, per-class Laplacian ratio range, colour shift, diversity."""
+    from terrasynth.evaluate.image_realism import headline
+
+    res = image_realism(world["real"], world["shift"], segmenter_run=world["seg"], metrics=("segmenter_fd", "class_stats"))  # fmt: skip
+    h = headline(res)
+    assert h["segmenter FD / real floor"].startswith(f"{res['segmenter_fd']['ratio']:.2f} (")
+    assert h["FID / KID"] == h["diversity, variants / real nearest"] == "skipped: not requested"
+    mean_shift = float(h["mean-RGB shift per class (0..255)"].split()[0])
+    assert 30 < mean_shift <= np.hypot(40, 20) + 1e-6  # +40 red, -20 green, less where the image clips
+    assert " to " in h["Laplacian variance, synthetic / real, per class"]

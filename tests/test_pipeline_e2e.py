@@ -7,10 +7,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, run_cli
 from pipeline_twins import twin_sets
+from terrasynth.pipeline import GRID_ROWS
 from terrasynth.report.build import SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -60,10 +63,17 @@ def test_report_sections_and_browser_render(demo_run):
     for s in SECTIONS:
         assert f'<section id="{s}">' in text, s
     md = html.with_suffix(".md").read_text()
-    for title in ("Cross-test matrix", "Mixing", "Samples", "Realism", "Timings", "Configuration", "Versions"):
+    for title in ("Cross-test matrix", "Mixing", "Samples", "Image realism", "Realism", "Timings", "Configuration",
+                  "Versions"):  # fmt: skip
         assert f"## {title}" in md
+    assert "| segmenter FD / real floor |" in md and "| Laplacian variance, synthetic / real, per class |" in md
+    found = json.loads((html.parent / "image_realism.json").read_text())
+    assert set(found) == {"controlnet", "spade"} and all(r["segmenter_fd"]["ratio"] > 0 for r in found.values())
+    for gen in found:  # one test mask per row: mask | real | two samples (32 px tiles, drawn 4x, 2 px padding)
+        shape = np.asarray(Image.open(html.parent / f"samples-{gen}.png")).shape
+        assert shape == ((GRID_ROWS * 34 + 2) * 4, (4 * 34 + 2) * 4, 3)
     n_img = text.count("<img ")
-    assert n_img >= 3  # heatmap, mixing curves, sample grid
+    assert n_img >= 5  # heatmap, mixing curves, sample grid, a grid per image generator
     if CHROMIUM is None:
         pytest.skip("chromium not installed (.ci/run installs it)")
     with tempfile.TemporaryDirectory() as profile:

@@ -147,7 +147,7 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "controlnet": (("controlnet",), ("data", "controlnet_base")),
     "datasets": (("datasets", "seed"), ("data", "landcover", "spade", "controlnet")),
     "segment": (("segment",), ("datasets",)),
-    "evaluate": (("segment",), ("datasets", "segment")),
+    "evaluate": (("segment", "seed"), ("datasets", "segment")),  # seed: the sample grids' draws
     "mixing": (("mixing", "segment", "seed"), ("datasets",)),
     "report": (("report",), ("data", "landcover", "datasets", "evaluate", "mixing", "scarce")),
     # the scarce-label experiment (scarce.enabled): scarce_data once per label fraction, then scarce
@@ -358,7 +358,34 @@ def _evaluate(ctx: Context, d: Path) -> dict[str, Any]:
         write_text_atomic(d / "matrix.md",
         "## micro IoU\n\n" + matrix.to_markdown("micro_iou") + "\n\n## macro mIoU\n\n" + matrix.to_markdown("macro_miou") + "\n",
         )
-    return {"matrix": str(d / "matrix.json"), "results": results}
+    return {"matrix": str(d / "matrix.json"), "results": results, "realism": _image_realism(ctx, d)}
+
+
+GRID_ROWS = 4  # masks in each generator's sample grid
+IMAGE_GENERATORS = {"controlnet": "fakergbreallc", "spade": "fakergbreallcspade"}  # stage -> its synthetic set
+
+
+def _image_realism(ctx: Context, d: Path) -> dict[str, dict[str, str]]:
+    """Per image generator: the realism of its synthetic test tiles against the real ones on the same masks
+    (features of the real-trained segmenter) and a sample grid (mask | real | two draws), once per stage key."""
+    from terrasynth.evaluate.image_realism import image_realism
+    from terrasynth.inference.previews import preview_grid
+
+    real = ctx.out("datasets", "realrgbreallc")
+    seg = next((m["run"] for m in sorted(ctx.out("segment", "models"), key=lambda m: (m["arch"] != "unet", m["seed"]))
+                if m["train_set"] == "realrgbreallc"), None)  # fmt: skip
+    out = {}
+    for gen, syn in IMAGE_GENERATORS.items():
+        f, png = d / f"realism-{gen}.json", d / f"samples-{gen}.png"
+        with _main_first():
+            if not f.exists():
+                t0 = time.perf_counter()
+                res = image_realism(real, ctx.out("datasets", syn), segmenter_run=seg)
+                preview_grid(ctx.out(gen, "run"), real, png, n=GRID_ROWS, seed=ctx.cfg.seed)
+                write_json_atomic(f, {**res, "seconds": time.perf_counter() - t0})
+                log.info("evaluate: image realism of %s in %.1f s", gen, time.perf_counter() - t0)
+        out[gen] = {"json": str(f), "grid": str(png)}
+    return out
 
 
 def _mixing(ctx: Context, d: Path) -> dict[str, Any]:

@@ -28,7 +28,8 @@ def register(cli: CLI) -> None:
     p = g.add_parser("train", help="train a ControlNet on image/mask pairs over a frozen base")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="paired dataset (images + labels)")
     p.add_argument("--base", required=True, metavar="RUN_OR_PATH",
-                   help="a train-base run or a local Stable-Diffusion-layout checkpoint")  # fmt: skip
+                   help="a train-base run, a local Stable-Diffusion-layout checkpoint, or its Hugging Face Hub id "
+                        "(org/name, from the Hub cache or downloaded by diffusers)")  # fmt: skip
     p.add_argument("--out", type=out_dir, required=True, metavar="RUN")
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--init-from", type=Path, metavar="RUN", help="continue from a previous ControlNet run")

@@ -514,3 +514,29 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         tail = f"  real nearest-composition pairs {ref:.4g}" if ref is not None else ""
         lines.append(f"diversity      variants {div['synthetic_variant_distance']:.4g}{tail}")
     return lines
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+    """The few numbers a report shows for an :func:`image_realism` result, as ``{metric: text}``."""
+    fd, inc, div, rows = result["segmenter_fd"], result["inception"], result["diversity"], result["class_stats"]
+    short = lambda reason: "skipped: " + re.split(r" \(|;", reason)[0]  # the JSON keeps the whole reason
+    out = {"masks (real test vs synthetic test)": str(result["masks"])}
+    if fd.get("ratio") is not None:
+        out["segmenter FD / real floor"] = f"{fd['ratio']:.2f} ({fd['real_vs_synthetic']:.3g} vs {fd['floor']:.3g})"
+    else:
+        out["segmenter FD / real floor"] = short(fd.get("skipped") or fd.get("floor_skipped", "floor is zero"))
+    out["FID / KID"] = short(inc["skipped"]) if "skipped" in inc else f"{inc['fid']:.4g} / {inc['kid_mean']:.3g}"
+    if isinstance(rows, list) and rows:
+        lap = [r["ratio"]["laplacian_var"] for r in rows if r["ratio"]["laplacian_var"] is not None]
+        lap_range = f"{min(lap):.2f} to {max(lap):.2f} ({len(lap)} classes)" if lap else "no class with interior pixels"
+        out["Laplacian variance, synthetic / real, per class"] = lap_range
+        shift = [float(np.linalg.norm(np.subtract(r["synthetic"]["mean_rgb"], r["real"]["mean_rgb"]))) for r in rows]
+        k = int(np.argmax(shift))
+        out["mean-RGB shift per class (0..255)"] = f"{np.mean(shift):.1f} mean, {shift[k]:.1f} max ({rows[k]['name']})"
+    if "skipped" in div:
+        out["diversity, variants / real nearest"] = short(div["skipped"])
+    else:
+        ratio = div.get("ratio")
+        out["diversity, variants / real nearest"] = f"{div['synthetic_variant_distance']:.3g}" + (
+            f" / {div['real_nearest_composition_distance']:.3g} = {ratio:.2f}" if ratio is not None else "")  # fmt: skip
+    return out

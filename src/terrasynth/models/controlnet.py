@@ -31,7 +31,7 @@ from terrasynth.classes import ClassScheme, one_hot
 from terrasynth.errors import UserError
 from terrasynth.models.diffusion import make_scheduler, sample_latents
 from terrasynth.models.generator import GENERATOR_FILE
-from terrasynth.models.latent_base import LatentBase, load_base
+from terrasynth.models.latent_base import LatentBase, is_hub_id, load_base
 
 Unconditional = Literal["base", "zero_condition"]
 CONTROLNET_DIR = "controlnet"
@@ -158,8 +158,8 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu", **overri
     (``steps``, ``guidance_scale``, ``conditioning_scale``, ``scheduler``, ``batch_size``)."""
     run = Path(run)
     meta = json.loads((run / GENERATOR_FILE).read_text())
-    base_path = Path(meta["base"])
-    if not base_path.is_dir():
+    base_path = meta["base"]  # a directory, or a Hub id resolved through the Hub cache
+    if not (Path(base_path).is_dir() or is_hub_id(base_path)):
         raise UserError(f"{run / GENERATOR_FILE}: base model {base_path} not found; restore it or retrain with --base")
     base = load_base(base_path, prompt=meta.get("prompt", "aerial photograph")).to(device)
     controlnet = ControlNetModel.from_pretrained(run / CONTROLNET_DIR).to(device)

@@ -2,7 +2,8 @@
 
 Sections: cross-test matrix (heatmap + tables + synthetic/real transfer ratios), mixing
 curves, the scarce-label learning curve (seed intervals, paired gains, verdict), sample grids (real LC | real image | SPADE | ControlNet | generated LC |
-ControlNet on generated LC), realism of generated land cover, timings, config, versions.
+ControlNet on generated LC), image realism per generator (real vs synthetic test on the same masks, with a
+grid mask | real | two samples), realism of generated land cover, timings, config, versions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from terrasynth.evaluate.stats import load_learning_curve
 from terrasynth.experiments.matrix import ARCH_LABELS, DATASET_LABELS, Matrix
 from terrasynth.io import ensure_dir, write_bytes_atomic, write_text_atomic
 
-SECTIONS = ("matrix", "mixing", "scarce", "samples", "realism", "timings", "config", "versions")
+SECTIONS = ("matrix", "mixing", "scarce", "samples", "image_realism", "realism", "timings", "config", "versions")
+GENERATOR_LABELS = {"controlnet": "ControlNet", "spade": "SPADE"}
 VERSIONED = ("terrasynth", "torch", "diffusers", "segmentation-models-pytorch", "timm", "torchmetrics", "accelerate",
              "rasterio", "numpy")  # fmt: skip
 
@@ -295,6 +297,31 @@ def build_report(
         image("samples.png", _png(g), "sample grid")
     else:
         text_md("No synthetic datasets yet.")
+    end()
+    # -- image realism
+    section("image_realism", "Image realism: real vs synthetic test images on the same masks")
+    measured = outputs.get("evaluate", {}).get("realism", {})
+    found = {g: json.loads(Path(v["json"]).read_text()) for g, v in measured.items() if Path(v["json"]).is_file()}
+    if found:
+        from terrasynth.evaluate.image_realism import headline
+
+        write_text_atomic(out / "image_realism.json", json.dumps(found, indent=2))
+        heads = {g: headline(r) for g, r in found.items()}
+        text_md("Features of the segmenter trained on the real data; the floor is real train vs real test at the same "
+                "sample size (a ratio near 1: no more distinguishable than two real samples). Laplacian ratio below 1: "
+                "smoother than real. FID/KID need torchvision's Inception v3 weights in its cache ($TORCH_HOME/hub/checkpoints). "
+                "Full tables: image_realism.json.")  # fmt: skip
+        rows = [f"| {k} | {' | '.join(h.get(k, '') for h in heads.values())} |" for k in next(iter(heads.values()))]
+        labels = " | ".join(GENERATOR_LABELS.get(g, g) for g in heads)
+        text_md("\n".join([f"| metric | {labels} |", "|---" * (len(heads) + 1) + "|", *rows]))
+        for g, v in measured.items():
+            if Path(v["grid"]).is_file():
+                label = GENERATOR_LABELS.get(g, g)
+                text_md(f"{label}: one test mask per row; columns: mask | real image | two samples.")
+                image(f"samples-{g}.png", Path(v["grid"]).read_bytes(), f"{label} sample grid")
+    else:
+        text_md("Not measured: the evaluate stage has not run, or ran before image realism was part of it "
+                "(rerun with --from evaluate).")  # fmt: skip
     end()
     # -- realism
     section("realism", "Realism of generated land cover")
