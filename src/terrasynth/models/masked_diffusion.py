@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -108,7 +109,7 @@ class LandcoverMDM(CompositionPrior):
         train_compositions: torch.Tensor | None = None,
     ):  # fmt: skip
         self.unet = unet
-        self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance
+        self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance  # fmt: skip
         self._init_prior(scheme, class_frequencies, train_compositions)
 
     @property
@@ -133,7 +134,7 @@ class LandcoverMDM(CompositionPrior):
         cond = (cond if cond is not None else torch.zeros(n, k)).to(dev)
         x = torch.full((n, size, size), k, dtype=torch.long, device=dev)
         ts = torch.linspace(1.0, 0.0, (steps or self.default_steps) + 1)
-        for t, s in zip(ts[:-1], ts[1:]):
+        for t, s in pairwise(ts):
             tt = t.expand(n).to(dev)
             if g == 1.0:
                 logits = label_logits(self.unet, x, tt, cond)
@@ -149,7 +150,7 @@ class LandcoverMDM(CompositionPrior):
             x = torch.where((x == k) & reveal, draw, x)
         return x
 
-    def eval(self) -> "LandcoverMDM":
+    def eval(self) -> LandcoverMDM:
         self.unet.eval()
         return self
 
@@ -165,7 +166,7 @@ class LandcoverMDM(CompositionPrior):
         )  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LandcoverMDM":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> LandcoverMDM:
         path = Path(path)
         meta = json.loads((path / MODEL_FILE).read_text())
         return cls(

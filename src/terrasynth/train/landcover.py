@@ -90,9 +90,9 @@ class _UNetStageConfig(StrictModel):
         return self
 
     def unet_kwargs(self) -> dict:
-        return dict(block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
-                    attention=tuple(self.attention), attention_head_dim=self.attention_head_dim,
-                    norm_num_groups=self.norm_num_groups)  # fmt: skip
+        return {"block_out_channels": tuple(self.block_out_channels), "layers_per_block": self.layers_per_block,
+                "attention": tuple(self.attention), "attention_head_dim": self.attention_head_dim,
+                "norm_num_groups": self.norm_num_groups}  # fmt: skip
 
 
 class DiffusionConfig(_UNetStageConfig):
@@ -263,7 +263,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     scheme, size = ds.scheme, ds.info.tile_size
     need = cfg.size_multiple()
     if size % need:
-        parts = "discrete.patch x discrete UNet levels" if cfg.generator == "discrete" else "autoencoder f x UNet levels"
+        parts = "discrete.patch x UNet levels" if cfg.generator == "discrete" else "autoencoder f x UNet levels"
         raise UserError(f"{data}: tile size {size} is not divisible by {need} ({parts}); "
                         "change the block_out_channels (or discrete.patch) or the tile size")  # fmt: skip
     ensure_dir(out)
