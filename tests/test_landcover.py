@@ -221,6 +221,10 @@ def test_bad_tile_size_is_one_line_error(tiny_data, tmp_path, capsys):
                  "--set", "diffusion.attention=[false,false,false,true]")  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "not divisible" in err and len(err.strip().splitlines()) == 1
+    six = ["--set", "discrete.block_out_channels=[8,8,8,8,8,8]", "--set", f"discrete.attention=[{'false,' * 5}false]"]
+    rc = run_cli("landcover", "train", "--data", tiny_data, "--out", tmp_path / "d", *TINY_DISCRETE, *six)
+    err = capsys.readouterr().err
+    assert rc == 2 and "not divisible by 64 (discrete.patch" in err and len(err.strip().splitlines()) == 1
 
 
 def test_paper_config_is_valid_and_downsamples_by_8():
