@@ -106,9 +106,9 @@ class LandcoverMDM(CompositionPrior):
     def __init__(
         self, unet: UNet2DConditionModel, scheme: ClassScheme, *, class_frequencies: list[float] | None = None,
         default_sampler: str = "matched", default_steps: int = 24, default_guidance: float = 1.0,
-        train_compositions: torch.Tensor | None = None,
+        train_compositions: torch.Tensor | None = None, temperature: float = 1.0,
     ):  # fmt: skip
-        self.unet = unet
+        self.unet, self.temperature = unet, temperature  # < 1 sharpens each step's class probabilities
         self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance  # fmt: skip
         self._init_prior(scheme, class_frequencies, train_compositions)
 
@@ -141,7 +141,7 @@ class LandcoverMDM(CompositionPrior):
             else:  # classifier-free guidance on the logits, conditional and null condition as one batch
                 c, u = label_logits(self.unet, x.repeat(2, 1, 1), tt.repeat(2), torch.cat([cond, 0 * cond])).chunk(2)
                 logits = u + g * (c - u)
-            p = logits.softmax(1)
+            p = (logits / self.temperature).softmax(1)
             if sampler == "matched":
                 p = match_composition(p, x, cond)
             u = torch.rand((n, 1, size, size), generator=generator).to(dev)
@@ -162,7 +162,7 @@ class LandcoverMDM(CompositionPrior):
             path / MODEL_FILE,
             {"scheme": self.scheme.to_dict(), "class_frequencies": self.class_frequencies,
              "default_sampler": self.default_sampler, "default_steps": self.default_steps,
-             "default_guidance": self.default_guidance},
+             "default_guidance": self.default_guidance, "temperature": self.temperature},
         )  # fmt: skip
 
     @classmethod
@@ -174,4 +174,5 @@ class LandcoverMDM(CompositionPrior):
             ClassScheme.from_dict(meta["scheme"], where=str(path / MODEL_FILE)),
             **{k: meta[k] for k in ("class_frequencies", "default_sampler", "default_steps", "default_guidance")},
             train_compositions=cls.load_compositions(path),
+            temperature=meta.get("temperature", 1.0),
         ).eval()

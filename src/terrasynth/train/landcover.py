@@ -113,6 +113,7 @@ class DiscreteConfig(_UNetStageConfig):
     sampler: Sampler = "matched"
     steps: int = Field(24, ge=1)
     guidance: float = Field(1.0, ge=0)  # classifier-free guidance for a requested composition
+    temperature: float = Field(1.0, gt=0)  # of each sampling step's class probabilities; < 1 sharpens
 
 
 class LandcoverSamplingConfig(SamplingConfig):
@@ -347,7 +348,7 @@ def _train_discrete(cfg: LandcoverConfig, ds: Dataset, masks: torch.Tensor, out:
         d = cfg.discrete
         model = LandcoverMDM(stage.net.eval(), ds.scheme, class_frequencies=comps.mean(0).tolist(),
                              default_sampler=d.sampler, default_steps=d.steps, default_guidance=d.guidance,
-                             train_compositions=comps)  # fmt: skip
+                             train_compositions=comps, temperature=d.temperature)  # fmt: skip
         model.save_pretrained(out / "model")
         ema_copy(runner, stage.net).save_pretrained(out / "model" / "unet_ema")
         _write_data_json(out, ds, cfg)
