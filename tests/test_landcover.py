@@ -221,6 +221,10 @@ def test_bad_tile_size_is_one_line_error(tiny_data, tmp_path, capsys):
                  "--set", "diffusion.attention=[false,false,false,true]")  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "not divisible" in err and len(err.strip().splitlines()) == 1
+    six = ["--set", "discrete.block_out_channels=[8,8,8,8,8,8]", "--set", f"discrete.attention=[{'false,' * 5}false]"]
+    rc = run_cli("landcover", "train", "--data", tiny_data, "--out", tmp_path / "d", *TINY_DISCRETE, *six)
+    err = capsys.readouterr().err
+    assert rc == 2 and "not divisible by 64 (discrete.patch" in err and len(err.strip().splitlines()) == 1
 
 
 def test_paper_config_is_valid_and_downsamples_by_8():
@@ -306,3 +310,101 @@ class TestCompositionDenoiserContract(TestLatentDenoiserContract):
     """The composition-controlled denoiser: the (B, K) fractions reach the weights and survive a round trip."""
 
     composition_classes = K
+
+
+# ---- the masked discrete generator (generator: discrete): the label grid itself, no autoencoder ----
+
+TINY_DISCRETE = [
+    "--config", ROOT / "configs" / "landcover-cpu.yaml", "--set", "generator=discrete", "--set", "max_minutes=null",
+    "--set", "discrete.block_out_channels=[16,16]", "--set", "discrete.attention=[false,true]",
+    "--set", "discrete.norm_num_groups=8", "--set", "discrete.max_steps=6", "--set", "discrete.batch_size=4",
+    "--set", "discrete.warmup_steps=2", "--set", "discrete.steps=4", "--set", "checkpoint_every=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def discrete_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "discrete"
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", run, *TINY_DISCRETE) == 0
+    return run
+
+
+def test_discrete_trains_through_the_runner_and_samples_valid_codes(discrete_run, tiny_data, tmp_path):
+    m = json.loads((discrete_run / "metrics.json").read_text())
+    assert m["discrete"]["steps"] == 6 and not (discrete_run / "model" / "autoencoder").exists()
+    assert (discrete_run / "model" / "unet_ema" / "config.json").exists()
+    final = discrete_run / "checkpoints" / "discrete" / "step-00000006"
+    before = final.stat().st_mtime_ns
+    assert run_cli("landcover", "train", "--data", tiny_data, "--out", discrete_run, *TINY_DISCRETE) == 0
+    assert final.stat().st_mtime_ns == before  # finished: the rerun resumed and did nothing
+    out = tmp_path / "samples"
+    rc = run_cli("landcover", "sample", "--model", discrete_run, "--n", 3, "--sampler", "ancestral", "--out", out)
+    assert rc == 0
+    ds = Dataset.open(out)
+    assert ds.info.provenance["generator"]["family"] == "landcover-mdm" and ds.info.tile_size == 32
+    maps = as_maps(ds)
+    assert maps.shape == (3, 32, 32) and set(np.unique(maps)) <= set(WORLDCOVER.codes)  # never nodata or MASK
+
+
+def test_discrete_follows_requested_composition_and_seed(discrete_run):
+    from terrasynth.evaluate.realism import compositions
+
+    model = load_landcover(discrete_run)
+    for request in ({50: 0.6}, {10: 0.5, 90: 0.04}):  # wetland: a class the training maps never hold
+        maps, _ = generate_maps(model, 2, composition=request, seed=1, progress=False)
+        got = compositions(maps, model.scheme).mean(0)
+        assert all(abs(got[model.scheme.codes.index(c)] - f) < 0.05 for c, f in request.items()), (request, got)
+    a, _ = generate_maps(model, 2, seed=3, progress=False)
+    b, _ = generate_maps(model, 2, seed=3, progress=False)
+    c, _ = generate_maps(model, 2, seed=4, progress=False)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(UserError, match="masked-diffusion samplers"):
+        generate_maps(model, 1, sampler="ddim", progress=False)
+
+
+def test_match_composition_hits_the_target_in_expectation():
+    from terrasynth.models.masked_diffusion import match_composition
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(3 * torch.randn(2, K, 8, 8, generator=g), 1)
+    x = torch.where(torch.rand(2, 8, 8, generator=g) < 0.7, K, torch.randint(0, K, (2, 8, 8), generator=g))
+    target = torch.softmax(torch.randn(2, K, generator=g), 1)
+    q = match_composition(p, x, target, iters=50)
+    masked = (x == K).unsqueeze(1)
+    have = torch.nn.functional.one_hot(x.clamp(max=K - 1), K).permute(0, 3, 1, 2) * ~masked
+    expected = (have + q * masked).sum((2, 3)) / 64
+    reachable = (target * 64 - have.sum((2, 3))).clamp_min(0).sum(1) > 0
+    assert torch.allclose(q.sum(1), torch.ones(2, 8, 8), atol=1e-5) and reachable.all()
+    assert (expected - target).abs().max() < 0.03 + (have.sum((2, 3)) / 64 - target).clamp_min(0).max()
+
+
+def _label_denoiser():
+    from terrasynth.models.masked_diffusion import build_label_denoiser
+
+    return build_label_denoiser(K, 16, patch=2, block_out_channels=(8, 16), layers_per_block=1, attention=(False, True),
+                                attention_head_dim=4, norm_num_groups=8)  # fmt: skip
+
+
+class TestLabelDenoiserContract(ModelContract):
+    """The masked-diffusion UNet: partly masked maps (index K = MASK), times in [0, 1] and (B, K) compositions."""
+
+    expected_shape = (2, K, 16, 16)
+
+    def build(self):
+        return _label_denoiser()
+
+    def inputs(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, K + 1, (2, 16, 16), generator=g)
+        return x, torch.tensor([0.1, 0.9]), torch.softmax(torch.randn(2, K, generator=g), 1)
+
+    def forward(self, model, inputs):
+        from terrasynth.models.masked_diffusion import label_logits
+
+        return label_logits(model, *inputs)
+
+    def save_load(self, model, path):
+        from terrasynth.models.masked_diffusion import LandcoverMDM
+
+        LandcoverMDM(model, WORLDCOVER, train_compositions=torch.full((3, K), 1 / K)).save_pretrained(path)
+        return LandcoverMDM.from_pretrained(path).unet

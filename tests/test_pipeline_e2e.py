@@ -146,3 +146,15 @@ def test_new_york_twin(shared_data, tmp_path):
     assert real["extra"]["scenes"][0]["crs"] == "EPSG:32632" and real["has_images"]
     m = json.loads(Path(outputs["evaluate"]["matrix"]).read_text())
     assert len(m["cells"]) == 16 and all(c["n_seeds"] == 2 for c in m["cells"])
+
+
+@pytest.mark.slow  # 2 min on the loaded 2-core machine: the whole demo twin again
+def test_demo_twin_with_the_discrete_land_cover_generator(tmp_path):
+    """``landcover.generator: discrete``: the landcover stage trains the masked-diffusion model and the
+    datasets stage samples it; every stage runs."""
+    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32"})
+    for kv in ("generator=discrete", "discrete.block_out_channels=[16,16]", "discrete.attention=[false,true]",
+               "discrete.norm_num_groups=8", "discrete.max_steps=6", "discrete.steps=4"):  # fmt: skip
+        sets += ["--set", f"landcover.{kv}"]
+    assert run_cli("-q", "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "run", *sets) == 0
+    assert (Path(_outputs(tmp_path / "run")["landcover"]["run"]) / "model" / "landcover_mdm.json").exists()

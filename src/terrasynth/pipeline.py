@@ -485,10 +485,10 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     need(32, "the segmenters' encoders (5 halvings)", "use another tile size (32, 64, 128, ...)")
     lc = cfg.landcover
     lc_size = cfg.data.landcover_source.tile if cfg.data.landcover_source is not None else size
-    f = 2 ** (len(lc.autoencoder.block_out_channels) - 1) * 2 ** (len(lc.diffusion.block_out_channels) - 1)
+    f = lc.size_multiple()
     if lc_size % f:
-        raise UserError(f"land-cover tiles of {lc_size} px are not a multiple of {f} (autoencoder x UNet halvings); "
-                        "change landcover.autoencoder/diffusion.block_out_channels or the tile size")  # fmt: skip
+        raise UserError(f"land-cover tiles of {lc_size} px are not a multiple of {f} (autoencoder or patch x UNet "
+                        "halvings); change landcover.autoencoder/diffusion/discrete.block_out_channels or the tile size")  # fmt: skip
     from terrasynth.models.spade import num_up_for
 
     num_up_for(size, cfg.spade.model.latent_size)  # raises the one-line error for a latent size that cannot grow to it

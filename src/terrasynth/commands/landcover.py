@@ -9,9 +9,9 @@ from terrasynth.cli_base import CLI, add_config_args, out_dir, out_file, seed
 
 
 def register(cli: CLI) -> None:
-    g = cli.group("landcover", help="generate new land-cover maps (categorical autoencoder + latent diffusion)")
+    g = cli.group("landcover", help="generate new land-cover maps (latent diffusion, or masked discrete diffusion)")
 
-    p = g.add_parser("train", help="train the autoencoder and the latent diffusion model on a dataset's label maps")
+    p = g.add_parser("train", help="train the land-cover generator (generator: latent or discrete) on a dataset's maps")
     p.add_argument("--data", required=True, metavar="DIR", help="terrasynth dataset (label-only or paired)")
     p.add_argument("--out", type=out_dir, required=True, metavar="RUN", help="run directory (rerun the command to resume)")
     p.add_argument("--max-minutes", type=float, help="wall-time budget for both stages together")
@@ -29,7 +29,8 @@ def register(cli: CLI) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--composition", metavar="CODE:SHARE,...", help="target class shares, e.g. 50:0.3,80:0.2")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (with --composition)")
-    p.add_argument("--sampler", help="ddim, dpmsolver++, unipc, euler, ... (default: the run's)")
+    p.add_argument("--sampler", help="latent: ddim, dpmsolver++, unipc, euler, ...; discrete: matched, ancestral "
+                   "(default: the run's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split name written into the index")
     p.add_argument("--overwrite", action="store_true")

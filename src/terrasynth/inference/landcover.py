@@ -14,18 +14,24 @@ from tqdm.auto import tqdm
 from terrasynth.config import config_hash, read_yaml
 from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
 from terrasynth.errors import UserError
-from terrasynth.models.autoencoder import downsampling_factor
-from terrasynth.models.diffusion import make_scheduler
+from terrasynth.models import latent_diffusion, masked_diffusion
 from terrasynth.models.latent_diffusion import LandcoverLDM
+from terrasynth.models.masked_diffusion import LandcoverMDM
+
+LandcoverGenerator = LandcoverLDM | LandcoverMDM
+# model file -> generator family (``landcover.generator`` latent / discrete)
+FAMILIES = {latent_diffusion.MODEL_FILE: LandcoverLDM, masked_diffusion.MODEL_FILE: LandcoverMDM}
 
 
-def load_landcover(run: Path, weights: Literal["raw", "ema"] | None = None, device: str = "cpu") -> LandcoverLDM:
-    """The trained generator of a run directory (``weights`` None: the run's sampling.weights)."""
+def load_landcover(run: Path, weights: Literal["raw", "ema"] | None = None, device: str = "cpu") -> LandcoverGenerator:
+    """The trained generator of a run directory, either family (``weights`` None: the run's sampling.weights)."""
     run = Path(run)
     mdir = run / "model"
-    if not (mdir / "landcover_ldm.json").exists():
-        raise UserError(f"{run}: no trained land-cover model (model/landcover_ldm.json); run 'terrasynth landcover train' first")
-    model = LandcoverLDM.from_pretrained(mdir, device=device)
+    found = [cls for name, cls in FAMILIES.items() if (mdir / name).exists()]
+    if not found:
+        raise UserError(f"{run}: no trained land-cover model (model/{' or model/'.join(FAMILIES)}); "
+                        "run 'terrasynth landcover train' first")  # fmt: skip
+    model = found[0].from_pretrained(mdir, device=device)
     if (weights or read_yaml(run / "config.yaml").get("sampling", {}).get("weights", "raw")) == "ema":
         model.unet = type(model.unet).from_pretrained(mdir / "unet_ema").to(device).eval()
     return model
@@ -49,7 +55,7 @@ def parse_composition(text: str, codes: list[int], where: str = "--composition")
 
 
 def generate_maps(
-    model: LandcoverLDM, n: int, *, seed: int = 0, batch_size: int = 64, composition: dict[int, float] | None = None,
+    model: LandcoverGenerator, n: int, *, seed: int = 0, batch_size: int = 64, composition: dict[int, float] | None = None,
     guidance: float | None = None, sampler: str | None = None, steps: int | None = None, skip=lambda b: False,
     on_batch=None, progress: bool = True,
 ) -> tuple[np.ndarray, float]:  # fmt: skip
@@ -59,7 +65,7 @@ def generate_maps(
     batch can be redone alone (``skip(b)`` True skips it, e.g. when already written).
     """
     if sampler is not None:
-        make_scheduler(sampler, model.train_scheduler_config)  # an unknown name fails now, not after a batch
+        model.check_sampler(sampler)  # an unknown name fails now, not after a batch
     cond = model.composition_vector(composition) if composition else None
     full, secs, made = [], 0.0, 0
     for b in tqdm(range(-(-n // batch_size)), desc="sample maps", unit="batch", disable=not progress):
@@ -96,12 +102,12 @@ def sample_landcover(
         "guidance": guidance, "sampler": sampler or model.default_sampler, "steps": steps or model.default_steps,
         "split": split, "checkpoint": _checkpoint_id(run),
     }  # fmt: skip
-    gen_info = {"family": "landcover-ldm", "run": str(run.resolve()), "checkpoint": params["checkpoint"],
+    gen_info = {"family": model.family, "run": str(run.resolve()), "checkpoint": params["checkpoint"],
                 "sampler": params["sampler"], "steps": params["steps"]}  # fmt: skip
     info = DatasetInfo(
         name=f"landcover-synthetic-{run.name}", kind="synthetic", scheme=model.scheme,
-        tile_size=model.latent_shape[-1] * downsampling_factor(model.vae), gsd=_run_gsd(run), has_images=False,
-        provenance=provenance(f"landcover-ldm:{run.resolve()}", config_hash=config_hash(params), seed=seed,
+        tile_size=model.tile_size, gsd=_run_gsd(run), has_images=False,
+        provenance=provenance(f"{model.family}:{run.resolve()}", config_hash=config_hash(params), seed=seed,
                               generator=gen_info, sampling=params),
     )  # fmt: skip
     from terrasynth import budget
@@ -118,7 +124,7 @@ def sample_landcover(
 
         def write(b: int, codes: np.ndarray) -> None:
             for j, m in enumerate(codes):
-                w.write(ids[b * batch_size + j], split, m, source=f"landcover-ldm:{run.name}")
+                w.write(ids[b * batch_size + j], split, m, source=f"{model.family}:{run.name}")
 
         _, s_per_map = generate_maps(
             model, n, seed=seed, batch_size=batch_size, composition=composition, guidance=guidance,

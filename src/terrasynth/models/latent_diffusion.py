@@ -18,12 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
-from safetensors.torch import save_file
 
 from terrasynth.classes import ClassScheme
-from terrasynth.errors import UserError
-from terrasynth.io import load_weights, write_json_atomic
-from terrasynth.models.autoencoder import decode_indices
+from terrasynth.io import write_json_atomic
+from terrasynth.models.autoencoder import decode_indices, downsampling_factor
+from terrasynth.models.composition import CompositionPrior
 from terrasynth.models.diffusion import LatentNorm, diffusion_target, make_scheduler, sample_latents
 
 Denoiser = UNet2DModel | UNet2DConditionModel
@@ -32,9 +31,10 @@ Denoiser = UNet2DModel | UNet2DConditionModel
 def build_denoiser(
     latent_channels: int, sample_size: int, *, block_out_channels: tuple[int, ...] = (64, 128, 128),
     layers_per_block: int = 2, attention: tuple[bool, ...] = (False, False, True), attention_head_dim: int = 8,
-    norm_num_groups: int = 32, composition_classes: int | None = None,
+    norm_num_groups: int = 32, composition_classes: int | None = None, out_channels: int | None = None,
 ) -> Denoiser:  # fmt: skip
-    """A UNet on (B, C, h, w) latents; ``attention[i]`` puts self-attention in level ``i``.
+    """A UNet on (B, C, h, w) latents (``out_channels`` out, default C); ``attention[i]`` puts
+    self-attention in level ``i``.
 
     With ``composition_classes = K`` the UNet takes ``class_labels`` (B, K) of class
     fractions, projected into the timestep embedding (all zeros = unconditional).
@@ -44,7 +44,7 @@ def build_denoiser(
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     common = dict(
-        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        sample_size=sample_size, in_channels=latent_channels, out_channels=out_channels or latent_channels,
         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block, down_block_types=down,
         up_block_types=up, norm_num_groups=norm_num_groups, attention_head_dim=attention_head_dim,
     )  # fmt: skip
@@ -90,28 +90,27 @@ def p_losses(unet: Denoiser, z0: torch.Tensor, cond: torch.Tensor | None = None,
 
 
 MODEL_FILE = "landcover_ldm.json"
-COMPOSITIONS_FILE = "train_compositions.safetensors"
 
 
-class LandcoverLDM:
+class LandcoverLDM(CompositionPrior):
     """Autoencoder + denoiser + noise schedule + latent normalisation: a land-cover map generator.
 
     ``generate`` returns (B, H, W) training indices of ``scheme``. ``class_frequencies`` are
-    the training pixel shares, used to complete a partly specified composition.
+    the training pixel shares, used to complete a partly specified composition
+    (:class:`~terrasynth.models.composition.CompositionPrior`).
     """
+
+    family = "landcover-ldm"
 
     def __init__(
         self, vae: AutoencoderKL, unet: Denoiser, train_scheduler_config: dict[str, Any], norm: LatentNorm,
         scheme: ClassScheme, *, class_frequencies: list[float] | None = None, default_sampler: str = "dpmsolver++",
         default_steps: int = 25, default_guidance: float = 1.0, train_compositions: torch.Tensor | None = None,
     ):  # fmt: skip
-        self.vae, self.unet, self.norm, self.scheme = vae, unet, norm, scheme
+        self.vae, self.unet, self.norm = vae, unet, norm
         self.train_scheduler_config = dict(train_scheduler_config)
-        self.class_frequencies = class_frequencies or [1.0 / scheme.num_classes] * scheme.num_classes
         self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance
-        # (N, K) compositions of the training maps: a conditional model asked for no particular
-        # composition draws one of these per map (ancestral sampling of p(composition) p(map | composition)).
-        self.train_compositions = train_compositions
+        self._init_prior(scheme, class_frequencies, train_compositions)
 
     @property
     def conditional(self) -> bool:
@@ -122,23 +121,12 @@ class LandcoverLDM:
         c = self.unet.config
         return (c.in_channels, c.sample_size, c.sample_size)
 
-    def composition_vector(self, composition: dict[int, float]) -> torch.Tensor:
-        """Class codes -> fractions (partial is fine) as a (K,) vector summing to 1.
+    @property
+    def tile_size(self) -> int:
+        return self.latent_shape[-1] * downsampling_factor(self.vae)
 
-        Unspecified classes share the remaining mass in proportion to their training frequency.
-        """
-        k = self.scheme.num_classes
-        lut = {c: i for i, c in enumerate(self.scheme.codes)}
-        vec = torch.zeros(k)
-        given = torch.zeros(k, dtype=torch.bool)
-        for code, frac in composition.items():
-            vec[lut[code]] = frac
-            given[lut[code]] = True
-        rest = 1.0 - float(vec.sum())
-        prior = torch.tensor(self.class_frequencies) * (~given)
-        if prior.sum() > 0 and rest > 0:
-            vec += rest * prior / prior.sum()
-        return vec / vec.sum().clamp_min(1e-8)
+    def check_sampler(self, name: str) -> None:
+        make_scheduler(name, self.train_scheduler_config)  # an unknown name fails now, not after a batch
 
     @torch.no_grad()
     def generate(
@@ -150,16 +138,8 @@ class LandcoverLDM:
         ``composition`` (K,) fractions, or None: then a conditional model draws each map's
         composition from the training maps' and samples without guidance.
         """
-        if composition is not None and not self.conditional:
-            raise UserError("this land-cover model was trained without composition control; retrain with "
-                            "--set diffusion.composition_control=true or drop --composition")  # fmt: skip
         sched = make_scheduler(sampler or self.default_sampler, self.train_scheduler_config)
-        cond = composition.to(torch.float32).expand(n, -1).contiguous() if composition is not None else None
-        if cond is None and self.conditional and self.train_compositions is not None:
-            pick = torch.randint(0, len(self.train_compositions), (n,), generator=generator)
-            cond = self.train_compositions[pick].to(torch.float32)
-            guidance = 1.0 if guidance is None else guidance
-        g = self.default_guidance if guidance is None else guidance
+        cond, g = self.conditions(n, composition, generator, guidance, self.default_guidance)
         device = next(self.unet.parameters()).device
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -194,8 +174,7 @@ class LandcoverLDM:
                 "default_guidance": self.default_guidance,
             },  # fmt: skip
         )
-        if self.train_compositions is not None:
-            save_file({"compositions": self.train_compositions.contiguous()}, path / COMPOSITIONS_FILE)
+        self.save_compositions(path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LandcoverLDM":
@@ -209,5 +188,5 @@ class LandcoverLDM:
             LatentNorm(torch.tensor(meta["latent_norm"]["mean"]), std=torch.tensor(meta["latent_norm"]["std"])),
             ClassScheme.from_dict(meta["scheme"], where=str(path / MODEL_FILE)),
             **{k: meta[k] for k in ("class_frequencies", "default_sampler", "default_steps", "default_guidance")},
-            train_compositions=load_weights(comp)["compositions"] if (comp := path / COMPOSITIONS_FILE).exists() else None,
+            train_compositions=cls.load_compositions(path),
         ).eval()

@@ -1,4 +1,5 @@
-"""Training of the land-cover generator (categorical autoencoder + latent diffusion).
+"""Training of the land-cover generator: categorical autoencoder + latent diffusion (``generator: latent``,
+the paper's), or masked discrete diffusion on the label grid (``generator: discrete``).
 
 Sampling a finished run is :mod:`terrasynth.inference.landcover`.
 
@@ -8,6 +9,7 @@ A run directory::
     checkpoints/<stage>/      training state of each stage (the runner's; a rerun resumes from it)
     autoencoder_metrics.json  reconstruction pixel accuracy and per-class IoU (validation split)
     model/                    LandcoverLDM.save_pretrained: autoencoder/, unet/ (+ unet_ema/)
+                              or LandcoverMDM.save_pretrained: unet/ (+ unet_ema/)
     metrics.json              steps, wall times, losses
     tb/<stage>/               TensorBoard
 
@@ -15,6 +17,7 @@ Training runs as two stages of the one training runner (:mod:`terrasynth.train.r
 "autoencoder" then "diffusion" (on the normalised latents of all training maps and their 8
 dihedral transforms). The autoencoder gets ``autoencoder.share`` of ``max_minutes`` (and of
 ``target_minutes``), the diffusion model what is left after the autoencoder and the encoding.
+The discrete generator trains as one stage, "discrete", with the whole budget.
 Multi-GPU: ``accelerate launch -m terrasynth landcover train ...``.
 """
 
@@ -42,6 +45,7 @@ from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode
 from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplingConfig, training_scheduler
 from terrasynth.models.latent_diffusion import LandcoverLDM, build_denoiser, p_losses
+from terrasynth.models.masked_diffusion import LandcoverMDM, Sampler, build_label_denoiser, masked_losses
 from terrasynth.train.runner import RunResult, RunSpec, Runner, ema_copy, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -60,15 +64,14 @@ class AutoencoderConfig(AutoencoderArch):
     share: float = Field(0.3, gt=0, lt=1)  # of max_minutes and of target_minutes
 
 
-class DiffusionConfig(StrictModel):
+class _UNetStageConfig(StrictModel):
+    """A diffusers UNet and how it trains: what the latent and the discrete generators share."""
+
     block_out_channels: list[int] = [64, 128, 128]
     layers_per_block: int = Field(2, ge=1)
-    attention: list[bool] = [False, False, True]  # per level; keep it at 16x16 latents or smaller
+    attention: list[bool] = [False, False, True]  # per level; keep it at 16x16 or smaller
     attention_head_dim: int = Field(8, ge=1)
     norm_num_groups: int = Field(32, ge=1)
-    prediction_type: PredictionType = "v_prediction"
-    snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma weighting; None = plain MSE
-    num_train_timesteps: int = Field(1000, ge=10)
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(100, ge=0)
@@ -76,7 +79,6 @@ class DiffusionConfig(StrictModel):
     max_steps: int = Field(100_000, ge=1)
     ema_decay: float = Field(0.999, gt=0, lt=1)
     dihedral_augment: bool = True
-    composition_control: bool = False
     condition_dropout: float = Field(0.1, ge=0, lt=1)
 
     @model_validator(mode="after")
@@ -87,6 +89,32 @@ class DiffusionConfig(StrictModel):
             raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
         return self
 
+    def unet_kwargs(self) -> dict:
+        return {"block_out_channels": tuple(self.block_out_channels), "layers_per_block": self.layers_per_block,
+                "attention": tuple(self.attention), "attention_head_dim": self.attention_head_dim,
+                "norm_num_groups": self.norm_num_groups}  # fmt: skip
+
+
+class DiffusionConfig(_UNetStageConfig):
+    prediction_type: PredictionType = "v_prediction"
+    snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma weighting; None = plain MSE
+    num_train_timesteps: int = Field(1000, ge=10)
+    composition_control: bool = False
+
+
+class DiscreteConfig(_UNetStageConfig):
+    """Masked discrete diffusion on the label grid (:mod:`terrasynth.models.masked_diffusion`); always
+    conditioned on composition. Its UNet runs on maps folded by ``patch`` (space-to-depth)."""
+
+    block_out_channels: list[int] = [32, 64, 128]
+    layers_per_block: int = Field(1, ge=1)
+    patch: int = Field(2, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    sampler: Sampler = "matched"
+    steps: int = Field(24, ge=1)
+    guidance: float = Field(1.0, ge=0)  # classifier-free guidance for a requested composition
+    temperature: float = Field(1.0, gt=0)  # of each sampling step's class probabilities; < 1 sharpens
+
 
 class LandcoverSamplingConfig(SamplingConfig):
     weights: Literal["raw", "ema"] = "raw"
@@ -96,6 +124,7 @@ class LandcoverConfig(StrictModel):
     """The budget keys follow :class:`terrasynth.config.TrainBudget`; ``max_steps`` is per stage."""
 
     seed: Seed = 0
+    generator: Literal["latent", "discrete"] = "latent"  # latent: autoencoder + diffusion; discrete: masked diffusion
     max_minutes: float | None = Field(15.0, gt=0)  # total for autoencoder + diffusion; None = steps only
     target_minutes: float | None = Field(None, gt=0)  # total; sizes each stage's max_steps by a speed probe
     splits: list[str] = ["train"]
@@ -104,7 +133,21 @@ class LandcoverConfig(StrictModel):
     mixed_precision: MixedPrecision = "no"
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
-    sampling: LandcoverSamplingConfig = LandcoverSamplingConfig()
+    discrete: DiscreteConfig = DiscreteConfig()
+    sampling: LandcoverSamplingConfig = LandcoverSamplingConfig()  # the latent generator's; weights: both
+
+    def family_dict(self) -> dict:
+        """The config without the other generator's sections: what a run's fingerprint holds (a latent
+        run's is the same as before the discrete generator existed, so older runs still resume)."""
+        d = config_dict(self)
+        drop = ("autoencoder", "diffusion", "sampling") if self.generator == "discrete" else ("generator", "discrete")
+        return {k: v for k, v in d.items() if k not in drop}
+
+    def size_multiple(self) -> int:
+        """What the tile size must be a multiple of (autoencoder and UNet halvings, or patch and UNet halvings)."""
+        if self.generator == "discrete":
+            return self.discrete.patch * 2 ** (len(self.discrete.block_out_channels) - 1)
+        return 2 ** (len(self.autoencoder.block_out_channels) - 1) * 2 ** (len(self.diffusion.block_out_channels) - 1)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -162,11 +205,8 @@ class _DiffusionStage:
     their compositions ``comp`` (N, K) with dropout to the all-zero "null" condition."""
 
     def __init__(self, runner: Runner, d: DiffusionConfig, z: torch.Tensor, comp: torch.Tensor):
-        unet = build_denoiser(
-            z.shape[1], z.shape[-1], block_out_channels=tuple(d.block_out_channels), layers_per_block=d.layers_per_block,
-            attention=tuple(d.attention), attention_head_dim=d.attention_head_dim, norm_num_groups=d.norm_num_groups,
-            composition_classes=comp.shape[1] if d.composition_control else None,
-        )  # fmt: skip
+        unet = build_denoiser(z.shape[1], z.shape[-1], **d.unet_kwargs(),
+                              composition_classes=comp.shape[1] if d.composition_control else None)  # fmt: skip
         sched = training_scheduler(d.prediction_type, d.num_train_timesteps)
         opt = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=0.0)
         self.objective, _ = runner.prepare(_Objective(unet, p_losses, scheduler=sched, snr_gamma=d.snr_gamma), opt)
@@ -187,6 +227,28 @@ class _DiffusionStage:
         return self.runner.unwrap(self.objective).net
 
 
+class _DiscreteStage:
+    """Runner family: masked discrete diffusion on random dihedral transforms of the maps (N, H, W),
+    conditioned on their compositions ``comp`` (N, K) with dropout to the all-zero "null" condition."""
+
+    def __init__(self, runner: Runner, d: DiscreteConfig, masks: torch.Tensor, comp: torch.Tensor):
+        unet = build_label_denoiser(comp.shape[1], masks.shape[-1], patch=d.patch, **d.unet_kwargs())
+        opt = torch.optim.AdamW(unet.parameters(), lr=d.lr, weight_decay=0.0)
+        self.objective, _ = runner.prepare(_Objective(unet, masked_losses), opt)
+        self.runner, self.d, self.masks, self.comp = runner, d, masks, comp
+        runner.track_ema(self.net.parameters())
+
+    def training_step(self, step: int, gen: torch.Generator) -> torch.Tensor:
+        d, dev = self.d, self.runner.acc.device
+        i = torch.randint(0, len(self.masks), (d.batch_size,), generator=gen)
+        r = int(torch.randint(0, 8, (1,), generator=gen)) if d.dihedral_augment else 0
+        keep = (torch.rand(d.batch_size, 1, generator=gen) >= d.condition_dropout).float()
+        x0 = dihedral_t(self.masks[i], r).long().to(dev)
+        return self.objective(x0, (self.comp[i] * keep).to(dev), generator=gen)
+
+    net = _DiffusionStage.net
+
+
 # ---- training -----------------------------------------------------------------------------
 
 
@@ -200,16 +262,18 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     data, out = Path(data), Path(out)
     ds = Dataset.open(data)
     scheme, size = ds.scheme, ds.info.tile_size
-    f = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
-    need = f * 2 ** (len(cfg.diffusion.block_out_channels) - 1)
+    need = cfg.size_multiple()
     if size % need:
-        raise UserError(f"{data}: tile size {size} is not divisible by {need} (autoencoder f={f} x UNet levels); "
-                        "change autoencoder/diffusion block_out_channels or the tile size")  # fmt: skip
+        parts = "discrete.patch x UNet levels" if cfg.generator == "discrete" else "autoencoder f x UNet levels"
+        raise UserError(f"{data}: tile size {size} is not divisible by {need} ({parts}); "
+                        "change the block_out_channels (or discrete.patch) or the tile size")  # fmt: skip
     ensure_dir(out)
-    fp = fingerprint(config_dict(cfg), data=str(data.resolve()))
+    fp = fingerprint(cfg.family_dict(), data=str(data.resolve()))
     if not resume or not any((out / "checkpoints").glob("*/step-*")):
         save_resolved(cfg, out)  # a run in progress keeps its config until the runner has accepted this one
     masks = load_masks(ds, cfg.splits)
+    if cfg.generator == "discrete":
+        return _train_discrete(cfg, ds, masks, out, fp, resume)
     val = ds.split(cfg.val_split)
     val_masks = load_masks(ds, [cfg.val_split]) if val else masks[:256]
     share = cfg.autoencoder.share
@@ -223,8 +287,7 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     acc = ae_runner.acc
     if acc.is_main_process:
         save_resolved(cfg, out)
-        write_json_atomic(out / "data.json", {"path": str(data.resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
-                                              "tile_size": size, "splits": cfg.splits})  # fmt: skip
+        _write_data_json(out, ds, cfg)
     ae_metrics = reconstruction_metrics(vae, val_masks.long().split(64), scheme.num_classes)
     ae_metrics["iou_by_code"] = {str(c): v for c, v in zip(scheme.codes, ae_metrics["iou"])}
     if acc.is_main_process:
@@ -274,6 +337,33 @@ def train_landcover(cfg: LandcoverConfig, data: Path, out: Path, *, resume: bool
     return out
 
 
+def _train_discrete(cfg: LandcoverConfig, ds: Dataset, masks: torch.Tensor, out: Path, fp, resume: bool) -> Path:
+    """The discrete generator: one runner stage, "discrete", on the maps themselves; the whole budget."""
+    runner = _runner(cfg, "discrete", cfg.discrete.max_steps, 1.0, 0.0, out, fp, resume)
+    seed_everything(cfg.seed)
+    comps = batch_compositions(masks, ds.scheme.num_classes)
+    stage = _DiscreteStage(runner, cfg.discrete, masks, comps)
+    res = runner.fit(stage)
+    if runner.acc.is_main_process:
+        d = cfg.discrete
+        model = LandcoverMDM(stage.net.eval(), ds.scheme, class_frequencies=comps.mean(0).tolist(),
+                             default_sampler=d.sampler, default_steps=d.steps, default_guidance=d.guidance,
+                             train_compositions=comps, temperature=d.temperature)  # fmt: skip
+        model.save_pretrained(out / "model")
+        ema_copy(runner, stage.net).save_pretrained(out / "model" / "unet_ema")
+        _write_data_json(out, ds, cfg)
+        resolved = cfg.model_copy(deep=True)
+        resolved.discrete.max_steps = res.max_steps
+        save_resolved(resolved, out)
+        write_json_atomic(out / "metrics.json", {"discrete": _stage_metrics(res), "samples_per_step": d.batch_size})
+    return out
+
+
+def _write_data_json(out: Path, ds: Dataset, cfg: LandcoverConfig) -> None:
+    write_json_atomic(out / "data.json", {"path": str(Path(ds.root).resolve()), "name": ds.info.name, "gsd": ds.info.gsd,
+                                          "tile_size": ds.info.tile_size, "splits": cfg.splits})  # fmt: skip
+
+
 def _runner(cfg: LandcoverConfig, stage: str, max_steps: int, share: float, used_min: float, out: Path, fp,
             resume: bool) -> Runner:  # fmt: skip
     """One stage's runner: ``share`` of the run's minutes, less the ``used_min`` already spent."""
@@ -281,12 +371,11 @@ def _runner(cfg: LandcoverConfig, stage: str, max_steps: int, share: float, used
     def part(total: float | None) -> float | None:
         return None if total is None else max(1 / 60, total * share - used_min)
 
-    d = cfg.diffusion
+    d = {"diffusion": cfg.diffusion, "discrete": cfg.discrete}.get(stage)
     spec = RunSpec(
         stage, max_steps=max_steps, max_minutes=part(cfg.max_minutes), target_minutes=part(cfg.target_minutes),
         checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
-        **({"lr_schedule": d.lr_schedule, "warmup_steps": d.warmup_steps, "ema_decay": d.ema_decay}
-           if stage == "diffusion" else {}),
+        **({"lr_schedule": d.lr_schedule, "warmup_steps": d.warmup_steps, "ema_decay": d.ema_decay} if d else {}),
     )  # fmt: skip
     acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
     return Runner(spec, acc, out, fp, resume=resume)
