@@ -39,6 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "noise3d_ema_diffaugment": ["remedies.noise3d=true", "remedies.ema=true",
                                 "remedies.diffaugment=[color,translation,cutout]"],  # the remedies cheap on a CPU
     "diffaugment": ["remedies.diffaugment=[color,translation,cutout]"],
+    "noise3d_ema_div": ["remedies.noise3d=true", "remedies.ema=true", "loss.diversity=1"],  # + mode-seeking term
     "all": [
         "remedies.discriminator=oasis", "remedies.labelmix=true", "remedies.noise3d=true",
         "remedies.ema=true", "remedies.diffaugment=[color,translation,cutout]",

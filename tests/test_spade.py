@@ -80,6 +80,22 @@ def test_generator_shape_range_and_label_dependence():
         g(one_hot(torch.zeros(1, 30, 30, dtype=torch.long), 6))
 
 
+def test_bilinear_upsampling_leaves_no_blocks():
+    """model.upsample=bilinear: the last stage's input is not constant over 2x2 blocks (nearest's is,
+    and its block edges at fixed positions showed as a grid in trained images)."""
+    from terrasynth.classes import one_hot
+
+    seen = {}
+    for mode in ("nearest", "bilinear"):
+        g = tiny_g()
+        g.upsample = mode
+        g.up[-1].register_forward_hook(lambda m, args, out: seen.update({mode: args[0]}))
+        with torch.no_grad():
+            g(one_hot(masks_pair(), 6))
+    blocks = lambda x: float((x - x[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1)).abs().max())  # noqa: E731
+    assert blocks(seen["nearest"]) == 0 and blocks(seen["bilinear"]) > 1e-3
+
+
 def test_3d_noise_gives_diverse_images_for_one_mask():
     from terrasynth.classes import one_hot
 
@@ -389,6 +405,13 @@ class TestMultiscalePatchGANContract(DiscriminatorContract):
 
     def forward(self, model, inputs):
         return [scale[-1] for scale in model(*inputs)]
+
+
+class TestPoolPatchGANContract(TestMultiscalePatchGANContract):
+    """model.d_downsample=pool: conv + average pooling instead of stride-2 convs, same patch maps."""
+
+    def build(self):
+        return MultiscalePatchGAN(6, ndf=8, num_d=2, down="pool")
 
 
 class TestOASISDiscriminatorContract(DiscriminatorContract):

@@ -31,7 +31,7 @@ from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
 from terrasynth.io import ensure_dir, save_weights, write_json_atomic
 from terrasynth.models.discriminators import (
-    MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
+    Downsample, MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
 )  # fmt: skip
 from terrasynth.models.generator import write_generator_file
 from terrasynth.models.spade import SPADEGenerator, Upsample, num_up_for
@@ -62,6 +62,7 @@ class SpadeModelConfig(StrictModel):
     ndf: int = Field(32, ge=4, description="discriminator width")
     d_layers: int = Field(3, ge=2, description="PatchGAN conv layers")
     num_d: int = Field(2, ge=1, description="PatchGAN scales")
+    d_downsample: Downsample = Field("stride", description="PatchGAN x2 downsampling: 4x4 stride-2 conv or conv + pool")
     oasis_depth: int = Field(3, ge=1, description="OASIS discriminator downsamplings")
 
 
@@ -169,7 +170,8 @@ def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
     m = cfg.model
     if cfg.remedies.discriminator == "oasis":
         return OASISDiscriminator(num_classes, ndf=m.ndf, depth=m.oasis_depth, spectral=m.spectral_norm)
-    return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm)
+    return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm,
+                              down=m.d_downsample)  # fmt: skip
 
 
 def build_spec(cfg: SpadeConfig) -> RunSpec:
