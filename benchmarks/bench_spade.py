@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# name -> config overrides (``--set`` syntax) on top of the defaults (= original SPADE).
+# name -> config overrides (``--set`` syntax) on top of the defaults (= original SPADE, bilinear upsampling).
 VARIANTS: dict[str, list[str]] = {
     "plain": [],
+    "nearest": ["model.upsample=nearest"],  # the original SPADE upsampling (grid artefacts)
     "oasis_labelmix": ["remedies.discriminator=oasis", "remedies.labelmix=true"],
     "noise3d": ["remedies.noise3d=true"],
     "ema": ["remedies.ema=true"],

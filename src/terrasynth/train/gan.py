@@ -58,7 +58,9 @@ class SpadeModelConfig(StrictModel):
     norm: Literal["instance", "batch"] = "instance"
     spectral_norm: bool = True
     noise_dim: int = Field(32, ge=1, description="size of the 3D noise vector (remedies.noise3d)")
-    upsample: Upsample = Field("nearest", description="generator's x2 upsampling of features")
+    upsample: Upsample = Field(
+        "bilinear", description="generator's x2 upsampling; nearest (the original) left a grid (docs/benchmarks.md)"
+    )
     ndf: int = Field(32, ge=4, description="discriminator width")
     d_layers: int = Field(3, ge=2, description="PatchGAN conv layers")
     num_d: int = Field(2, ge=1, description="PatchGAN scales")
