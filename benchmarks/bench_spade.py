@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# name -> config overrides (``--set`` syntax) on top of the defaults (= original SPADE).
+# name -> config overrides (``--set`` syntax) on top of the defaults (= original SPADE, bilinear upsampling).
 VARIANTS: dict[str, list[str]] = {
     "plain": [],
+    "nearest": ["model.upsample=nearest"],  # the original SPADE upsampling (grid artefacts)
     "oasis_labelmix": ["remedies.discriminator=oasis", "remedies.labelmix=true"],
     "noise3d": ["remedies.noise3d=true"],
     "ema": ["remedies.ema=true"],
@@ -39,6 +40,7 @@ VARIANTS: dict[str, list[str]] = {
     "noise3d_ema_diffaugment": ["remedies.noise3d=true", "remedies.ema=true",
                                 "remedies.diffaugment=[color,translation,cutout]"],  # the remedies cheap on a CPU
     "diffaugment": ["remedies.diffaugment=[color,translation,cutout]"],
+    "noise3d_ema_div": ["remedies.noise3d=true", "remedies.ema=true", "loss.diversity=1"],  # + mode-seeking term
     "all": [
         "remedies.discriminator=oasis", "remedies.labelmix=true", "remedies.noise3d=true",
         "remedies.ema=true", "remedies.diffaugment=[color,translation,cutout]",

@@ -19,12 +19,14 @@ from terrasynth.evaluate.image_realism import (
     InceptionFeatures,
     class_stats_table,
     frechet_distance,
+    grid_score,
     image_realism,
     interior,
     kernel_distance,
     load_inception,
     nearest_composition,
     pair_tiles,
+    power_spectrum,
     variant_distance,
 )
 
@@ -179,6 +181,22 @@ def test_diversity(world, tmp_path: Path):
     assert image_realism(real, apart, metrics=("diversity",))["diversity"]["synthetic_variant_distance"] > 0.02
     one = image_realism(real, world["same"], metrics=("diversity",))["diversity"]
     assert "--variants 2" in one["skipped"]
+
+
+def test_grid_score_finds_periodic_patterns():
+    """Smooth images score about 1 at every period; lines every P pixels stand out at P (and its
+    divisors' harmonics), not at 2P."""
+    smooth = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                             size=64, mode="bicubic", align_corners=False)  # fmt: skip
+    flat = {p: grid_score(power_spectrum(smooth), p) for p in (2, 4, 8, 16)}
+    assert all(0.5 < v < 1.5 for v in flat.values()), flat
+    for period in (2, 4, 8):
+        lines = (torch.arange(64) % period == 0).float()
+        spec = power_spectrum(smooth + 0.03 * (lines[:, None] + lines[None, :]))
+        assert grid_score(spec, period) > 5 * flat[period], period
+        assert grid_score(spec, 2 * period) < 1.5
+    with pytest.raises(ValueError, match="must divide"):
+        grid_score(power_spectrum(smooth), 3)
 
 
 def test_cli(world, tmp_path: Path, capsys):

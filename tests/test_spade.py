@@ -80,6 +80,22 @@ def test_generator_shape_range_and_label_dependence():
         g(one_hot(torch.zeros(1, 30, 30, dtype=torch.long), 6))
 
 
+def test_bilinear_upsampling_leaves_no_blocks():
+    """model.upsample=bilinear: the last stage's input is not constant over 2x2 blocks (nearest's is,
+    and its block edges at fixed positions showed as a grid in trained images)."""
+    from terrasynth.classes import one_hot
+
+    seen = {}
+    for mode in ("nearest", "bilinear"):
+        g = tiny_g()
+        g.upsample = mode
+        g.up[-1].register_forward_hook(lambda m, args, out, mode=mode: seen.update({mode: args[0]}))
+        with torch.no_grad():
+            g(one_hot(masks_pair(), 6))
+    x = {k: v - v[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1) for k, v in seen.items()}
+    assert float(x["nearest"].abs().max()) == 0 and float(x["bilinear"].abs().max()) > 1e-3
+
+
 def test_3d_noise_gives_diverse_images_for_one_mask():
     from terrasynth.classes import one_hot
 
@@ -161,6 +177,8 @@ def test_bad_config_is_a_user_error(pairs, tmp_path, capsys):
     assert run_cli("spade", "train", "--data", pairs, "--out", tmp_path / "r", "--set", "remedies.labelmix=true") == 2
     assert "labelmix" in capsys.readouterr().err
     assert run_cli("spade", "train", "--data", pairs, "--out", tmp_path / "r", "--set", "model.latent_size=3") == 2
+    assert run_cli("spade", "train", "--data", pairs, "--out", tmp_path / "r", "--set", "loss.diversity=1") == 2
+    assert "set remedies.noise3d=true or loss.diversity=0" in capsys.readouterr().err
 
 
 def test_synthesize_keeps_georeference_and_split(run, pairs, tmp_path):
@@ -225,7 +243,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, tmp_path, monkeypa
     from terrasynth.train.gan import SpadeTrainer
 
     base = ["spade", "train", "--data", pairs, *TINY, "--max-steps", 4, "--set", "select.metric=last",
-            "--set", "remedies.noise3d=true", "--set", "remedies.ema=true", "--set", "remedies.diffaugment=[color]"]  # fmt: skip
+            "--set", "remedies.noise3d=true", "--set", "remedies.ema=true", "--set", "remedies.diffaugment=[color]",
+            "--set", "loss.diversity=1"]  # fmt: skip
     assert run_cli(*base, "--out", tmp_path / "full") == 0
     with monkeypatch.context() as m:
         interrupt_after(m, SpadeTrainer, 3)
@@ -237,6 +256,63 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, tmp_path, monkeypa
     assert_same(a["D"], b["D"])
     assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"]))
     assert scores_without_time(tmp_path / "full") == scores_without_time(tmp_path / "part")
+
+
+def test_mode_seeking_loss_pushes_two_noise_draws_apart():
+    from terrasynth.train.gan_losses import mode_seeking_loss
+
+    z1, z2 = torch.zeros(2, 4), torch.full((2, 4), 2.0)
+    assert float(mode_seeking_loss(torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8), z1, z2)) == pytest.approx(2.0, 1e-4)
+    # One gradient step on the term alone: the same masks with two noise codes differ more than before.
+    g, seg = tiny_g("3d").train(), _seg()
+    z1, z2 = torch.randn(2, 2, 4, generator=torch.Generator().manual_seed(0))
+    a, b = g(seg, z1), g(seg, z2)
+    before = float((a - b).abs().mean())
+    mode_seeking_loss(a, b, z1, z2).backward()
+    torch.optim.SGD(g.parameters(), lr=1e-4).step()
+    with torch.no_grad():
+        assert float((g(seg, z1) - g(seg, z2)).abs().mean()) > before
+
+
+def spade_trainer(tmp_path: Path, *sets: str):
+    """A tiny SpadeTrainer (6 classes, 32 px) on its own runner, not yet fitted, with 4 random tiles."""
+    from terrasynth.accel import make_accelerator
+    from terrasynth.config import load_config
+    from terrasynth.train.gan import SpadeConfig, SpadeTrainer, build_spec
+    from terrasynth.train.runner import Runner, fingerprint
+
+    sets = ["model.ngf=8", "model.ndf=8", "model.hidden=8", "model.latent_size=4", "batch_size=2",
+            "checkpoint_every=100", *sets]  # fmt: skip
+    cfg = load_config(SpadeConfig, None, None, sets)
+    runner = Runner(build_spec(cfg), make_accelerator(cpu=True), tmp_path, fingerprint({}), progress=False)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return runner, SpadeTrainer(cfg, 6, 32, runner, images, masks_pair().repeat(2, 1, 1).to(torch.uint8))
+
+
+def test_diversity_term_is_off_by_default(tmp_path):
+    """Weight 0 (the default): no second noise draw, no second generator pass, no g_ms in the logs."""
+    from terrasynth.train.gan import SpadeConfig
+
+    assert SpadeConfig().loss.diversity == 0
+    for w in (0, 1):
+        runner, tr = spade_trainer(tmp_path / str(w), "remedies.noise3d=true", f"loss.diversity={w}")
+        logs = tr.update(tr.images.float().div(127.5).sub(1), tr.masks.long(), runner.generator(0))
+        assert ("g_ms" in logs) == (w > 0) and all(np.isfinite(v) for v in logs.values())
+
+
+@pytest.mark.slow  # 20 tiny G/D steps; minutes on a loaded 2-core machine
+def test_diversity_term_makes_noise_draws_differ_more(tmp_path):
+    """Same seed and steps: the generator trained with the mode-seeking term paints two noise draws of
+    one mask further apart than the one trained without it."""
+    from terrasynth.train.gan import generate_images
+
+    spread = {}
+    for w in (0, 10):
+        runner, tr = spade_trainer(tmp_path / str(w), "max_steps=10", "remedies.noise3d=true", f"loss.diversity={w}")
+        runner.fit(tr)
+        a, b = (generate_images(tr.g, masks_pair(), 6, seed=s) for s in (0, 1))
+        spread[w] = float((a - b).abs().mean())
+    assert spread[10] > spread[0], spread  # measured 0.158 vs 0.133
 
 
 @pytest.mark.parametrize("warmup", [True, False])
@@ -305,7 +381,9 @@ class TestSPADEGeneratorContract(ModelContract):
         from terrasynth.models.generator import write_generator_file
 
         (path / "checkpoints").mkdir()
-        save_file({n: t.contiguous() for n, t in model.state_dict().items()}, str(path / "checkpoints" / "g.safetensors"))
+        save_file(
+            {n: t.contiguous() for n, t in model.state_dict().items()}, str(path / "checkpoints" / "g.safetensors")
+        )
         write_generator_file(path, "spade", checkpoint="checkpoints/g.safetensors", generator_kwargs=self.kwargs,
                              scheme=load_scheme("dronedeploy").to_dict())  # fmt: skip
         return load_generator(path).net
@@ -333,6 +411,13 @@ class TestMultiscalePatchGANContract(DiscriminatorContract):
 
     def forward(self, model, inputs):
         return [scale[-1] for scale in model(*inputs)]
+
+
+class TestPoolPatchGANContract(TestMultiscalePatchGANContract):
+    """model.d_downsample=pool: conv + average pooling instead of stride-2 convs, same patch maps."""
+
+    def build(self):
+        return MultiscalePatchGAN(6, ndf=8, num_d=2, down="pool")
 
 
 class TestOASISDiscriminatorContract(DiscriminatorContract):

@@ -9,14 +9,14 @@ from terrasynth.cli_base import CLI, out_file
 from terrasynth.errors import UserError
 
 # evaluate.image_realism.METRICS, spelled out so that building the parser imports no torch (a test checks they agree).
-METRICS = ("segmenter_fd", "inception", "class_stats", "diversity")
+METRICS = ("segmenter_fd", "inception", "class_stats", "diversity", "grid")
 
 
 def register(cli: CLI) -> None:
     p = cli.command(
         "realism",
         help="how real synthetic images look, on the same masks: segmenter FD (+ real floor), FID/KID, per-class "
-        "colour and texture, diversity of variants",
+        "colour and texture, diversity of variants, grid artefacts",
         description="Compare a synthetic dataset with the real one whose labels it was painted from, tile by tile "
         "on the same masks (ids pair; -v<j> variants pair with their mask). FID/KID need local Inception v3 weights "
         "(nothing is downloaded); the segmenter FD needs a segmenter trained on the real data.",

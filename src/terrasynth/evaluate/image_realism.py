@@ -20,6 +20,9 @@ measured is one of the images.
   synthetic / real ratio of each.
 - **Diversity**: mean absolute pixel difference (0..1) between the variants of one mask, against
   the same distance between a real tile and the real tile of the nearest class composition.
+- **Grid artefacts**: per period P (2, 4, 8, 16 px), the power at the frequencies a period-P
+  lattice adds over the power of their neighbouring frequencies (:func:`grid_score`), real and
+  synthetic: about 1 for a smooth spectrum, well above 1 for a visible grid.
 
 All Fréchet distances go through torchmetrics' :class:`FrechetInceptionDistance` (its ``feature``
 argument takes a module; a pass-through one feeds it features computed once here). Land-cover
@@ -42,8 +45,9 @@ from terrasynth.classes import ClassScheme
 from terrasynth.data.dataset import Dataset, TileRecord
 from terrasynth.errors import UserError
 
-Metric = Literal["segmenter_fd", "inception", "class_stats", "diversity"]
-METRICS: tuple[Metric, ...] = ("segmenter_fd", "inception", "class_stats", "diversity")
+Metric = Literal["segmenter_fd", "inception", "class_stats", "diversity", "grid"]
+METRICS: tuple[Metric, ...] = ("segmenter_fd", "inception", "class_stats", "diversity", "grid")
+GRID_PERIODS = (2, 4, 8, 16)
 INCEPTION_SIZE = 299
 GREY = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma
 _VARIANT = re.compile(r"^(.*)-v(\d+)$")
@@ -329,6 +333,35 @@ def nearest_composition(shares: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
+# ---- grid artefacts -----------------------------------------------------------------------
+
+
+def power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images -> (H, W) summed power spectrum of their grey, mean-removed versions."""
+    x = images.float().mean(1)
+    return torch.fft.fft2(x - x.mean((-2, -1), keepdim=True)).abs().pow(2).sum(0)
+
+
+def grid_score(spectrum: torch.Tensor, period: int) -> float:
+    """How much a period-``period`` lattice stands out of a (H, W) :func:`power_spectrum`.
+
+    A pattern repeating every P pixels (lines, blocks, checkerboards) puts its power at the
+    multiples of (H/P, W/P); the bins it shares with the P/2 lattice are left to that period. The
+    score is the power at those bins over the mean power of their 8 neighbouring bins: about 1
+    for a smooth spectrum (real DroneDeploy tiles: 1.0-1.6), far above 1 for a grid.
+    """
+    h, w = spectrum.shape
+    if h % period or w % period or period < 2 or period > min(h, w) // 2:
+        raise ValueError(f"period {period} must divide the image size {h}x{w} and be in 2..{min(h, w) // 2}")
+    near = sum(spectrum.roll((du, dv), (0, 1)) for du in (-1, 0, 1) for dv in (-1, 0, 1) if du or dv) / 8
+    peak = torch.zeros(h, w, dtype=torch.bool)
+    peak[:: h // period, :: w // period] = True
+    if period > 2:
+        peak[:: 2 * h // period, :: 2 * w // period] = False
+    peak[0, 0] = False
+    return float(spectrum[peak].sum() / near[peak].sum().clamp(min=1e-12))
+
+
 # ---- the driver ---------------------------------------------------------------------------
 
 
@@ -408,6 +441,7 @@ def image_realism(
     stats = (ClassStats(scheme.num_classes), ClassStats(scheme.num_classes)) if "class_stats" in metrics else None
     feats: dict[str, list[torch.Tensor]] = {"seg_real": [], "seg_syn": [], "inc_real": [], "inc_syn": []}
     shares = np.zeros((n, scheme.num_classes))
+    spectra = {"real": 0.0, "synthetic": 0.0}
     with torch.inference_mode():
         for b0, batch in zip(range(0, n, batch_size), _batches(pairs, batch_size)):
             labels = [real.read_label(r) for r, _ in batch]
@@ -426,6 +460,9 @@ def image_realism(
                     stats[0].update(a, m)
                     stats[1].update(b, m)
             rt, st = (torch.from_numpy(x).permute(0, 3, 1, 2).to(device) for x in (ri, si))  # (B, 3, H, W) uint8
+            if "grid" in metrics:
+                spectra = {"real": spectra["real"] + power_spectrum(rt).cpu(),
+                           "synthetic": spectra["synthetic"] + power_spectrum(st).cpu()}  # fmt: skip
             if seg is not None:
                 feats["seg_real"].append(seg(rt.float() / 255).cpu())
                 feats["seg_syn"].append(seg(st.float() / 255).cpu())
@@ -461,6 +498,11 @@ def image_realism(
                             "note": "torchvision Inception v3 features; not comparable to TF-Inception FIDs"}  # fmt: skip
     out["class_stats"] = class_stats_table(*stats, scheme) if stats is not None else {"skipped": "not requested"}
     out["diversity"] = _diversity(real, syn, pairs, shares) if "diversity" in metrics else {"skipped": "not requested"}
+    out["grid"] = {"skipped": "not requested"}
+    if "grid" in metrics:
+        size = min(spectra["real"].shape)
+        out["grid"] = {str(p): {k: grid_score(v, p) for k, v in spectra.items()} for p in GRID_PERIODS
+                       if size % p == 0 and p <= size // 2}  # fmt: skip
     return out
 
 
@@ -513,6 +555,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         ref = div.get("real_nearest_composition_distance")
         tail = f"  real nearest-composition pairs {ref:.4g}" if ref is not None else ""
         lines.append(f"diversity      variants {div['synthetic_variant_distance']:.4g}{tail}")
+    if "skipped" not in result["grid"]:
+        scores = "  ".join(f"{p} px {s['synthetic']:.3g} ({s['real']:.3g})" for p, s in result["grid"].items())
+        lines.append(f"grid score     synthetic (real) per period: {scores}")
     return lines
 
 

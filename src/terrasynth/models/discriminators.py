@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,19 +19,29 @@ from torch import nn
 from terrasynth.classes import IGNORE_INDEX
 from terrasynth.models.spade import maybe_sn
 
+Downsample = Literal["stride", "pool"]
+
+
+def _down_conv(fin: int, fout: int, down: Downsample) -> list[nn.Module]:
+    """x2 downsampling conv: 4x4 stride 2 (pix2pix), or 3x3 stride 1 then 2x2 average pooling ("pool"),
+    whose gradient to the input does not alternate between even and odd pixels."""
+    return [nn.Conv2d(fin, fout, 4, 2, 1)] if down == "stride" else [nn.Conv2d(fin, fout, 3, 1, 1), nn.AvgPool2d(2)]
+
 
 class PatchGAN(nn.Module):
     """70x70-style PatchGAN: ``x`` (B, C, H, W) -> list of features, the last (B, 1, H', W') logits."""
 
-    def __init__(self, in_channels: int, ndf: int = 32, n_layers: int = 3, spectral: bool = True):
+    def __init__(
+        self, in_channels: int, ndf: int = 32, n_layers: int = 3, spectral: bool = True, down: Downsample = "stride"
+    ):
         super().__init__()
-        layers = [nn.Sequential(nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2))]
+        layers = [nn.Sequential(*_down_conv(in_channels, ndf, down), nn.LeakyReLU(0.2))]
         nf = ndf
         for n in range(1, n_layers):
             nf_prev, nf = nf, min(nf * 2, 512)
-            stride = 1 if n == n_layers - 1 else 2
-            conv = maybe_sn(nn.Conv2d(nf_prev, nf, 4, stride, 1), spectral)
-            layers.append(nn.Sequential(conv, nn.InstanceNorm2d(nf, affine=False), nn.LeakyReLU(0.2)))
+            convs = [nn.Conv2d(nf_prev, nf, 4, 1, 1)] if n == n_layers - 1 else _down_conv(nf_prev, nf, down)
+            convs[0] = maybe_sn(convs[0], spectral)
+            layers.append(nn.Sequential(*convs, nn.InstanceNorm2d(nf, affine=False), nn.LeakyReLU(0.2)))
         layers.append(nn.Sequential(nn.Conv2d(nf, 1, 4, 1, 1)))
         self.layers = nn.ModuleList(layers)
 
@@ -48,9 +60,10 @@ class MultiscalePatchGAN(nn.Module):
     (last = logits).
     """
 
-    def __init__(self, num_classes: int, *, ndf: int = 32, n_layers: int = 3, num_d: int = 2, spectral: bool = True):
+    def __init__(self, num_classes: int, *, ndf: int = 32, n_layers: int = 3, num_d: int = 2, spectral: bool = True,
+                 down: Downsample = "stride"):  # fmt: skip
         super().__init__()
-        self.nets = nn.ModuleList([PatchGAN(3 + num_classes, ndf, n_layers, spectral) for _ in range(num_d)])
+        self.nets = nn.ModuleList([PatchGAN(3 + num_classes, ndf, n_layers, spectral, down) for _ in range(num_d)])
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor) -> list[list[torch.Tensor]]:
         x = torch.cat([image, seg], 1)

@@ -30,6 +30,7 @@ from terrasynth.errors import UserError
 
 Norm = Literal["instance", "batch"]
 Noise = Literal["none", "3d"]
+Upsample = Literal["nearest", "bilinear"]
 
 
 def maybe_sn(module: nn.Module, use: bool) -> nn.Module:
@@ -99,9 +100,10 @@ class SPADEGenerator(nn.Module):
     def __init__(
         self, num_classes: int, *, ngf: int = 32, num_up: int = 4, num_middle: int = 1, hidden: int = 64,
         norm: Norm = "instance", spectral: bool = True, noise: Noise = "none", noise_dim: int = 32,
+        upsample: Upsample = "nearest",
     ):  # fmt: skip
         super().__init__()
-        self.num_classes, self.num_up, self.noise = num_classes, num_up, noise
+        self.num_classes, self.num_up, self.noise, self.upsample = num_classes, num_up, noise, upsample
         self.noise_dim = noise_dim if noise == "3d" else 0
         label_nc = num_classes + self.noise_dim
         chans = [min(ngf * 2 ** (num_up - i), 16 * ngf) for i in range(num_up + 1)]  # top (small) .. bottom (full res)
@@ -132,7 +134,7 @@ class SPADEGenerator(nn.Module):
         for blk in self.middle:
             x = blk(x, seg)
         for blk in self.up:
-            x = blk(F.interpolate(x, scale_factor=2, mode="nearest"), seg)
+            x = blk(F.interpolate(x, scale_factor=2, mode=self.upsample), seg)
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
 
 

@@ -31,12 +31,14 @@ from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
 from terrasynth.io import ensure_dir, save_weights, write_json_atomic
 from terrasynth.models.discriminators import (
-    MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
+    Downsample, MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
 )  # fmt: skip
 from terrasynth.models.generator import write_generator_file
-from terrasynth.models.spade import SPADEGenerator, num_up_for
+from terrasynth.models.spade import SPADEGenerator, Upsample, num_up_for
 from terrasynth.train.diffaugment import Policy, diff_augment
-from terrasynth.train.gan_losses import VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, multiscale
+from terrasynth.train.gan_losses import (
+    VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, mode_seeking_loss, multiscale,
+)  # fmt: skip
 from terrasynth.train.judge import build_judge, judge_miou, train_judge
 from terrasynth.train.runner import Runner, RunSpec, ema_copy, fingerprint, seed_everything
 
@@ -56,9 +58,13 @@ class SpadeModelConfig(StrictModel):
     norm: Literal["instance", "batch"] = "instance"
     spectral_norm: bool = True
     noise_dim: int = Field(32, ge=1, description="size of the 3D noise vector (remedies.noise3d)")
+    upsample: Upsample = Field(
+        "bilinear", description="generator's x2 upsampling; nearest (the original) left a grid (docs/benchmarks.md)"
+    )
     ndf: int = Field(32, ge=4, description="discriminator width")
     d_layers: int = Field(3, ge=2, description="PatchGAN conv layers")
     num_d: int = Field(2, ge=1, description="PatchGAN scales")
+    d_downsample: Downsample = Field("stride", description="PatchGAN x2 downsampling: 4x4 stride-2 conv or conv + pool")
     oasis_depth: int = Field(3, ge=1, description="OASIS discriminator downsamplings")
 
 
@@ -67,6 +73,12 @@ class SpadeLossConfig(StrictModel):
     vgg: float = Field(0.0, ge=0, description="weight of the VGG-19 perceptual loss; needs vgg_weights")
     vgg_weights: str | None = Field(None, description="local torchvision vgg19 state dict (.pth/.safetensors)")
     labelmix: float = Field(10.0, ge=0, description="weight of the LabelMix consistency loss")
+    diversity: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the mode-seeking term (MSGAN): two noise draws per mask should differ; "
+        "needs remedies.noise3d; costs a second generator pass on half the batch",
+    )
 
     @model_validator(mode="after")
     def _vgg_needs_weights(self) -> "SpadeLossConfig":
@@ -138,13 +150,21 @@ class SpadeConfig(TrainBudget):
     val_split: str = Field("val", description="falls back to held-out training sources when absent")
     log_every: int = Field(20, ge=1)
 
+    @model_validator(mode="after")
+    def _diversity_needs_noise(self) -> SpadeConfig:
+        if self.loss.diversity > 0 and not self.remedies.noise3d:
+            raise ValueError(
+                "loss.diversity > 0 compares two noise draws: set remedies.noise3d=true or loss.diversity=0"
+            )
+        return self
+
 
 def generator_kwargs(cfg: SpadeConfig, num_classes: int, tile_size: int) -> dict[str, Any]:
     m = cfg.model
     return dict(
         num_classes=num_classes, ngf=m.ngf, num_up=num_up_for(tile_size, m.latent_size), num_middle=m.num_middle,
         hidden=m.hidden, norm=m.norm, spectral=m.spectral_norm, noise="3d" if cfg.remedies.noise3d else "none",
-        noise_dim=m.noise_dim,
+        noise_dim=m.noise_dim, upsample=m.upsample,
     )  # fmt: skip
 
 
@@ -152,7 +172,8 @@ def build_discriminator(cfg: SpadeConfig, num_classes: int) -> torch.nn.Module:
     m = cfg.model
     if cfg.remedies.discriminator == "oasis":
         return OASISDiscriminator(num_classes, ndf=m.ndf, depth=m.oasis_depth, spectral=m.spectral_norm)
-    return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm)
+    return MultiscalePatchGAN(num_classes, ndf=m.ndf, n_layers=m.d_layers, num_d=m.num_d, spectral=m.spectral_norm,
+                              down=m.d_downsample)  # fmt: skip
 
 
 def build_spec(cfg: SpadeConfig) -> RunSpec:
@@ -254,8 +275,14 @@ class SpadeTrainer:
         cfg, dev = self.cfg, self.acc.device
         real, masks = real.to(dev), masks.to(dev)
         seg = one_hot(masks, self.k)
-        z = self.g.sample_noise(real.shape[0], gen, device=dev)
-        fake = self.G(seg, z)  # one generator forward serves both updates
+        b = real.shape[0]
+        z = self.g.sample_noise(b, gen, device=dev)
+        n = max(1, b // 2) if cfg.loss.diversity > 0 else 0
+        if n:  # the first n masks painted again with other noise, in the same forward pass
+            z2 = self.g.sample_noise(n, gen, device=dev)
+            fake, fake2 = self.G(torch.cat([seg, seg[:n]]), torch.cat([z, z2])).split([b, n])
+        else:
+            fake = self.G(seg, z)  # one generator forward serves both updates
         oasis = cfg.remedies.discriminator == "oasis"
         logs: dict[str, float] = {}
 
@@ -264,7 +291,6 @@ class SpadeTrainer:
             self.D.requires_grad_(True)
         (f_d, r_d), m_d = self._d_inputs([fake.detach(), real], masks, gen)
         if oasis:
-            b = real.shape[0]
             batch = [f_d, r_d]
             if cfg.remedies.labelmix:
                 mixed, lm = labelmix(r_d, f_d, m_d, gen)
@@ -279,7 +305,7 @@ class SpadeTrainer:
                 d_loss = d_loss + cfg.loss.labelmix * lm_loss
         else:
             seg_d = one_hot(m_d, self.k)
-            fk, rl = _split_scales(self.D(torch.cat([f_d, r_d]), torch.cat([seg_d, seg_d])), real.shape[0])
+            fk, rl = _split_scales(self.D(torch.cat([f_d, r_d]), torch.cat([seg_d, seg_d])), b)
             d_loss = multiscale(hinge_d_loss, rl, fk)
         self.opt_d.zero_grad(set_to_none=True)
         self.runner.backward(d_loss)
@@ -294,12 +320,16 @@ class SpadeTrainer:
             g_loss = adv = oasis_loss(self.D(f_g), m_g, real=True, weights=oasis_class_weights(m_g, self.k))
         else:
             seg_g = one_hot(m_g, self.k)
-            fk, rl = _split_scales(self.D(torch.cat([f_g, r_g]), torch.cat([seg_g, seg_g])), real.shape[0])
+            fk, rl = _split_scales(self.D(torch.cat([f_g, r_g]), torch.cat([seg_g, seg_g])), b)
             g_loss = adv = multiscale(hinge_g_loss, fk)
             if cfg.loss.feature_matching > 0:
                 fm = feature_matching_loss(fk, rl)
                 logs["g_fm"] = fm.item()
                 g_loss = g_loss + cfg.loss.feature_matching * fm
+        if n:
+            ms = mode_seeking_loss(fake[:n], fake2, z[:n], z2)
+            logs["g_ms"] = ms.item()
+            g_loss = g_loss + cfg.loss.diversity * ms
         if self.vgg is not None:
             vgg = self.vgg(fake, real)
             logs["g_vgg"] = vgg.item()

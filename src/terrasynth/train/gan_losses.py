@@ -1,5 +1,6 @@
-"""GAN losses of SPADE: hinge adversarial loss, discriminator feature matching, and an
-optional VGG-19 perceptual loss (only with user-supplied local weights; nothing is downloaded).
+"""GAN losses of SPADE: hinge adversarial loss, discriminator feature matching, the mode-seeking
+diversity term, and an optional VGG-19 perceptual loss (only with user-supplied local weights;
+nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ def feature_matching_loss(fake_feats: list[list[torch.Tensor]], real_feats: list
         for f, r in zip(fk[:-1], rl[:-1]):
             loss = loss + F.l1_loss(f, r.detach())
     return loss / len(fake_feats)
+
+
+def mode_seeking_loss(
+    fake1: torch.Tensor, fake2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al., CVPR 2019), in the form of its code (HelenMao/MSGAN,
+    ``loss_lz = 1 / (lz + eps)``, eps 1e-5): ``1 / (mean|G(m,z1) - G(m,z2)| / mean|z1 - z2| + eps)``.
+
+    ``fake1``, ``fake2`` (B, 3, H, W): one batch of masks painted with noise ``z1``, ``z2`` (B, D).
+    Minimising it pushes two noise codes apart in image space; its gradient fades as 1/lz**2, so it
+    stops pushing once the images differ (unlike DSGAN's clipped -min(lz, tau), same idea).
+    """
+    lz = (fake1 - fake2).abs().mean() / (z1 - z2).abs().mean()
+    return 1 / (lz + eps)
 
 
 class VGGLoss(nn.Module):
