@@ -271,14 +271,14 @@ def _names(real: Dataset) -> dict[str, str]:
     return {str(c.code): c.name for c in real.scheme.classes}
 
 
-def _point(run: Path, real: Dataset, fraction: float, recipe: str, seed: int, evals: Path) -> dict[str, Any]:
+def _point(run: Path, real: Dataset, fraction: float, recipe: str, seed: int) -> dict[str, Any]:
     from terrasynth.evaluate.segmentation import evaluate_segmentation, write_evaluation
     from terrasynth.models.segmentation import load_segmenter
 
     res: dict[str, Any] = {}
     loaded = None
     for split in ("val", "test"):
-        f = evals / f"{run.name}.{split}.json"
+        f = run / f"scarce-eval.{split}.json"  # beside the (content-addressed) run: a new recipe set reuses it
         if not f.is_file():
             loaded = loaded or load_segmenter(run, "best")
             write_evaluation(evaluate_segmentation(run, real.root, split=split, loaded=loaded), f)
@@ -297,7 +297,6 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
     from terrasynth.evaluate.stats import best_recipe
 
     sc = ctx.cfg.scarce
-    evals = ensure_dir(d / "evals")
     fractions = sorted(sc.fractions)
     points: list[dict[str, Any]] = []
 
@@ -309,7 +308,7 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
         real = Dataset.open(data["real"])
         rec = sc.recipes.get(recipe)
         run = train_run(fctx, recipe, rec, seed, real, Path(data["recipes"][recipe]) if rec is not None else None)
-        points.append(_point(run, real, r, recipe, seed, evals))
+        points.append(_point(run, real, r, recipe, seed))
         # what has finished so far, readable while the experiment runs (and after an interruption)
         write_json_atomic(d / "learning_curve.partial.json", _doc(ctx, points, headline=head))
 
