@@ -1,16 +1,21 @@
 """ControlNet quality and speed on the shared DroneDeploy pairs at 64 px (split by source image).
 
-Two phases, each one heavy job under /work/heavy.lock (<= 20 minutes each):
+The pairs are imported exactly as ``configs/dronedeploy.yaml`` imports them (``import_pairs`` with
+that preset's options: 64 px tiles, split by source image 70/10/20, seed 0). Two phases:
 
     train     base (autoencoder + latent UNet) then ControlNet with configs/controlnet-cpu.yaml
     evaluate  sampling speed; ``synthesize`` images for the test masks and the train masks;
               two UNet-r18 segmenters from ``train_segmentation`` (real-trained,
-              synthetic-trained), scored by ``evaluate_segmentation``; the two ratios
+              synthetic-trained), scored by ``evaluate_segmentation``; the two ratios (micro and
+              macro); ``image_realism`` of the synthetic test tiles (segmenter-feature FD against
+              the real floor, per-class Laplacian variance and colour)
 
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase train --work /tmp/bench_cn
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase evaluate --work /tmp/bench_cn
 
 or both in one job with shorter budgets (``--phase all --base-minutes 7 --controlnet-minutes 5``).
+``--target`` turns the minute overrides into ``target_minutes`` (a speed probe sizes the steps, so
+every schedule decays inside the budget; the chosen steps land in each run's resolved config).
 
 Results land in WORK/results.json and docs/controlnet_grid.png.
 """
@@ -19,29 +24,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dronedeploy_pairs import import_dronedeploy  # noqa: E402
-
-from terrasynth.config import load_config  # noqa: E402
-from terrasynth.data.torchdata import TileDataset  # noqa: E402
-from terrasynth.train.diffusion import ControlNetRunConfig, train_controlnet, train_controlnet_base  # noqa: E402
+from terrasynth.config import load_config, read_yaml
+from terrasynth.data.importers import PairImportConfig, import_pairs
+from terrasynth.data.torchdata import TileDataset
+from terrasynth.train.diffusion import ControlNetRunConfig, train_controlnet, train_controlnet_base
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def phase_train(work: Path, data: Path, config: Path, base_minutes: float | None, cn_minutes: float | None) -> dict:
+def phase_train(work: Path, data: Path, config: Path, base_minutes: float | None, cn_minutes: float | None,
+                target: bool = False) -> dict:
     cfg = load_config(ControlNetRunConfig, config)
+    key = "target_minutes" if target else "max_minutes"
     if base_minutes:
-        cfg.base.max_minutes = base_minutes
+        cfg.base = cfg.base.model_copy(update={key: base_minutes, **({"max_minutes": None} if target else {})})
     if cn_minutes:
-        cfg.controlnet.max_minutes = cn_minutes
+        cfg.controlnet = cfg.controlnet.model_copy(update={key: cn_minutes, **({"max_minutes": None} if target else {})})
     t0 = time.monotonic()
     train_controlnet_base(cfg.base, data, work / "base")
     t1 = time.monotonic()
@@ -69,7 +73,7 @@ def generate(gen, masks: torch.Tensor, seed: int) -> float:
     return (time.monotonic() - t0) / len(masks)
 
 
-def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n_train: int) -> dict:
+def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n_train: int, target: bool = False) -> dict:
     """Sampling speed, then the two ratios of the issue, as the pipeline measures them:
     ``synthesize`` images for the test masks and for ``n_train`` train masks, train
     ``train_segmentation``'s UNet-r18 on real train and on synthetic train tiles, and
@@ -77,6 +81,7 @@ def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n
     from terrasynth.data.dataset import Dataset
     from terrasynth.data.preview import grid, save_png
     from terrasynth.data.subset import subset_dataset
+    from terrasynth.evaluate.image_realism import image_realism, summary_lines
     from terrasynth.evaluate.segmentation import evaluate_segmentation
     from terrasynth.models.generator import load_generator
     from terrasynth.synthesize import synthesize
@@ -107,8 +112,8 @@ def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n
         rows.append([sc.colourize(codes), *pics])
     save_png(ROOT / "docs" / "controlnet_grid.png", grid(rows, scale=2))
 
-    seg = SegmentConfig(max_steps=seg_steps, max_minutes=seg_minutes, seed=0, val_every=150, checkpoint_every=150,
-                        threads=2)  # fmt: skip
+    budget = {"target_minutes": seg_minutes} if target else {"max_steps": seg_steps, "max_minutes": seg_minutes}
+    seg = SegmentConfig(**budget, seed=0, val_every=150, checkpoint_every=150, threads=2)
     train_segmentation(seg, [(data, 1.0)], work / "seg-real")
     train_segmentation(seg, [(syn_train.root, 1.0)], work / "seg-synthetic")
     pick = ("macro_miou", "micro_iou", "pixel_accuracy", "per_class_iou")
@@ -118,9 +123,13 @@ def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n
         "synthetic_on_real_test": evaluate_segmentation(work / "seg-synthetic", data, "test"),
     }
     res.update({k: {m: v[m] for m in pick} for k, v in ev.items()})
-    r = res["real_on_real_test"]["macro_miou"]
-    res["ratio_generated_test"] = res["real_on_generated_test"]["macro_miou"] / r
-    res["ratio_synthetic_train"] = res["synthetic_on_real_test"]["macro_miou"] / r
+    for m in ("macro_miou", "micro_iou"):
+        r = res["real_on_real_test"][m]
+        res[f"ratio_generated_test_{m}"] = res["real_on_generated_test"][m] / r
+        res[f"ratio_synthetic_train_{m}"] = res["synthetic_on_real_test"][m] / r
+    realism = image_realism(real, syn_test, segmenter_run=work / "seg-real")
+    (work / "realism.json").write_text(json.dumps(realism, indent=2, default=str))
+    res["realism"] = summary_lines(realism)
     return res
 
 
@@ -135,17 +144,19 @@ def main() -> None:
     ap.add_argument("--seg-steps", type=int, default=1500, help="UNet step budget (cosine schedule length)")
     ap.add_argument("--seg-minutes", type=float, default=3.0, help="UNet wall-time budget")
     ap.add_argument("--n-train", type=int, default=1024, help="train masks to generate images for")
+    ap.add_argument("--target", action="store_true", help="minute budgets as target_minutes (speed probe)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     data = args.work / "dd64"
-    import_dronedeploy(args.pairs, data)
+    opts = read_yaml(ROOT / "configs" / "dronedeploy.yaml")["data"]["pairs"]["options"]
+    import_pairs(args.pairs / "images", args.pairs / "masks", PairImportConfig(**opts), data)
     res_path = args.work / "results.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {}
     if args.phase in ("train", "all"):
-        res["train"] = phase_train(args.work, data, args.config, args.base_minutes, args.controlnet_minutes)
+        res["train"] = phase_train(args.work, data, args.config, args.base_minutes, args.controlnet_minutes, args.target)
         res_path.write_text(json.dumps(res, indent=2))
     if args.phase in ("evaluate", "all"):
-        res["evaluate"] = phase_evaluate(args.work, data, args.seg_steps, args.seg_minutes, args.n_train)
+        res["evaluate"] = phase_evaluate(args.work, data, args.seg_steps, args.seg_minutes, args.n_train, args.target)
         res_path.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
