@@ -72,6 +72,37 @@ def test_same_seed_same_images_other_seed_differs(trained):
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
+def test_synthesize_sampling_overrides_are_used_and_recorded(trained, tmp_path, monkeypatch, capsys):
+    from terrasynth.data.dataset import Dataset
+    from terrasynth.models import controlnet as cn_mod
+
+    calls = []
+    real_predict = cn_mod.ControlNetGenerator.predict
+    monkeypatch.setattr(cn_mod.ControlNetGenerator, "predict",
+                        lambda self, x, *a, **k: calls.append(len(x)) or real_predict(self, x, *a, **k))  # fmt: skip
+    args = ("synthesize", "--generator", trained / "run", "--labels", trained / "data", "--split", "test",
+            "--batch-size", "64")  # fmt: skip
+    assert run_cli(*args, "--out", tmp_path / "fast", "--steps", "2", "--guidance", "1") == 0
+    fast = Dataset.open(tmp_path / "fast")
+    gen = fast.info.provenance["generator"]
+    assert (gen["steps"], gen["guidance_scale"]) == (2, 1.0)
+    assert len(calls) == 2, "guidance 1 = one UNet pass per sampling step"
+    assert run_cli(*args, "--out", tmp_path / "saved") == 0  # the run's own settings: another config hash
+    saved = Dataset.open(tmp_path / "saved").info.provenance
+    assert saved["generator"]["steps"] == 3 and saved["config_hash"] != fast.info.provenance["config_hash"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(*args, "--out", tmp_path / "bad", "--steps", "0")
+    assert exc.value.code == 2
+    assert "--steps" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_sampling_overrides_refused_for_one_pass_generators(tmp_path):
+    (tmp_path / "generator.json").write_text(json.dumps({"family": "spade"}))
+    with pytest.raises(UserError, match="apply to ControlNet runs"):
+        load_generator(tmp_path, steps=5)
+
+
 def test_fresh_controlnet_leaves_base_prediction_unchanged(trained):
     base = load_base(trained / "base")
     gen = ControlNetGenerator(base, build_controlnet(base, 6), load_scheme("dronedeploy"))

@@ -111,10 +111,14 @@ def synthesize(
     overwrite: bool = False,
     name: str | None = None,
     variants: Variants = 1,
+    sampling: Mapping[str, object] | None = None,
 ) -> Dataset | None:
     """Generate images for the label tiles of ``labels`` with the generator in ``generator_run``.
 
     ``variants``: images per label tile, a count or ``{tile id: count}`` (see the module docstring).
+    ``sampling``: overrides of the run's saved sampling settings (ControlNet ``steps``,
+    ``guidance_scale``, ...); they are part of the generator's description, hence of the output's
+    config hash and provenance.
     Returns the finished dataset on the main process (None on other ranks).
     """
     from terrasynth.accel import dist_state
@@ -123,7 +127,7 @@ def synthesize(
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     state = dist_state()
     src = labels if isinstance(labels, Dataset) else Dataset.open(labels)
-    gen = load_generator(generator_run, device=state.device)
+    gen = load_generator(generator_run, device=state.device, **dict(sampling or {}))
     if gen.scheme.codes != src.scheme.codes:
         raise UserError(
             f"{src.root}: label scheme '{src.scheme.name}' {src.scheme.codes} differs from the generator's "

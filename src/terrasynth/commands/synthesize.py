@@ -21,6 +21,10 @@ def register(cli: CLI) -> None:
                    "--hardness gives harder masks more, linear in hardness rank")  # fmt: skip
     p.add_argument("--hardness", metavar="RUN", help="segmenter run ('segment train' on the real data) that ranks the "
                    "label tiles by its loss on them, for --variants MIN:MAX (the labels need images)")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, metavar="N", help="ControlNet: sampling steps instead of the run's own "
+                   "(fewer = faster; docs/benchmarks.md measures what it costs)")  # fmt: skip
+    p.add_argument("--guidance", type=positive_float, metavar="G", help="ControlNet: classifier-free guidance scale "
+                   "instead of the run's own (1 = one pass per step, half the time)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with another config")
     p.set_defaults(func=cmd_synthesize)
 
@@ -43,6 +47,24 @@ def register(cli: CLI) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with another config")
     p.set_defaults(func=cmd_filter)
+
+
+def positive_int(text: str) -> int:
+    try:
+        if int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number >= 1 (e.g. 10)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        if float(text) >= 1:
+            return float(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 1 (1 = no guidance, e.g. 2.0)")
 
 
 def variants_arg(text: str) -> int | tuple[int, int]:
@@ -77,9 +99,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     elif args.hardness:
         raise UserError(f"--hardness {args.hardness}: ranks masks for --variants MIN:MAX, but --variants is one count "
                         f"({variants}); give a range, e.g. --variants 1:{max(2, variants)}")  # fmt: skip
+    sampling = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance)) if v is not None}
     ds = synthesize(
-        args.generator, args.labels, args.out,
-        seed=args.seed, batch_size=args.batch_size, splits=args.split, overwrite=args.overwrite, variants=variants,
+        args.generator, args.labels, args.out, seed=args.seed, batch_size=args.batch_size, splits=args.split,
+        overwrite=args.overwrite, variants=variants, sampling=sampling or None,
     )  # fmt: skip
     if ds is not None:
         print(describe(ds))

@@ -55,7 +55,9 @@ def write_generator_file(run: str | Path, family: str, **extra: Any) -> None:
     write_json_atomic(Path(run) / GENERATOR_FILE, {"family": family, **extra})
 
 
-def load_generator(run: str | Path, device: str | torch.device = "cpu") -> ImageGenerator:
+def load_generator(run: str | Path, device: str | torch.device = "cpu", **sampling: Any) -> ImageGenerator:
+    """The generator of ``run``; ``sampling`` overrides its saved sampling settings (ControlNet:
+    ``steps``, ``guidance_scale``, ``conditioning_scale``, ``scheduler``)."""
     run = Path(run)
     f = run / GENERATOR_FILE
     if not f.is_file():
@@ -67,5 +69,8 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu") -> Image
         raise UserError(f"{f}: not a valid generator JSON object ({exc}); retrain or restore the run directory") from exc
     if family not in GENERATOR_FAMILIES:
         raise UserError(f"{f}: unknown generator family {family!r}; known: {sorted(GENERATOR_FAMILIES)}")
+    if sampling and family != "controlnet":
+        raise UserError(f"{run}: sampling options {sorted(sampling)} apply to ControlNet runs; this is a {family} "
+                        "generator, which samples in one pass (leave out --steps/--guidance)")  # fmt: skip
     mod, fn = GENERATOR_FAMILIES[family].split(":")
-    return getattr(importlib.import_module(mod), fn)(run, device=device)
+    return getattr(importlib.import_module(mod), fn)(run, device=device, **sampling)
