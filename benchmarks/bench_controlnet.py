@@ -14,6 +14,8 @@ that preset's options: 64 px tiles, split by source image 70/10/20, seed 0). Two
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase evaluate --work /tmp/bench_cn
 
 or both in one job with shorter budgets (``--phase all --base-minutes 7 --controlnet-minutes 5``).
+After evaluate, ``--phase sampling`` sweeps sampling steps x guidance on the val masks (see
+:func:`phase_sampling`).
 ``--target`` turns the minute overrides into ``target_minutes`` (a speed probe sizes the steps, so
 every schedule decays inside the budget; the chosen steps land in each run's resolved config).
 
@@ -133,9 +135,47 @@ def phase_evaluate(work: Path, data: Path, seg_steps: int, seg_minutes: float, n
     return res
 
 
+def phase_sampling(work: Path, data: Path, settings: list[tuple[int, float]]) -> dict:
+    """Sampling steps x guidance, chosen on VAL: for each setting, ``synthesize`` the val masks with
+    those overrides, time it, and score the real-trained segmenter of ``evaluate`` on the images
+    (consistency ratio by macro and micro IoU) and their realism (FD ratio, Laplacian). The
+    setting with the best val macro ratio among those within 0.02 of the best, fastest first, is
+    then measured once on test."""
+    from terrasynth.data.dataset import Dataset
+    from terrasynth.evaluate.image_realism import headline, image_realism
+    from terrasynth.evaluate.segmentation import evaluate_segmentation
+    from terrasynth.synthesize import synthesize
+
+    real, seg = Dataset.open(data), work / "seg-real"
+    pick = ("macro_miou", "micro_iou")
+    ref = {split: evaluate_segmentation(seg, data, split) for split in ("val", "test")}
+    rows = []
+    for steps, guidance in settings:
+        out = work / f"syn-val-s{steps}-g{guidance:g}"
+        t0 = time.monotonic()
+        ds = synthesize(work / "cn", real, out, seed=1, batch_size=64, splits=["val"],
+                        sampling={"steps": steps, "guidance_scale": guidance})  # fmt: skip
+        sec = (time.monotonic() - t0) / len(ds)
+        ev = evaluate_segmentation(seg, ds.root, "val")
+        rea = headline(image_realism(real, ds, segmenter_run=seg, split="val"))
+        rows.append({"steps": steps, "guidance": guidance, "s_per_img": sec,
+                     **{f"val_ratio_{m}": ev[m] / ref["val"][m] for m in pick},
+                     "fd_ratio": rea["segmenter FD / real floor"], "laplacian": rea.get("Laplacian variance, synthetic / real, per class")})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    best = max(r["val_ratio_macro_miou"] for r in rows)
+    chosen = min((r for r in rows if r["val_ratio_macro_miou"] >= best - 0.02), key=lambda r: r["s_per_img"])
+    ds = synthesize(work / "cn", real, work / f"syn-test-s{chosen['steps']}-g{chosen['guidance']:g}", seed=1,
+                    batch_size=64, splits=["test"], sampling={"steps": chosen["steps"], "guidance_scale": chosen["guidance"]})  # fmt: skip
+    ev = evaluate_segmentation(seg, ds.root, "test")
+    test = {f"test_ratio_{m}": ev[m] / ref["test"][m] for m in pick}
+    return {"rows": rows, "chosen_on_val": {**chosen, **test}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["train", "evaluate", "all"], required=True)
+    ap.add_argument("--phase", choices=["train", "evaluate", "all", "sampling"], required=True)
+    ap.add_argument("--sampling", nargs="+", default=["20:2", "10:2", "10:1", "5:1"], metavar="STEPS:GUIDANCE",
+                    help="settings of --phase sampling (after evaluate: it needs its real-trained segmenter)")
     ap.add_argument("--base-minutes", type=float, help="override base.max_minutes of the config")
     ap.add_argument("--controlnet-minutes", type=float, help="override controlnet.max_minutes of the config")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_cn"))
@@ -157,6 +197,10 @@ def main() -> None:
         res_path.write_text(json.dumps(res, indent=2))
     if args.phase in ("evaluate", "all"):
         res["evaluate"] = phase_evaluate(args.work, data, args.seg_steps, args.seg_minutes, args.n_train, args.target)
+        res_path.write_text(json.dumps(res, indent=2))
+    if args.phase == "sampling":
+        settings = [(int(a), float(b)) for a, b in (x.split(":") for x in args.sampling)]
+        res["sampling"] = phase_sampling(args.work, data, settings)
         res_path.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
