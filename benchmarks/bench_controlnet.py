@@ -14,7 +14,8 @@ that preset's options: 64 px tiles, split by source image 70/10/20, seed 0). Two
     flock /work/heavy.lock python benchmarks/bench_controlnet.py --phase evaluate --work /tmp/bench_cn
 
 or both in one job with shorter budgets (``--phase all --base-minutes 7 --controlnet-minutes 5``).
-After evaluate, ``--phase sampling`` sweeps sampling steps x guidance on the val masks (see
+After evaluate, ``--phase recon`` scores the autoencoder's own reconstructions of the test tiles
+(the cap it sets on every generated image) and ``--phase sampling`` sweeps sampling steps x guidance on the val masks (see
 :func:`phase_sampling`).
 ``--target`` turns the minute overrides into ``target_minutes`` (a speed probe sizes the steps, so
 every schedule decays inside the budget; the chosen steps land in each run's resolved config).
@@ -144,6 +145,7 @@ def phase_sampling(work: Path, data: Path, settings: list[tuple[int, float]]) ->
     from terrasynth.data.dataset import Dataset
     from terrasynth.evaluate.image_realism import headline, image_realism
     from terrasynth.evaluate.segmentation import evaluate_segmentation
+    from terrasynth.models.generator import load_generator
     from terrasynth.synthesize import synthesize
 
     real, seg = Dataset.open(data), work / "seg-real"
@@ -164,16 +166,50 @@ def phase_sampling(work: Path, data: Path, settings: list[tuple[int, float]]) ->
         print(json.dumps(rows[-1]), flush=True)
     best = max(r["val_ratio_macro_miou"] for r in rows)
     chosen = min((r for r in rows if r["val_ratio_macro_miou"] >= best - 0.02), key=lambda r: r["s_per_img"])
-    ds = synthesize(work / "cn", real, work / f"syn-test-s{chosen['steps']}-g{chosen['guidance']:g}", seed=1,
+    saved = load_generator(work / "cn").describe()
+    own = (chosen["steps"], chosen["guidance"]) == (saved["steps"], saved["guidance_scale"])
+    name = "syn-test" if own else f"syn-test-s{chosen['steps']}-g{chosen['guidance']:g}"  # syn-test: evaluate's, same seed
+    ds = synthesize(work / "cn", real, work / name, seed=1,
                     batch_size=64, splits=["test"], sampling={"steps": chosen["steps"], "guidance_scale": chosen["guidance"]})  # fmt: skip
     ev = evaluate_segmentation(seg, ds.root, "test")
     test = {f"test_ratio_{m}": ev[m] / ref["test"][m] for m in pick}
     return {"rows": rows, "chosen_on_val": {**chosen, **test}}
 
 
+def phase_recon(work: Path, data: Path, base_run: Path | None = None) -> dict:
+    """The cap the image autoencoder sets: its reconstructions of the real test tiles, written as a
+    paired dataset (same labels) and scored like synthetic images (real-trained segmenter ratios,
+    image realism). Whatever the diffusion model learns, its images are decoded by this autoencoder."""
+    from terrasynth.data.dataset import Dataset, DatasetInfo, DatasetWriter, provenance
+    from terrasynth.evaluate.image_realism import headline, image_realism
+    from terrasynth.evaluate.segmentation import evaluate_segmentation
+    from terrasynth.models.latent_base import load_base
+
+    base_run = base_run or work / "base"
+    real, seg, out = Dataset.open(data), work / "seg-real", work / f"recon-test-{base_run.name}"
+    base = load_base(base_run)
+    info = DatasetInfo(name="recon-test", kind="synthetic", scheme=real.scheme, tile_size=real.info.tile_size,
+                       has_images=True, provenance=provenance(f"autoencoder reconstructions of {data}",
+                                                              config_hash=f"recon-{base.path}", seed=0))  # fmt: skip
+    recs = real.split("test")
+    with DatasetWriter(out, info) as w, torch.inference_mode():
+        for i in range(0, len(recs), 64):
+            batch = recs[i : i + 64]
+            x = torch.stack([torch.from_numpy(real.read_image(r)).permute(2, 0, 1).float() / 255 for r in batch])
+            y = base.decode(base.encode(x, torch.Generator().manual_seed(i)))
+            rgb = (y * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for r, img in zip(batch, rgb):
+                if not w.has(r.id):
+                    w.write(r.id, r.split, real.read_label(r), img, source=r.source or r.id)
+        ds = w.finalize()
+    pick = ("macro_miou", "micro_iou")
+    ref, ev = evaluate_segmentation(seg, data, "test"), evaluate_segmentation(seg, ds.root, "test")
+    return {**{f"ratio_{m}": ev[m] / ref[m] for m in pick}, **headline(image_realism(real, ds, segmenter_run=seg))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["train", "evaluate", "all", "sampling"], required=True)
+    ap.add_argument("--phase", choices=["train", "evaluate", "all", "sampling", "recon"], required=True)
     ap.add_argument("--sampling", nargs="+", default=["20:2", "10:2", "10:1", "5:1"], metavar="STEPS:GUIDANCE",
                     help="settings of --phase sampling (after evaluate: it needs its real-trained segmenter)")
     ap.add_argument("--base-minutes", type=float, help="override base.max_minutes of the config")
@@ -184,6 +220,7 @@ def main() -> None:
     ap.add_argument("--seg-steps", type=int, default=1500, help="UNet step budget (cosine schedule length)")
     ap.add_argument("--seg-minutes", type=float, default=3.0, help="UNet wall-time budget")
     ap.add_argument("--n-train", type=int, default=1024, help="train masks to generate images for")
+    ap.add_argument("--base", type=Path, help="--phase recon: another train-base run to score (default WORK/base)")
     ap.add_argument("--target", action="store_true", help="minute budgets as target_minutes (speed probe)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -197,6 +234,9 @@ def main() -> None:
         res_path.write_text(json.dumps(res, indent=2))
     if args.phase in ("evaluate", "all"):
         res["evaluate"] = phase_evaluate(args.work, data, args.seg_steps, args.seg_minutes, args.n_train, args.target)
+        res_path.write_text(json.dumps(res, indent=2))
+    if args.phase == "recon":
+        res[f"recon-{(args.base or args.work / 'base').name}"] = phase_recon(args.work, data, args.base)
         res_path.write_text(json.dumps(res, indent=2))
     if args.phase == "sampling":
         settings = [(int(a), float(b)) for a, b in (x.split(":") for x in args.sampling)]
