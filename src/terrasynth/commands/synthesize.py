@@ -21,9 +21,9 @@ def register(cli: CLI) -> None:
                    "--hardness gives harder masks more, linear in hardness rank")  # fmt: skip
     p.add_argument("--hardness", metavar="RUN", help="segmenter run ('segment train' on the real data) that ranks the "
                    "label tiles by its loss on them, for --variants MIN:MAX (the labels need images)")  # fmt: skip
-    p.add_argument("--steps", type=positive_int, metavar="N", help="ControlNet: sampling steps instead of the run's own "
+    p.add_argument("--steps", type=at_least_one(int, "a whole number >= 1 (e.g. 10)"), metavar="N", help="ControlNet: sampling steps instead of the run's own "
                    "(fewer = faster; docs/benchmarks.md measures what it costs)")  # fmt: skip
-    p.add_argument("--guidance", type=positive_float, metavar="G", help="ControlNet: classifier-free guidance scale "
+    p.add_argument("--guidance", type=at_least_one(float, "a number >= 1 (1 = no guidance, e.g. 2.0)"), metavar="G", help="ControlNet: classifier-free guidance scale "
                    "instead of the run's own (1 = one pass per step, half the time)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with another config")
     p.set_defaults(func=cmd_synthesize)
@@ -49,22 +49,18 @@ def register(cli: CLI) -> None:
     p.set_defaults(func=cmd_filter)
 
 
-def positive_int(text: str) -> int:
-    try:
-        if int(text) >= 1:
-            return int(text)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number >= 1 (e.g. 10)")
+def at_least_one(kind: type, what: str):
+    """An argparse type: ``kind(text)`` if it is >= 1, else a one-line error saying ``what`` is expected."""
 
+    def parse(text: str):
+        try:
+            if kind(text) >= 1:
+                return kind(text)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {what}")
 
-def positive_float(text: str) -> float:
-    try:
-        if float(text) >= 1:
-            return float(text)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 1 (1 = no guidance, e.g. 2.0)")
+    return parse
 
 
 def variants_arg(text: str) -> int | tuple[int, int]:
