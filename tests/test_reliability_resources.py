@@ -19,29 +19,37 @@ def test_runner_checkpoints_keep_n_atomic_and_fall_back_past_a_damaged_one(tmp_p
     from terrasynth.train.runner import Runner, RunSpec
 
     class Counter:
-        def __init__(self, runner):
+        def __init__(self, runner, stop_after=None):
             net = torch.nn.Linear(2, 1)
             self.net, self.opt = runner.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1))
+            self.stop_after = stop_after
 
         def training_step(self, step, gen):
             return self.net(torch.randn(4, 2, generator=gen)).pow(2).mean()
 
-    def runner(steps):
+        def after_step(self, step, logs):
+            if step == self.stop_after:
+                raise KeyboardInterrupt  # killed before this step's checkpoint
+
+    def runner(steps, stop_after=None):
         r = Runner(RunSpec("s", max_steps=steps, checkpoint_every=1, keep_checkpoints=2),
                    make_accelerator(mixed_precision="no"), tmp_path, {}, progress=False)  # fmt: skip
-        return r, Counter(r)
+        return r, Counter(r, stop_after)
 
-    r, fam = runner(5)
-    r.fit(fam)
+    r, fam = runner(8, stop_after=6)  # interrupted: checkpoints of steps 4 and 5 (6 is never saved)
+    with pytest.raises(KeyboardInterrupt):
+        r.fit(fam)
     assert [p.name for p in r.checkpoints()] == ["step-00000004", "step-00000005"]
     # What a kill during the next save leaves: a temporary folder. The newest checkpoint is then damaged.
     (r.ckpt_dir / ".step-00000006.tmp").mkdir()
     for f in r.checkpoints()[-1].iterdir():
         f.write_bytes(f.read_bytes()[:100])
-    r2, fam2 = runner(6)
-    assert r2.fit(fam2).resumed_from == 4
+    r2, fam2 = runner(7)
+    res = r2.fit(fam2)
+    assert res.resumed_from == 4 and res.steps == 7
     assert not list(r2.ckpt_dir.glob(".step-*"))
-    assert [p.name for p in r2.checkpoints()] == ["step-00000005", "step-00000006"]
+    # a finished run keeps only its final state (enough to extend the budget), not the guards
+    assert [p.name for p in r2.checkpoints()] == ["step-00000007"]
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
     assert rc == 0
     for f in ("config.yaml", "run.json", "segmenter.json", "best.safetensors", "last.safetensors", "best.json"):
         assert (run / f).is_file(), f
-    assert len(list((run / "checkpoints" / "segment").glob("step-*"))) == 2  # keep_checkpoints=2 of steps 2 and 4
+    assert [p.name for p in (run / "checkpoints" / "segment").glob("step-*")] == ["step-00000004"]  # finished: final only
     assert list((run / "tb" / "segment").glob("events.out.tfevents.*"))
     info = json.loads((run / "run.json").read_text())
     assert info["validation"]["tiles"] > 0 and "held-out" in info["validation"]["chosen"]

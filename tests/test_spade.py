@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from terrasynth.classes import load_scheme
 from terrasynth.data.dataset import Dataset
@@ -135,11 +136,13 @@ def test_cli_train_finite_and_checkpoint_round_trip(run, pairs):
     assert meta["family"] == "spade" and (run / meta["checkpoint"]).is_file()
     assert (run / "config.yaml").is_file()
     assert [p.name for p in (run / "checkpoints" / "spade").iterdir()] and checkpoint(run, 4)["ema"] is not None
-    # Round trip: the saved inference weights are the EMA generator's at that step.
+    # Round trip: a saved inference snapshot holds the EMA generator's weights at its step (the
+    # final step's: a finished run keeps only its final training checkpoint).
     gen = load_generator(run)
-    best = next(s for s in scores if s["checkpoint"] == meta["checkpoint"])
-    ema = checkpoint(run, best["step"])["ema"]
-    params = list(gen.net.parameters())
+    assert any(s["checkpoint"] == meta["checkpoint"] for s in scores)
+    snap = load_file(run / "checkpoints" / "step_0000004.safetensors")
+    ema = checkpoint(run, 4)["ema"]
+    params = [snap[name] for name, _ in gen.net.named_parameters()]
     assert len(params) == len(ema) and all(torch.equal(p, e) for p, e in zip(params, ema))
     assert gen.describe() == {"family": "spade", "run": str(run), "checkpoint": meta["checkpoint"]}
 
