@@ -47,6 +47,12 @@ def test_demo_twin_every_stage_and_full_matrix(demo_run):
     assert {(p["fraction"], p["added"]) for p in mix} == {
         (0.0, "fakergbreallc"), (0.0, "fakergbreallcspade"), (0.0, "fakergbfakelc"),
         (0.5, "none"), (0.5, "fakergbreallc"), (0.5, "fakergbreallcspade"), (0.5, "fakergbfakelc")}  # fmt: skip
+    # the synthetic-alone ends of the curves are the segment stage's own UNet runs, not trained twice
+    seg = {(m["train_set"], m["arch"], m["seed"]): m["run"] for m in state["outputs"]["segment"]["models"]}
+    for p in mix:
+        assert (p["run"] == seg.get((p["added"], "unet", 0))) == (p["fraction"] == 0.0), p
+    mixing_dir = Path(state["outputs"]["mixing"]["mixing"]).parent
+    assert not [p for p in mixing_dir.glob("r0-*") if p.is_dir()] and list(mixing_dir.glob("r0.5-*"))
 
 
 def test_rerun_is_cached(demo_run):

@@ -148,7 +148,7 @@ GRAPH: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "datasets": (("datasets", "seed"), ("data", "landcover", "spade", "controlnet")),
     "segment": (("segment",), ("datasets",)),
     "evaluate": (("segment", "seed"), ("datasets", "segment")),  # seed: the sample grids' draws
-    "mixing": (("mixing", "segment", "seed"), ("datasets",)),
+    "mixing": (("mixing", "segment", "seed"), ("datasets", "segment")),  # segment: its runs are reused
     "report": (("report",), ("data", "landcover", "datasets", "evaluate", "mixing", "scarce")),
     # the scarce-label experiment (scarce.enabled): scarce_data once per label fraction, then scarce
     "scarce_data": (("scarce", "datasets", "segment", "seed"), ("data", "landcover", "spade", "controlnet")),
@@ -396,11 +396,14 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
     if not mx.enabled:
         return {"curves": []}
     real = Dataset.open(ctx.out("datasets", "realrgbreallc"))
-    base = mx.train or ctx.cfg.segment.train
+    seg = ctx.cfg.segment
+    base = mx.train or seg.train
+    trained = {(m["train_set"], m["arch"], m["seed"]): m["run"] for m in ctx.out("segment", "models")}
     curves = []
     for seed in mx.seeds:
-        cfg = SegmentConfig.model_validate({**config_dict(base), **ctx.cfg.segment.per_arch.get(mx.arch, {}),
+        cfg = SegmentConfig.model_validate({**config_dict(base), **seg.per_arch.get(mx.arch, {}),
                                             "arch": mx.arch, "seed": seed})  # fmt: skip
+        same = cfg == seg.config_for(mx.arch, seed)
         for r in mx.fractions:
             with _main_first():
                 real_r = subset_dataset(real, d / f"real-r{r:g}-s{seed}", splits=["train"], fraction=r, seed=seed) if r > 0 else None
@@ -416,11 +419,18 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
                 tot = sum(w for _, w in parts)
                 parts = [(p, w / tot) for p, w in parts]  # per-batch share = share of tiles
                 name = f"r{r:g}-{added or 'real'}-s{seed}"
-                run = d / name
-                log.info("mixing: %s", name)
-                train_segmentation(cfg, parts, run)
+                # The ends of a curve (synthetic alone; all real alone) are runs the segment stage has
+                # made when its config, arch and seed are these: reuse them instead of training twice.
+                alone = added if r == 0 else "realrgbreallc" if r == 1 and added is None else None
+                run = Path(trained[(alone, mx.arch, seed)]) if same and (alone, mx.arch, seed) in trained else None
+                if run is not None:
+                    log.info("mixing: %s = the segment stage's %s run (same data, config and seed)", name, run.name)
+                else:
+                    run = d / name
+                    log.info("mixing: %s", name)
+                    train_segmentation(cfg, parts, run)
                 res = _evaluate_cached(run, real.root, d / f"{name}.eval.json")
-                curves.append({"fraction": r, "added": added or "none", "seed": seed,
+                curves.append({"fraction": r, "added": added or "none", "seed": seed, "run": str(run),
                                "micro_iou": res["micro_iou"], "macro_miou": res["macro_miou"]})  # fmt: skip
     with _main_first():
         write_json_atomic(d / "mixing.json", {"arch": mx.arch, "points": curves})
