@@ -22,7 +22,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32"})
+    # 8 segmenter steps (> the runner's 6 probe steps) with the demo's wall-time target: the speed probe runs
+    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32", "segment.train.max_steps": "8"})
     assert run_cli("-q", "run", ROOT / "configs" / "demo.yaml", "--out", out, *sets) == 0
     return out, sets
 
@@ -53,6 +54,16 @@ def test_demo_twin_every_stage_and_full_matrix(demo_run):
         assert (p["run"] == seg.get((p["added"], "unet", 0))) == (p["fraction"] == 0.0), p
     mixing_dir = Path(state["outputs"]["mixing"]["mixing"]).parent
     assert not [p for p in mixing_dir.glob("r0-*") if p.is_dir()] and list(mixing_dir.glob("r0.5-*"))
+    # one speed probe per architecture: its first run sizes the steps, every other run of it (matrix rows,
+    # mixing points) trains exactly those steps without probing
+    runs = [json.loads((Path(m["run"]) / "run.json").read_text()) | {"arch": m["arch"]}
+            for m in state["outputs"]["segment"]["models"]]
+    runs += [json.loads((Path(p["run"]) / "run.json").read_text()) | {"arch": "unet"} for p in mix]
+    for arch in ("unet", "unetplusplus", "deeplabv3plus"):
+        mine = [r for r in runs if r["arch"] == arch]
+        assert mine[0]["budget"] and mine[0]["budget"]["target_minutes"] == 0.14
+        assert not any(r["budget"] for r in mine[1:]), arch
+        assert {r["max_steps"] for r in mine} == {state["outputs"]["segment"]["steps"][arch]}
 
 
 def test_rerun_is_cached(demo_run):
@@ -158,7 +169,8 @@ def test_new_york_twin(shared_data, tmp_path):
 def test_demo_twin_with_the_discrete_land_cover_generator(tmp_path):
     """``landcover.generator: discrete``: the landcover stage trains the masked-diffusion model and the
     datasets stage samples it; every stage runs."""
-    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32"})
+    # 8 segmenter steps (> the runner's 6 probe steps) with the demo's wall-time target: the speed probe runs
+    sets = twin_sets(**{"data.world.tiles": "24", "data.world.size": "32", "segment.train.max_steps": "8"})
     for kv in ("generator=discrete", "discrete.block_out_channels=[16,16]", "discrete.attention=[false,true]",
                "discrete.norm_num_groups=8", "discrete.max_steps=6", "discrete.steps=4"):  # fmt: skip
         sets += ["--set", f"landcover.{kv}"]

@@ -309,15 +309,32 @@ def _segment(ctx: Context, d: Path) -> dict[str, Any]:
     from terrasynth.train.segmentation import train_segmentation
 
     s = ctx.cfg.segment
-    models = []
+    models, steps = [], {}
     for train_set in s.train_sets:
         for arch in s.archs:
             for seed in s.seeds:
                 run = d / f"{train_set}-{arch}-s{seed}"
                 log.info("segment: training %s on %s (seed %d)", arch, train_set, seed)
-                train_segmentation(s.config_for(arch, seed), [(Path(ctx.out("datasets", train_set)), 1.0)], run)
+                cfg = _probed_once(s.config_for(arch, seed), steps.get(arch))
+                train_segmentation(cfg, [(Path(ctx.out("datasets", train_set)), 1.0)], run)
+                steps.setdefault(arch, _trained_steps(run))
                 models.append({"train_set": train_set, "arch": arch, "seed": seed, "run": str(run)})
-    return {"models": models}
+    return {"models": models, "steps": steps}
+
+
+def _probed_once(cfg: SegmentConfig, steps: int | None) -> SegmentConfig:
+    """One speed probe per architecture and stage: with a wall-time target, the first run of an
+    architecture sizes its steps and every later run of it trains exactly that many, so the rows of
+    a matrix or the points of a curve compare models at equal steps (and skip 6 probe steps each)."""
+    if steps is None or not cfg.target_minutes:
+        return cfg
+    return cfg.model_copy(update={"max_steps": steps, "target_minutes": None})
+
+
+def _trained_steps(run: Path) -> int:
+    from terrasynth.io import read_json
+
+    return int(read_json(run / "run.json", "rerun the pipeline")["max_steps"])
 
 
 _LOADED: dict[str, Any] = {}  # the last model loaded for evaluation: one model, several test sets
@@ -400,10 +417,14 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
     base = mx.train or seg.train
     trained = {(m["train_set"], m["arch"], m["seed"]): m["run"] for m in ctx.out("segment", "models")}
     curves = []
+    steps = None  # the segment stage's probed steps when the configs agree, else this stage's first run's
     for seed in mx.seeds:
         cfg = SegmentConfig.model_validate({**config_dict(base), **seg.per_arch.get(mx.arch, {}),
                                             "arch": mx.arch, "seed": seed})  # fmt: skip
         same = cfg == seg.config_for(mx.arch, seed)
+        if same and steps is None:
+            steps = (ctx.outputs["segment"].get("steps") or {}).get(mx.arch)
+        fixed = _probed_once(cfg, steps)
         for r in mx.fractions:
             with _main_first():
                 real_r = subset_dataset(real, d / f"real-r{r:g}-s{seed}", splits=["train"], fraction=r, seed=seed) if r > 0 else None
@@ -428,7 +449,10 @@ def _mixing(ctx: Context, d: Path) -> dict[str, Any]:
                 else:
                     run = d / name
                     log.info("mixing: %s", name)
-                    train_segmentation(cfg, parts, run)
+                    train_segmentation(fixed, parts, run)
+                    if steps is None and cfg.target_minutes:
+                        steps = _trained_steps(run)
+                        fixed = _probed_once(cfg, steps)
                 res = _evaluate_cached(run, real.root, d / f"{name}.eval.json")
                 curves.append({"fraction": r, "added": added or "none", "seed": seed, "run": str(run),
                                "micro_iou": res["micro_iou"], "macro_miou": res["macro_miou"]})  # fmt: skip
