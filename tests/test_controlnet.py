@@ -214,6 +214,30 @@ def test_interrupted_stages_resume_to_the_uninterrupted_weights(trained, tmp_pat
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["controlnet"]["resumed_from"] is None
 
 
+def test_adversarial_autoencoder_trains_a_discriminator_and_resumes_exactly(trained, tmp_path, monkeypatch):
+    """vae.adversarial: a PatchGAN joins at adversarial_start, its weights and optimiser are checkpointed with
+    the autoencoder's, an interrupted run resumes to the uninterrupted weights, and the autoencoder differs from
+    the fixture's L1 + KL one (same data, seed and steps)."""
+    sets = [*TINY_BASE, "splits=[train]", "vae.adversarial=0.5", "vae.adversarial_start=1", "vae.disc_channels=8",
+            "unet.max_steps=1"]  # fmt: skip
+
+    def args(out):
+        return ["controlnet", "train-base", "--data", trained / "data", "--out", out,
+                "--config", ROOT / "configs" / "controlnet-cpu.yaml", *_sets(sets)]  # fmt: skip
+
+    assert run_cli(*args(tmp_path / "a")) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4)  # vae step 3, after the step-2 checkpoint
+        assert run_cli(*args(tmp_path / "b")) == 130
+    (ckpt,) = (tmp_path / "b" / "checkpoints" / "vae").glob("step-*")
+    assert len(list(ckpt.glob("optimizer*"))) == 2 and len(list(ckpt.glob("*model*"))) == 2  # autoencoder + D
+    assert run_cli(*args(tmp_path / "b")) == 0
+    a, b, plain = (load_base(p).vae.state_dict() for p in (tmp_path / "a", tmp_path / "b", trained / "base"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], plain[k]) for k in a)
+    assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["vae"]["resumed_from"] == 2
+
+
 def test_target_minutes_sizes_the_steps_and_the_resolved_config_records_them(trained, tmp_path):
     cfg = ControlNetConfig(max_steps=40, target_minutes=0.01, batch_size=2, warmup_steps=1, checkpoint_every=100,
                            sampling={"steps": 2, "batch_size": 8})  # fmt: skip

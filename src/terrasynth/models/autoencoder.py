@@ -103,10 +103,14 @@ class VAELoss(torch.nn.Module):
         super().__init__()
         self.vae, self.kl_weight = vae, kl_weight
 
-    def forward(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input in [-1, 1], reconstruction of a posterior sample, KL per input element)."""
         x = images * 2 - 1
         post = self.vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
-        rec = self.vae.decode(z).sample
-        kl = post.kl().mean() / x[0].numel()
-        return F.l1_loss(rec, x) + self.kl_weight * kl
+        return x, self.vae.decode(z).sample, post.kl().mean() / x[0].numel()
+
+    def forward(self, images: torch.Tensor, gen: torch.Generator, parts: bool = False):
+        """The loss; ``parts=True``: ``reconstruct``'s (input, reconstruction, KL), through the (DDP) wrapper."""
+        x, rec, kl = self.reconstruct(images, gen)
+        return (x, rec, kl) if parts else F.l1_loss(rec, x) + self.kl_weight * kl

@@ -57,6 +57,12 @@ class AutoencoderConfig(AutoencoderArch):
     max_steps: int = Field(3000, ge=0)  # 0 with ``pretrained`` or ``init_from``: keep it frozen
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
+    adversarial: float = Field(
+        0.0, ge=0, description="weight of a PatchGAN hinge loss on the reconstructions against L1's blur (the "
+        "VQGAN / Stable Diffusion autoencoder recipe, without its perceptual term); 0 = off",
+    )  # fmt: skip
+    adversarial_start: int = Field(0, ge=0, description="step at which the discriminator joins (L1 + KL before)")
+    disc_channels: int = Field(32, ge=1, description="width of the discriminator's first layer")
 
 
 class LatentUNetConfig(StrictModel):
@@ -204,6 +210,72 @@ def _fit(
     return ema_copy(runner, wrapped), {k: v for k, v in asdict(result).items() if k != "losses"}
 
 
+class _AdversarialVAE:
+    """The image autoencoder against a PatchGAN (``vae.adversarial`` > 0), a runner family of two
+    optimisers: each step updates the discriminator on (real, reconstruction), then the autoencoder
+    on L1 + KL + ``adversarial`` * lambda * hinge, where lambda = |grad L1| / |grad hinge| at the
+    decoder's output convolution (VQGAN's adaptive weight), so the GAN term neither vanishes nor
+    drowns the reconstruction whatever the discriminator's scale."""
+
+    def __init__(self, runner: Runner, loss: VAELoss, cfg: AutoencoderConfig, sample: Callable[[torch.Generator], torch.Tensor]):
+        from terrasynth.models.discriminators import PatchGAN
+
+        self.runner, self.acc, self.cfg, self.sample = runner, runner.acc, cfg, sample
+        d = PatchGAN(3, ndf=cfg.disc_channels, n_layers=3)
+        opt_g = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        self.loss, self.d, self.opt_g, self.opt_d = runner.prepare(loss, d, opt_g, opt_d)
+        runner.track_ema(p for p in runner.unwrap(self.loss).parameters() if p.requires_grad)
+        self._can_freeze = self.acc.num_processes == 1  # DDP needs every parameter in every backward
+
+    def training_step(self, step: int, gen: torch.Generator) -> dict[str, float]:
+        from terrasynth.train.gan_losses import hinge_d_loss, hinge_g_loss
+
+        loss_mod = self.runner.unwrap(self.loss)
+        with self.acc.autocast():
+            x, rec, kl = self.loss(self.sample(gen), gen, parts=True)
+            l1 = F.l1_loss(rec, x)
+            total = l1 + loss_mod.kl_weight * kl
+        logs = {"l1": float(l1.detach())}
+        if step >= self.cfg.adversarial_start:
+            if self._can_freeze:
+                self.d.requires_grad_(True)
+            with self.acc.autocast():
+                d_loss = hinge_d_loss(self.d(x)[-1], self.d(rec.detach())[-1])
+            self.opt_d.zero_grad(set_to_none=True)
+            self.runner.backward(d_loss)
+            self.opt_d.step()
+            if self._can_freeze:
+                self.d.requires_grad_(False)
+            with self.acc.autocast():
+                g_adv = hinge_g_loss(self.d(rec)[-1])
+            last = loss_mod.vae.decoder.conv_out.weight
+            g_rec = torch.autograd.grad(l1, last, retain_graph=True)[0]
+            g_gan = torch.autograd.grad(g_adv, last, retain_graph=True)[0]
+            lam = (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
+            total = total + self.cfg.adversarial * lam * g_adv
+            logs.update(d_loss=float(d_loss.detach()), g_adv=float(g_adv.detach()), adv_weight=float(lam))
+        self.opt_g.zero_grad(set_to_none=True)
+        self.runner.backward(total)
+        self.acc.clip_grad_norm_([p for g in self.opt_g.param_groups for p in g["params"]], 1.0)
+        self.opt_g.step()
+        logs["loss"] = float(total.detach())
+        return logs
+
+
+def _fit_vae(spec: RunSpec, out: Path, fp: dict[str, Any], loss: VAELoss, cfg: AutoencoderConfig,
+             sample: Callable[[torch.Generator], torch.Tensor], mixed_precision: str,
+             resume: bool) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """The image autoencoder's stage: L1 + KL alone (``_fit``), or against a discriminator."""
+    if not cfg.adversarial:
+        return _fit(spec, out, fp, loss, cfg.lr, lambda m, step, gen: m(sample(gen), gen), mixed_precision, resume)
+    acc = _accelerator(mixed_precision)
+    runner = Runner(spec, acc, out, fp, resume=resume)
+    family = _AdversarialVAE(runner, loss, cfg, sample)
+    result = runner.fit(family)
+    return ema_copy(runner, family.loss), {k: v for k, v in asdict(result).items() if k != "losses"}
+
+
 def _inputs(data: object, init_from: Path | None = None) -> dict[str, Any]:
     """What a run was trained on, for its fingerprint (a changed input refuses the resume)."""
     prev = str(Path(init_from).resolve()) if init_from else None
@@ -267,14 +339,13 @@ def train_controlnet_base(cfg: ControlNetBaseConfig, data: Path | Sequence[Path]
         if cfg.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
 
-        def vae_loss(model: torch.nn.Module, step: int, gen: torch.Generator) -> torch.Tensor:
-            imgs, _ = batch(tiles, cfg.vae.batch_size, gen, cfg.augment)
-            return model(imgs.to(device), gen)
+        def sample(gen: torch.Generator) -> torch.Tensor:
+            return batch(tiles, cfg.vae.batch_size, gen, cfg.augment)[0].to(device)
 
         spec = _spec("vae", cfg, cfg.vae.max_steps, **stage_minutes(cfg, "vae"))
         fp = fingerprint({k: v for k, v in conf.items() if k != "unet"}, **inputs)
-        ema, summary["vae"] = _fit(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight), cfg.vae.lr, vae_loss,
-                                   cfg.mixed_precision, resume)  # fmt: skip
+        ema, summary["vae"] = _fit_vae(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight), cfg.vae, sample,
+                                       cfg.mixed_precision, resume)  # fmt: skip
         vae = ema.vae
     vae = vae.to(device).eval().requires_grad_(False)
     prev = load_base(init_from) if init_from is not None else None
