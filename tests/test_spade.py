@@ -164,16 +164,20 @@ def test_resume_is_exact(pairs, tmp_path, capsys):
             "--set", "remedies.labelmix=true", "--set", "remedies.diffaugment=[color,translation,cutout]"]  # fmt: skip
     assert run_cli(*base, "--out", full, "--max-steps", 4) == 0
     assert run_cli(*base, "--out", part, "--max-steps", 2) == 0
+    # 2 steps, checkpoint_every 2: one snapshot, nothing to choose between, so no judge is trained
+    assert not (part / "checkpoints" / "judge").exists() and "judge_miou" not in scores_without_time(part)[0]
     assert run_cli(*base, "--out", part, "--max-steps", 4) == 0
+    # extended to two snapshots: the judge trains then and scores the first snapshot too, as in the full run
+    assert (part / "checkpoints" / "judge").is_dir() and all("judge_miou" in s for s in scores_without_time(part))
     a, b = checkpoint(full), checkpoint(part)
     assert_same(a["G"], b["G"])
     assert_same(a["D"], b["D"])
     assert scores_without_time(full) == scores_without_time(part)
-    # Another config in the same run directory is refused, in one line (the judge's settings by its own stage).
+    # Another config in the same run directory is refused, in one line.
     assert run_cli(*base, "--out", part, "--max-steps", 6, "--set", "model.ngf=16") == 2
     assert "spade run made with a different model.ngf (8 vs 16)" in capsys.readouterr().err
     assert run_cli(*base, "--out", part, "--set", "select.judge_steps=3") == 2
-    assert "judge run made with a different select.judge_steps (2 vs 3)" in capsys.readouterr().err
+    assert "run made with a different select.judge_steps (2 vs 3)" in capsys.readouterr().err
 
 
 def test_bad_config_is_a_user_error(pairs, tmp_path, capsys):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from terrasynth.config import MixedPrecision, Seed, StrictModel, TrainBudget, co
 from terrasynth.data.dataset import Dataset, TileRecord, provenance
 from terrasynth.data.torchdata import TileDataset, random_pairs
 from terrasynth.errors import UserError
-from terrasynth.io import ensure_dir, save_weights, write_json_atomic
+from terrasynth.io import ensure_dir, load_weights, save_weights, write_json_atomic
 from terrasynth.models.discriminators import (
     Downsample, MultiscalePatchGAN, OASISDiscriminator, labelmix, labelmix_loss, oasis_class_weights, oasis_loss,
 )  # fmt: skip
@@ -377,9 +378,10 @@ class Snapshots:
 
     def __init__(self, cfg: SpadeConfig, out: Path, scheme: ClassScheme, g_kwargs: dict[str, Any],
                  va_mask: torch.Tensor, judge: torch.nn.Module | None, judge_real: float,
-                 prov: dict[str, Any]):  # fmt: skip
+                 prov: dict[str, Any], judge_factory: Callable[[], tuple[torch.nn.Module, float]] | None = None):  # fmt: skip
         self.cfg, self.out, self.scheme, self.g_kwargs = cfg, out, scheme, g_kwargs
         self.va_mask, self.judge, self.judge_real, self.prov = va_mask, judge, judge_real, prov
+        self.judge_factory = judge_factory  # a judge trained at start() only if there is a choice to make
         self.k = scheme.num_classes
         self.scores: list[dict[str, Any]] = []
 
@@ -394,6 +396,31 @@ class Snapshots:
         if not self.scores:  # started over: snapshots of an earlier run are no candidates
             for f in (self.out / "checkpoints").glob("step_*.safetensors"):
                 f.unlink()
+        if self.judge is None and self.judge_factory is not None:
+            if not self.scores and max_steps <= self.cfg.checkpoint_every:
+                log.info("spade: %d steps take one snapshot (checkpoint_every %d): nothing to choose, no judge "
+                         "trained", max_steps, self.cfg.checkpoint_every)  # fmt: skip
+            else:
+                self._train_judge()
+
+    def _train_judge(self) -> None:
+        """Train (or load) the judge now, leaving the global RNGs as they were, and score the snapshots an
+        earlier, judge-less call of this run took (an extended one-snapshot run)."""
+        rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        self.judge, self.judge_real = self.judge_factory()
+        random.setstate(rng[0]), np.random.set_state(rng[1]), torch.set_rng_state(rng[2])
+        kept = []
+        for s in self.scores:
+            if "judge_miou" not in s and s["checkpoint"]:
+                net = SPADEGenerator(**self.g_kwargs)
+                net.load_state_dict(load_weights(self.out / s["checkpoint"]))
+                fake = generate_images(net.to(next(self.judge.parameters()).device), self.va_mask, self.k,
+                                       seed=self.cfg.seed)  # fmt: skip
+                s["score"] = judge_miou(self.judge, fake, self.va_mask, self.k) / self.judge_real
+                s["judge_miou"] = s["score"] * self.judge_real  # as take() records it
+            if "judge_miou" in s:
+                kept.append(s)
+        self.scores = kept
 
     def take(self, net: SPADEGenerator, step: int, minutes: float, tb: Any) -> None:
         cfg, k, va_mask = self.cfg, self.k, self.va_mask
@@ -474,21 +501,28 @@ def train_spade(cfg: SpadeConfig, data: Path, out: Path, *, resume: bool = True,
     va_recs = va_recs[:: max(1, len(va_recs) // cfg.select.val_tiles)][: cfg.select.val_tiles]
     va_img, va_mask = load_tiles(ds, va_recs)
 
-    # The judge trains first, on its own fp32 accelerator (Accelerate's state is process-wide),
-    # and outside SPADE's time budget.
-    judge, judge_real = None, 1.0
-    if cfg.select.metric == "judge":
+    def ready_judge() -> tuple[torch.nn.Module, float]:
         judge = _ready_judge(cfg, data, out, tr_recs, tr_img, tr_mask, k, resume=resume, progress=progress)
         judge_real = judge_miou(judge, va_img.float() / 255, va_mask, k)
         log.info("judge mIoU on real validation tiles: %.3f", judge_real)
         if not judge_real > 0:
             raise UserError(f"{data}: the judge segmenter scores 0 on real validation tiles; use select.metric=last")
+        return judge, judge_real
 
-    acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+    # The judge trains on its own fp32 accelerator and outside SPADE's time budget. Where SPADE too runs
+    # fp32 in one process, it waits until the speed probe has sized the run: a run with a single snapshot
+    # has nothing to choose and trains none. Otherwise it trains first (Accelerate's precision state is
+    # process-wide, and every rank must train it).
+    precision = resolve_precision(cfg.mixed_precision)
+    lazy = cfg.select.metric == "judge" and precision == "no" and dist_state().num_processes == 1
+    judge, judge_real = ready_judge() if cfg.select.metric == "judge" and not lazy else (None, 1.0)
+
+    acc = make_accelerator(mixed_precision=precision)
     runner = Runner(build_spec(cfg), acc, out, fp, resume=resume, progress=progress)
     prov = provenance(str(data.resolve()), config_hash=config_hash(fp), seed=cfg.seed, dataset=ds.info.name,
                       tile_size=tile)  # fmt: skip
-    select = Snapshots(cfg, out, scheme, g_kwargs, va_mask, judge, judge_real, prov)
+    select = Snapshots(cfg, out, scheme, g_kwargs, va_mask, judge, judge_real, prov,
+                       judge_factory=ready_judge if lazy else None)  # fmt: skip
     runner.fit(SpadeTrainer(cfg, k, tile, runner, tr_img, tr_mask, select))
     return out
 
