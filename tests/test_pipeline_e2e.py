@@ -61,7 +61,7 @@ def test_demo_twin_every_stage_and_full_matrix(demo_run):
     runs += [json.loads((Path(p["run"]) / "run.json").read_text()) | {"arch": "unet"} for p in mix]
     for arch in ("unet", "unetplusplus", "deeplabv3plus"):
         mine = [r for r in runs if r["arch"] == arch]
-        assert mine[0]["budget"] and mine[0]["budget"]["target_minutes"] == 0.14
+        assert mine[0]["budget"] and mine[0]["budget"]["target_minutes"] == 0.36
         assert not any(r["budget"] for r in mine[1:]), arch
         assert {r["max_steps"] for r in mine} == {state["outputs"]["segment"]["steps"][arch]}
 
