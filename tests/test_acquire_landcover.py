@@ -205,3 +205,27 @@ def test_area_file_without_a_polygon_is_a_one_line_error(shared_data, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no polygon" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "dataset.json").exists()
+
+
+DRCOG2018 = "landcover-1m/drcog/DRCOG_2018_LULC_E3220000_N1710000.tif"
+
+
+def test_drcog_1m_in_feet_remapped_onto_worldcover(shared_data, tmp_path):
+    """A 1 m land cover in its own scheme and a US-feet CRS: native tiles are the source window through the remap."""
+    from terrasynth.classes import load_remap
+
+    remap = load_remap("drcog_to_worldcover")
+    bbox = (-104.690, 39.840, -104.684, 39.846)  # about 510 x 670 m at Denver airport: runways, buildings, grass
+    cfg = AcquireConfig(source="local", product="landcover", landcover=[str(shared_data / DRCOG2018)], bbox=bbox,
+                        tile=64, block_size=200.0, max_nodata=0.0, remap="drcog_to_worldcover")  # fmt: skip
+    ds = acquire(cfg, tmp_path / "drcog")
+    assert len(ds) >= 20 and ds.info.scheme.name == "worldcover"
+    seen: set[int] = set()
+    with rasterio.open(shared_data / DRCOG2018) as src:
+        assert src.crs.linear_units.lower().startswith("us survey foot")
+        for rec in ds.records:
+            lab = ds.read_label(rec)
+            win = from_bounds(*rec.bounds, transform=src.transform).round_offsets().round_lengths()
+            np.testing.assert_array_equal(lab, remap.lut[src.read(1, window=win)])
+            seen |= set(np.unique(lab).tolist())
+    assert {30, 50} <= seen <= {10, 30, 40, 50, 60, 80}  # grass and built-up at the airport; no DRCOG code leaks
