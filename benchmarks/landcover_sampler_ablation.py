@@ -3,7 +3,8 @@
     python benchmarks/landcover_sampler_ablation.py --data DATA --run RUN --n 64 \
         --variants matched:24:1.0,ancestral:24:1.0,matched:48:1.0,matched:24:0.5 --out ablation.json
 
-Each variant is SAMPLER:STEPS:TEMPERATURE; prints and writes class JSD, the landscape metrics' relative
+Each variant is SAMPLER:STEPS:TEMPERATURE[:REVEAL[:NOISE]] (REVEAL random or confident, NOISE the
+Gumbel scale of the confident ranking); prints and writes class JSD, the landscape metrics' relative
 errors and patches per map of the three most frequent classes, and seconds per map.
 """
 
@@ -33,8 +34,10 @@ def main() -> None:
     ds = Dataset.open(args.data)
     real, model, out = as_maps(ds, ("val",)), load_landcover(Path(args.run)), {}
     for v in args.variants.split(","):
-        sampler, steps, temp = v.split(":")
+        sampler, steps, temp, *rest = v.split(":")
         model.temperature = float(temp)
+        model.reveal = rest[0] if rest else "random"
+        model.reveal_noise = float(rest[1]) if len(rest) > 1 else 1.0
         gen, spm = generate_maps(model, args.n, seed=0, sampler=sampler, steps=int(steps), progress=False)
         r = realism_metrics(real, gen, ds.scheme, res=ds.info.gsd or 10.0)
         out[v] = {"seconds_per_map": spm, "class_jsd": r["class_jsd"], "worst": r["landscape_worst_relative_error"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -350,10 +351,13 @@ def test_discrete_follows_requested_composition_and_seed(discrete_run):
     from terrasynth.evaluate.realism import compositions
 
     model = load_landcover(discrete_run)
-    for request in ({50: 0.6}, {10: 0.5, 90: 0.04}):  # wetland: a class the training maps never hold
-        maps, _ = generate_maps(model, 2, composition=request, seed=1, progress=False)
-        got = compositions(maps, model.scheme).mean(0)
-        assert all(abs(got[model.scheme.codes.index(c)] - f) < 0.05 for c, f in request.items()), (request, got)
+    for reveal in ("random", "confident"):
+        model.reveal = reveal
+        for request in ({50: 0.6}, {10: 0.5, 90: 0.04}):  # wetland: a class the training maps never hold
+            maps, _ = generate_maps(model, 2, composition=request, seed=1, progress=False)
+            got = compositions(maps, model.scheme).mean(0)
+            assert all(abs(got[model.scheme.codes.index(c)] - f) < 0.05 for c, f in request.items()), (reveal, got)
+    model.reveal = "random"
     a, _ = generate_maps(model, 2, seed=3, progress=False)
     b, _ = generate_maps(model, 2, seed=3, progress=False)
     c, _ = generate_maps(model, 2, seed=4, progress=False)
@@ -408,3 +412,32 @@ class TestLabelDenoiserContract(ModelContract):
 
         LandcoverMDM(model, WORLDCOVER, train_compositions=torch.full((3, K), 1 / K)).save_pretrained(path)
         return LandcoverMDM.from_pretrained(path).unet
+
+
+def test_confident_reveal_unmasks_the_most_probable_pixels_first(monkeypatch):
+    """MaskGIT ordering on a hand-made predictor: the left half is sure of class 0, the right half uniform."""
+    import terrasynth.models.masked_diffusion as md
+
+    seen: list[torch.Tensor] = []
+
+    def fake_logits(unet, x, t, cond=None):
+        seen.append(x.clone())
+        logits = torch.zeros(x.shape[0], K, *x.shape[1:])
+        logits[:, 0, :, :8] = 12.0  # p(class 0) ~ 1 on the left half
+        return logits
+
+    monkeypatch.setattr(md, "label_logits", fake_logits)
+    model = md.LandcoverMDM(_label_denoiser(), WORLDCOVER, train_compositions=torch.full((3, K), 1 / K),
+                            default_sampler="ancestral", default_steps=8, reveal="confident", reveal_noise=0.0)  # fmt: skip
+    out = model.generate(2, torch.Generator().manual_seed(0))
+    assert (out < K).all() and (out[:, :, :8] == 0).all()
+    counts = [(x < K).sum((1, 2)) for x in seen] + [torch.full((2,), 256)]
+    schedule = [256 - math.floor(md.mask_rate(t).item() * 256) for t in torch.linspace(1.0, 0.0, 9)]
+    assert [c.tolist() for c in counts] == [[s, s] for s in schedule]  # the chain's count per step, exactly
+    for x in seen:  # while the sure half is not used up, nothing on the uncertain half is revealed
+        left = (x[:, :, :8] < K).sum((1, 2))
+        assert ((x[:, :, 8:] < K).sum((1, 2)) == (left == 128) * ((x < K).sum((1, 2)) - 128)).all()
+    model.reveal = "random"
+    seen.clear()
+    model.generate(2, torch.Generator().manual_seed(0))
+    assert any((x[:, :, 8:] < K).any() and (x[:, :, :8] == K).any() for x in seen)  # the chain mixes both halves

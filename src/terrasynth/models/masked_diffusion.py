@@ -13,6 +13,11 @@ from the predicted distribution; revealed pixels never change. Nothing passes th
 autoencoder, so one- and two-pixel patches survive. The "matched" sampler also rescales each
 step's class probabilities (a few Sinkhorn iterations) so that the expected composition of the
 finished map equals the requested one: composition control that holds for rare classes.
+``reveal="confident"`` keeps the number revealed per step but chooses *which* masked pixels to
+reveal as MaskGIT does (Chang et al. 2022, sec. 3.2): those whose drawn class is most probable,
+ranked with Gumbel noise of scale ``reveal_noise * t`` (annealed to 0). Random reveal draws
+neighbours independently in the same step, which scatters single pixels of rare classes; revealing
+confident pixels first lets later steps condition on them.
 
 Inputs are folded by ``patch`` (lossless space-to-depth: (B, K+1, H, W) -> (B, (K+1) p^2, H/p, W/p))
 so the UNet works at H/p; its output is unfolded back to per-pixel logits.
@@ -38,6 +43,7 @@ from terrasynth.models.latent_diffusion import build_denoiser, denoise
 
 Sampler = Literal["ancestral", "matched"]
 SAMPLERS: tuple[str, ...] = ("ancestral", "matched")
+Reveal = Literal["random", "confident"]
 MODEL_FILE = "landcover_mdm.json"
 
 
@@ -106,9 +112,11 @@ class LandcoverMDM(CompositionPrior):
     def __init__(
         self, unet: UNet2DConditionModel, scheme: ClassScheme, *, class_frequencies: list[float] | None = None,
         default_sampler: str = "matched", default_steps: int = 24, default_guidance: float = 1.0,
-        train_compositions: torch.Tensor | None = None, temperature: float = 1.0,
+        train_compositions: torch.Tensor | None = None, temperature: float = 1.0, reveal: Reveal = "random",
+        reveal_noise: float = 1.0,
     ):  # fmt: skip
         self.unet, self.temperature = unet, temperature  # < 1 sharpens each step's class probabilities
+        self.reveal, self.reveal_noise = reveal, reveal_noise
         self.default_sampler, self.default_steps, self.default_guidance = default_sampler, default_steps, default_guidance  # fmt: skip
         self._init_prior(scheme, class_frequencies, train_compositions)
 
@@ -146,8 +154,17 @@ class LandcoverMDM(CompositionPrior):
                 p = match_composition(p, x, cond)
             u = torch.rand((n, 1, size, size), generator=generator).to(dev)
             draw = (p.cumsum(1) < u).sum(1).clamp(max=k - 1)  # inverse-CDF draw per pixel
-            reveal = torch.rand((n, size, size), generator=generator).to(dev) < 1 - mask_rate(s) / mask_rate(t)
-            x = torch.where((x == k) & reveal, draw, x)
+            masked = x == k
+            if self.reveal == "confident":  # the same count as the chain reveals on average, most confident first
+                conf = p.gather(1, draw.unsqueeze(1)).squeeze(1).clamp_min(1e-12).log()
+                gumbel = -torch.log(-torch.log(torch.rand((n, size, size), generator=generator).clamp(1e-12, 1 - 1e-7)))
+                conf = (conf + self.reveal_noise * float(t) * gumbel.to(dev)).masked_fill(~masked, -math.inf)
+                count = masked.sum((1, 2)) - torch.floor(mask_rate(s) * size * size).long().to(dev)
+                rank = conf.flatten(1).argsort(1, descending=True).argsort(1).view(n, size, size)
+                reveal = rank < count.view(n, 1, 1)
+            else:
+                reveal = torch.rand((n, size, size), generator=generator).to(dev) < 1 - mask_rate(s) / mask_rate(t)
+            x = torch.where(masked & reveal, draw, x)
         return x
 
     def eval(self) -> LandcoverMDM:
@@ -162,7 +179,8 @@ class LandcoverMDM(CompositionPrior):
             path / MODEL_FILE,
             {"scheme": self.scheme.to_dict(), "class_frequencies": self.class_frequencies,
              "default_sampler": self.default_sampler, "default_steps": self.default_steps,
-             "default_guidance": self.default_guidance, "temperature": self.temperature},
+             "default_guidance": self.default_guidance, "temperature": self.temperature, "reveal": self.reveal,
+             "reveal_noise": self.reveal_noise},
         )  # fmt: skip
 
     @classmethod
@@ -175,4 +193,6 @@ class LandcoverMDM(CompositionPrior):
             **{k: meta[k] for k in ("class_frequencies", "default_sampler", "default_steps", "default_guidance")},
             train_compositions=cls.load_compositions(path),
             temperature=meta.get("temperature", 1.0),
+            reveal=meta.get("reveal", "random"),
+            reveal_noise=meta.get("reveal_noise", 1.0),
         ).eval()

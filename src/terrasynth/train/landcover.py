@@ -45,7 +45,7 @@ from terrasynth.io import ensure_dir, write_json_atomic
 from terrasynth.models.autoencoder import AutoencoderArch, autoencoder_loss, encode
 from terrasynth.models.diffusion import LatentNorm, PredictionType, SamplingConfig, training_scheduler
 from terrasynth.models.latent_diffusion import LandcoverLDM, build_denoiser, p_losses
-from terrasynth.models.masked_diffusion import LandcoverMDM, Sampler, build_label_denoiser, masked_losses
+from terrasynth.models.masked_diffusion import LandcoverMDM, Reveal, Sampler, build_label_denoiser, masked_losses
 from terrasynth.train.runner import RunResult, RunSpec, Runner, ema_copy, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,8 @@ class DiscreteConfig(_UNetStageConfig):
     steps: int = Field(24, ge=1)
     guidance: float = Field(1.0, ge=0)  # classifier-free guidance for a requested composition
     temperature: float = Field(1.0, gt=0)  # of each sampling step's class probabilities; < 1 sharpens
+    reveal: Reveal = "random"  # which masked pixels a step reveals: random (the chain) or confident (MaskGIT)
+    reveal_noise: float = Field(1.0, ge=0)  # Gumbel noise on the confidence ranking, times t (confident only)
 
 
 class LandcoverSamplingConfig(SamplingConfig):
@@ -348,7 +350,8 @@ def _train_discrete(cfg: LandcoverConfig, ds: Dataset, masks: torch.Tensor, out:
         d = cfg.discrete
         model = LandcoverMDM(stage.net.eval(), ds.scheme, class_frequencies=comps.mean(0).tolist(),
                              default_sampler=d.sampler, default_steps=d.steps, default_guidance=d.guidance,
-                             train_compositions=comps, temperature=d.temperature)  # fmt: skip
+                             train_compositions=comps, temperature=d.temperature, reveal=d.reveal,
+                             reveal_noise=d.reveal_noise)  # fmt: skip
         model.save_pretrained(out / "model")
         ema_copy(runner, stage.net).save_pretrained(out / "model" / "unet_ema")
         _write_data_json(out, ds, cfg)
