@@ -3,9 +3,11 @@
     flock /work/heavy.lock python benchmarks/bench_landcover.py --data DATA --run RUN \
         --config configs/landcover-cpu.yaml --out docs/landcover-bench.json --grid docs/landcover-grid.png
     # the masked discrete generator, same minutes: add --set generator=discrete
+    # another discrete sampler on a trained run: add --skip-train --set discrete.temperature=1.0 (etc.)
 
 Measures: autoencoder pixel accuracy / IoU (val split), class JSD and landscape metrics of
-the 3 most frequent classes against the real val tiles, diversity, memorisation against
+the 3 most frequent classes against the real val tiles (and, as their floor, the training tiles
+against the val tiles: real maps of another place), diversity, memorisation against
 every training tile (8 dihedral transforms), sampling seconds per map for the configured
 few-step solver against DDIM 50 steps measured in the same run (latent generator), and requested vs
 achieved composition (the model's default guidance) for requests that include classes under 5% of
@@ -56,16 +58,25 @@ def main() -> None:
     ds = Dataset.open(args.data)
     real_val, train = as_maps(ds, ("val",)), as_maps(ds, ("train",))
     model = load_landcover(Path(args.run))
+    if model.family == "landcover-mdm":  # the config's sampler, so --skip-train re-measures a run with another one
+        d = cfg.discrete
+        model.default_sampler, model.default_steps, model.default_guidance = d.sampler, d.steps, d.guidance
+        model.temperature, model.reveal, model.reveal_noise = d.temperature, d.reveal, d.reveal_noise
     res: dict = {"train_wall_seconds": train_wall, "training": json.loads((Path(args.run) / "metrics.json").read_text())}
 
     gen, spm = generate_maps(model, args.n, seed=0, batch_size=64)
     res["sampling"] = {"family": model.family, "sampler": model.default_sampler, "steps": model.default_steps,
                        "seconds_per_map": spm}  # fmt: skip
+    if model.family == "landcover-mdm":
+        res["sampling"].update(temperature=model.temperature, reveal=model.reveal, reveal_noise=model.reveal_noise)
     if model.family == "landcover-ldm":
         _, spm_ddim = generate_maps(model, 32, seed=1, batch_size=32, sampler="ddim", steps=50)
         res["sampling"]["baseline_ddim50_seconds_per_map"] = spm_ddim
         res["sampling"]["speedup_vs_ddim50"] = spm_ddim / spm
     res["realism"] = realism_metrics(real_val, gen, ds.scheme, train=train, res=ds.info.gsd or 10.0)
+    floor = realism_metrics(real_val, train, ds.scheme, res=ds.info.gsd or 10.0)  # real maps of the other split
+    res["floor_train_vs_val"] = {"class_jsd": floor["class_jsd"], "worst": floor["landscape_worst_relative_error"],
+                                 "relative_error": {c: x["relative_error"] for c, x in floor["landscape"].items()}}
     if model.conditional:
         res["control"] = {}
         for name, comp in CONTROL.items():

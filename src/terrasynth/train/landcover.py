@@ -113,9 +113,11 @@ class DiscreteConfig(_UNetStageConfig):
     sampler: Sampler = "matched"
     steps: int = Field(24, ge=1)
     guidance: float = Field(1.0, ge=0)  # classifier-free guidance for a requested composition
-    temperature: float = Field(1.0, gt=0)  # of each sampling step's class probabilities; < 1 sharpens
-    reveal: Reveal = "random"  # which masked pixels a step reveals: random (the chain) or confident (MaskGIT)
-    reveal_noise: float = Field(1.0, ge=0)  # Gumbel noise on the confidence ranking, times t (confident only)
+    # Sampling: measured on WorldCover and DRCOG val maps (docs/benchmarks.md, "Idle 15 minutes: the masked
+    # discrete generator"); the unbiased chain is temperature 1.0 with reveal random.
+    temperature: float = Field(0.5, gt=0)  # of each sampling step's class probabilities; < 1 sharpens
+    reveal: Reveal = "confident"  # which masked pixels a step reveals: random (the chain) or confident (MaskGIT)
+    reveal_noise: float = Field(4.5, ge=0)  # Gumbel noise on the confidence ranking, times t (confident only)
 
 
 class LandcoverSamplingConfig(SamplingConfig):
