@@ -9,7 +9,7 @@ import torch
 
 from terrasynth.accel import make_accelerator
 from terrasynth.errors import UserError
-from terrasynth.train.runner import RunSpec, Runner, ema_copy, fingerprint, lr_factor
+from terrasynth.train.runner import RunSpec, Runner, effective_warmup, ema_copy, fingerprint, lr_factor
 
 
 class Regression:
@@ -159,6 +159,32 @@ def test_speed_probe_sizes_steps_and_the_sized_run_is_reproducible(tmp_path):
     # a rerun of the sized run with the target config resumes from its chosen steps, no new probe
     r3, f3 = _run(tmp_path / "a", spec)
     assert r3.fit(f3).steps == res.steps and f3.seen == list(range(res.steps))
+
+
+def test_warm_up_is_at_most_a_tenth_of_the_steps_that_run(tmp_path):
+    """The demo's ControlNet (cap 300, warm-up 100) was sized to 78 steps by the probe and trained
+    its whole run in warm-up, at under a fifth of its learning rate: the warm-up follows the run."""
+    assert effective_warmup(100, 4000) == 100 and effective_warmup(100, 300) == 30
+    assert effective_warmup(100, 78) == 8 and effective_warmup(100, 3) == 1 and effective_warmup(0, 78) == 0
+
+    class Recorder(Regression):
+        lrs: list[float] = []
+
+        def training_step(self, step, gen):
+            self.lrs.append(self.opt.param_groups[0]["lr"])
+            return super().training_step(step, gen)
+
+    acc = make_accelerator(mixed_precision="no", cpu=True)
+    spec = RunSpec("probed", max_steps=10**6, target_minutes=0.002, warmup_steps=10**5, checkpoint_every=10**6)
+    runner = Runner(spec, acc, tmp_path, fingerprint({}), progress=False)
+    fam = Recorder(runner)
+    res = runner.fit(fam)
+    assert res.steps >= 20, "the probe should size this tiny model to many steps"
+    lrs = fam.lrs[-res.steps:]  # the probe's steps come first
+    warm = effective_warmup(10**5, res.steps)
+    assert warm == -(-res.steps // 10)
+    assert max(lrs) > 0.05 * 0.8  # the peak is reached, not a fifth of it
+    assert lrs.index(max(lrs)) in (warm - 1, warm)
 
 
 def test_wall_time_budget_stops_and_anneals(tmp_path):

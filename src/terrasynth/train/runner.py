@@ -10,7 +10,7 @@ family (PyTorch Lightning's Trainer / LightningModule split):
   gives), and the chosen steps are recorded so a rerun is deterministic;
 - the learning-rate schedule (:func:`lr_factor`) over *progress*, the larger of
   ``step / max_steps`` and ``elapsed / budget``, so it anneals inside whichever budget ends
-  the run;
+  the run, with a warm-up of at most ``WARMUP_MAX_SHARE`` of the steps that will run;
 - EMA (diffusers' ``EMAModel``), mixed precision (Accelerate autocast), gradient clipping;
 - per-step randomness: one ``torch.Generator`` seeded by (seed, stage, step, rank), so a run
   resumed at step ``s`` draws what the uninterrupted run drew;
@@ -60,6 +60,9 @@ BUDGET_KEYS = frozenset({"max_steps", "max_minutes", "target_minutes", "checkpoi
                          "num_workers", "threads"})  # fmt: skip
 _CKPT = re.compile(r"^step-(\d{8})$")
 FEW_STEPS = 100  # a run the wall-time budget stops before this many steps (or its warm-up) is flagged
+# The LR warm-up never takes more than this share of the steps that will run: a speed probe that sizes
+# a 300-step cap with 100 warm-up steps down to 78 steps must not leave the whole run in its warm-up.
+WARMUP_MAX_SHARE = 0.1
 
 
 @dataclass
@@ -97,6 +100,11 @@ def step_generator(seed: int, stage: str, step: int, rank: int = 0) -> torch.Gen
     """The CPU generator for every random draw of one training step."""
     h = hashlib.sha256(f"{seed}/{stage}/{step}/{rank}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
+def effective_warmup(warmup: int, max_steps: int) -> int:
+    """The warm-up steps of a run of ``max_steps``: ``warmup``, at most ``WARMUP_MAX_SHARE`` of the run."""
+    return min(warmup, max(1, math.ceil(WARMUP_MAX_SHARE * max_steps))) if warmup else 0
 
 
 def lr_factor(schedule: Schedule, step: int, warmup: int, progress: float) -> float:
@@ -381,7 +389,8 @@ class Runner:
 
     def _one_step(self, family: Any, step: int, probe: bool = False) -> tuple[float, dict[str, float]]:
         s = self.spec
-        factor = lr_factor(s.lr_schedule, step, s.warmup_steps, 0.0 if probe else self._progress())
+        warmup = effective_warmup(s.warmup_steps, self.state.max_steps)
+        factor = lr_factor(s.lr_schedule, step, warmup, 0.0 if probe else self._progress())
         for o in self.optimizers:
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * factor
@@ -479,7 +488,7 @@ class Runner:
                     t_last = time.perf_counter()  # checkpoint writing is not training time
         finally:
             bar.close()
-        few = max(s.warmup_steps, FEW_STEPS)
+        few = max(effective_warmup(s.warmup_steps, self.state.max_steps), FEW_STEPS)
         if self.state.step < min(self.state.max_steps, few) and self.state.elapsed > 0:
             log.warning("%s: the wall-time budget (%.1f min) ended after %d steps (%.1f s/step), before %d: "
                         "the model is barely trained; give it more minutes (max_minutes), fixed max_steps "
