@@ -105,10 +105,12 @@ class SegmenterFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from terrasynth.models.segmentation import pad_multiple
+        from terrasynth.models.segmentation import is_channels_last, pad_multiple
 
         x, _ = pad_multiple(images)  # reflect padding, as at prediction
-        return self.encoder(x)[-1].mean(dim=(2, 3))
+        if is_channels_last(self.encoder):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.encoder(x)[-1].mean(dim=(2, 3)).contiguous()
 
 
 class InceptionFeatures(torch.nn.Module):

@@ -149,8 +149,27 @@ def load_segmenter(run: str | Path, which: Which = "best") -> tuple[torch.nn.Mod
     except RuntimeError as exc:
         raise UserError(f"{weights}: weights do not fit the model in {spec_path} ({str(exc).splitlines()[0]}); "
                         "restore the run directory") from exc  # fmt: skip
+    return inference_ready(model, arch), scheme
+
+
+# Inference (eval mode, no gradients) is faster in channels_last memory for these architectures on a
+# CPU without AVX-512 (benchmarks/bench_evaluate.py; docs/benchmarks.md "Segmenter inference").
+CHANNELS_LAST_INFERENCE = {"unet", "unetplusplus", "deeplabv3plus"}
+
+
+def inference_ready(model: torch.nn.Module, arch: str | None = None) -> torch.nn.Module:
+    """Eval mode, and channels_last memory where it measured faster (``predict_logits`` follows the
+    model's format). The outputs are the same up to float rounding; ``arch=None`` keeps the format."""
     model.eval()
-    return model, scheme
+    if arch in CHANNELS_LAST_INFERENCE:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's first convolution weight is stored channels_last (not merely both ways)."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
 
 
 def pad_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -167,6 +186,8 @@ def pad_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tup
 def predict_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Images (B, 3, H, W) float in [0, 1] -> logits (B, K, H, W) (padded for the encoder, then cropped)."""
     x, (h, w) = pad_multiple(images)
+    if is_channels_last(model):
+        x = x.contiguous(memory_format=torch.channels_last)
     return model(x)[..., :h, :w]
 
 
