@@ -162,6 +162,26 @@ def test_verdict_hurt():
     assert any("NOT met" in line and "the whole CI is below the target" in line for line in lines)
 
 
+def test_verdict_at_full_labels_judges_no_harm_and_the_synthetic_only_ratio():
+    # real 0.40 on average; at 100%: cn -0.008 on average (under the -0.005 bar), cn-only at 0.8x real
+    doc = _doc({"cn": [-0.006, -0.010, -0.008], "cn-only": [-0.08, -0.08, -0.08]}, fractions=(1.0,), base=(0.40, 0.42, 0.38))
+    doc["recipe_configs"] = {"cn": {"synthetic_only": False}, "cn-only": {"synthetic_only": True}}
+    for p in doc["points"]:  # make cn the headline on val
+        p["val"]["macro_miou"] = {"cn": 0.5, "cn-only": 0.1}.get(p["recipe"], 0.3)
+    lines = verdict(learning_curve_summary(doc))
+    assert not any(line.startswith("Target (+0.050") for line in lines)  # the scarce-fraction target is not judged at 100%
+    harm = [line for line in lines if line.startswith("Target at 100%")][0]
+    assert "NOT met" in harm and "-0.008" in harm and "0.003 under the bar" in harm
+    only = [line for line in lines if line.startswith("Target synthetic-only")][0]
+    assert "NOT met, missed by 0.10" in only and "cn-only reaches 0.80x" in only
+    # a recipe that adds a little meets the no-harm bar and says how much it adds
+    doc2 = _doc({"cn": [0.01, 0.02, 0.0]}, fractions=(0.1, 1.0), base=(0.40, 0.42, 0.38))
+    lines2 = verdict(learning_curve_summary(doc2))
+    assert any(line.startswith("Target (+0.050 macro mIoU at 10% of the labels)") for line in lines2)
+    assert any(line.startswith("Target at 100%") and "met: real + cn adds +0.010" in line for line in lines2)
+    assert any(line.startswith("Target synthetic-only") and "cannot be judged" in line for line in lines2)
+
+
 def test_verdict_one_seed_makes_no_claim():
     lines = verdict(learning_curve_summary(_doc({"cn": [0.2]}, base=(0.4,))))
     text = "\n".join(lines)
