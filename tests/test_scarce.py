@@ -131,7 +131,25 @@ def test_every_learner_reads_only_labelled_train_tiles(knob_run):
     assert not bad, f"r=0.5 stages read unlabelled train tiles: {bad[:3]}"
     # the report says how many labels there were, and that no unlabelled imagery was used
     md = Path(state["outputs"]["report"]["markdown"]).read_text()
-    assert "Labels: 50% = 6 of 12 train images (12 tiles)" in md and "No unlabelled imagery was used" in md
+    assert "Labels: 50% = 6 of 12 train images (12 tiles, segmenters 2 steps)" in md and "No unlabelled imagery was used" in md
+
+
+def test_segment_epochs_size_each_fractions_steps_by_its_labelled_tiles(tmp_path):
+    """scarce.segment_epochs: a learning curve at equal epochs of the labelled real tiles, so the
+    larger fraction trains longer (here 1 epoch at batch 4: 12 tiles -> 3 steps, 24 -> 6)."""
+    data = _tiny(tmp_path)
+    cfg = _preset(tmp_path, data, fractions=[0.5, 1.0], recipes={}, headline_seeds=1, larger_fraction_recipes=None,
+                  segment_epochs=1.0)  # fmt: skip
+    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run", *SETS) == 0
+    lc = json.loads(Path(_state(tmp_path / "run")["outputs"]["scarce"]["learning_curve"]).read_text())
+    steps = {p["fraction"]: json.loads((Path(p["run"]) / "run.json").read_text())["max_steps"] for p in lc["points"]}
+    assert steps == {0.5: 3, 1.0: 6}
+    assert {r: v["segment_steps"] for r, v in lc["labelled"].items()} == {"0.5": 3, "1": 6}
+    md = Path(_state(tmp_path / "run")["outputs"]["report"]["markdown"]).read_text()
+    assert "50% = 6 of 12 train images (12 tiles, segmenters 3 steps)" in md
+    # a speed-probe target and epochs both size the steps: refused before any work, exit 2
+    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run2", *SETS, "--set", "segment.train.target_minutes=0.5") == 2
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.slow

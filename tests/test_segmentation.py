@@ -234,3 +234,36 @@ def test_local_encoder_weights_are_loaded(tmp_path: Path):
 def test_unknown_encoder_is_a_user_error():
     with pytest.raises(UserError, match="encoder 'no-such-encoder'"):
         build_segmenter("unet", "no-such-encoder", 3, 4)
+
+
+def test_evaluation_reads_a_test_split_once_per_process_and_again_when_it_is_rewritten(tmp_path: Path, monkeypatch):
+    from conftest import make_dataset, untrained_segmenter_run
+    from terrasynth.data.dataset import Dataset
+    from terrasynth.evaluate import segmentation as seg
+
+    monkeypatch.setattr(seg, "_EVAL_TILES", {})
+    data = make_dataset(tmp_path / "d", n=8, splits=("train", "test"))
+    run = untrained_segmenter_run(tmp_path / "run", TINY)
+    reads: list[str] = []
+    read_image = Dataset.read_image
+    monkeypatch.setattr(Dataset, "read_image", lambda self, rec: reads.append(rec.id) or read_image(self, rec))
+    first = seg.evaluate_segmentation(run, data, "test")
+    assert sorted(reads) == ["t001", "t003", "t005", "t007"]
+    second = seg.evaluate_segmentation(run, data, "test")
+    assert len(reads) == 4  # the second model (here the same one) reuses the tiles in memory
+    assert {k: first[k] for k in ("micro_iou", "macro_miou", "confusion")} == {k: second[k] for k in ("micro_iou", "macro_miou", "confusion")}
+    seg.evaluate_segmentation(run, data, "train")
+    assert len(reads) == 8  # another split is its own entry
+    # a dataset rewritten in place (same path, new index) is read again, with its new pixels
+    import shutil
+
+    shutil.rmtree(data)
+    make_dataset(data, n=8, splits=("train", "test"), seed=5, pattern="halves")
+    third = seg.evaluate_segmentation(run, data, "test")
+    assert len(reads) == 12 and third["confusion"] != first["confusion"]
+    # over the byte budget nothing is kept: every call reads again
+    monkeypatch.setattr(seg, "_EVAL_TILES", {})
+    monkeypatch.setattr(seg, "EVAL_CACHE_BYTES", 100)
+    seg.evaluate_segmentation(run, data, "test")
+    seg.evaluate_segmentation(run, data, "test")
+    assert len(reads) == 20 and seg._EVAL_TILES == {}

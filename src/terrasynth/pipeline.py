@@ -546,7 +546,7 @@ def run_pipeline(
         if val is not None and val not in (*STAGES, *SCARCE_STAGES):
             raise UserError(f"{name} {val!r}: unknown stage; stages are {', '.join((*STAGES, *SCARCE_STAGES))}")
     check_pipeline(cfg)
-    check_scarce(cfg.scarce)
+    check_scarce(cfg.scarce, cfg.segment.train.target_minutes)
     from terrasynth.accel import dist_state
 
     dist = dist_state()  # under `accelerate launch`: every rank runs this; one writes the state

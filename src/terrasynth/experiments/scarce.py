@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -113,6 +114,10 @@ class ScarceStage(StrictModel):
     # fraction's val has chosen: finished runs are reused.
     larger_fraction_recipes: list[str] | None = None
     arch: Arch = "unet"
+    # None: every segmenter trains segment.train's steps (equal compute at every fraction). A number:
+    # each fraction's segmenters train that many epochs of its labelled real tiles (steps =
+    # ceil(epochs x labelled train tiles / batch size)), so the curve's larger fractions train longer.
+    segment_epochs: float | None = Field(None, gt=0, description="epochs of the labelled real tiles per segmenter, per fraction")
     filter_seed: int = Field(0, description="seed of the real-trained segmenter used for filtering and hardness")
 
     @model_validator(mode="after")
@@ -219,11 +224,14 @@ def runs_dir(ctx: "Context") -> Path:
     return ensure_dir(ctx.run / "stages" / "scarce-runs")
 
 
-def experiment_steps(ctx: "Context") -> int | None:
-    """The step count every segmenter of the experiment trains: ``segment.train.max_steps`` without
+def experiment_steps(ctx: "Context", labelled_tiles: int) -> int | None:
+    """The step count every segmenter of this fraction trains: with ``scarce.segment_epochs``, that
+    many epochs of the ``labelled_tiles`` real train tiles; else ``segment.train.max_steps`` without
     ``target_minutes``; with it, the steps the speed probe of the experiment's first run chose
     (``scarce-runs/steps.json``). None: the first run has not trained yet."""
-    t = ctx.cfg.segment.train
+    t, epochs = ctx.cfg.segment.train, ctx.cfg.scarce.segment_epochs
+    if epochs is not None:
+        return max(1, math.ceil(epochs * labelled_tiles / t.batch_size))
     if not t.target_minutes:
         return t.max_steps
     f = runs_dir(ctx) / "steps.json"
@@ -242,7 +250,7 @@ def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: 
     from terrasynth.train.runner import fingerprint
     from terrasynth.train.segmentation import train_segmentation
 
-    steps = experiment_steps(ctx)
+    steps = experiment_steps(ctx, len(real.split("train")))
     cfg = _train_cfg(ctx, seed, steps)
     if syn is None:
         parts = [(real.root, 1.0)]
@@ -364,10 +372,11 @@ def _labelled(ctx: "Context") -> dict[str, dict[str, Any]]:
         if "data" in c.outputs:
             p = Dataset.open(c.outputs["data"]["real"]).info.provenance
             out[f"{r:g}"] = {k: p[k] for k in ("labelled_sources", "train_sources", "labelled_train_tiles")}
+            out[f"{r:g}"]["segment_steps"] = experiment_steps(c, p["labelled_train_tiles"])
     return out
 
 
-def check_scarce(sc: ScarceStage) -> None:
+def check_scarce(sc: ScarceStage, seg_target_minutes: float | None = None) -> None:
     """Errors a user can fix before hours of training."""
     if not sc.enabled:
         return
@@ -375,3 +384,7 @@ def check_scarce(sc: ScarceStage) -> None:
         if rec.layout_composition and rec.new_layouts <= 0:
             raise UserError(f"scarce.recipes.{name}: layout_composition is set but new_layouts is 0; set new_layouts > 0 "
                             "or drop layout_composition")  # fmt: skip
+    if sc.segment_epochs is not None and seg_target_minutes:
+        raise UserError(f"scarce.segment_epochs {sc.segment_epochs:g} sizes the segmenters' steps per fraction, and "
+                        f"segment.train.target_minutes {seg_target_minutes:g} sizes them by a speed probe; set one "
+                        "(segment.train.target_minutes=null to train by epochs)")  # fmt: skip

@@ -104,7 +104,8 @@ def scarce_section(doc: dict[str, Any], target: float = 0.05) -> list[tuple[str,
     if "labelled" in doc:
         lab = doc["labelled"]
         blocks.append(("text", "Labels: " + "; ".join(
-            f"{pct(float(r))} = {v['labelled_sources']} of {v['train_sources']} train images ({v['labelled_train_tiles']} tiles)"
+            f"{pct(float(r))} = {v['labelled_sources']} of {v['train_sources']} train images ({v['labelled_train_tiles']} tiles"
+            + (f", segmenters {v['segment_steps']} steps" if v.get("segment_steps") else "") + ")"
             for r, v in lab.items()) + f", chosen by source image with seed {doc.get('label_seed')}; val and test whole. "
             + ("Unlabelled train images were used by the ControlNet base (images need no labels)."
                if doc.get("unlabelled_images") else "No unlabelled imagery was used.")))  # fmt: skip
