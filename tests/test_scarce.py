@@ -136,15 +136,16 @@ def test_every_learner_reads_only_labelled_train_tiles(knob_run):
 
 def test_segment_epochs_size_each_fractions_steps_by_its_labelled_tiles(tmp_path):
     """scarce.segment_epochs: a learning curve at equal epochs of the labelled real tiles, so the
-    larger fraction trains longer (here 1 epoch at batch 4: 12 tiles -> 3 steps, 24 -> 6)."""
+    larger fraction trains longer (here 1 epoch at batch 4: 12 tiles -> 3 steps, 24 -> 6, capped
+    at segment.train.max_steps 5)."""
     data = _tiny(tmp_path)
     cfg = _preset(tmp_path, data, fractions=[0.5, 1.0], recipes={}, headline_seeds=1, larger_fraction_recipes=None,
                   segment_epochs=1.0)  # fmt: skip
-    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run", *SETS) == 0
+    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run", *SETS, "--set", "segment.train.max_steps=5") == 0
     lc = json.loads(Path(_state(tmp_path / "run")["outputs"]["scarce"]["learning_curve"]).read_text())
     steps = {p["fraction"]: json.loads((Path(p["run"]) / "run.json").read_text())["max_steps"] for p in lc["points"]}
-    assert steps == {0.5: 3, 1.0: 6}
-    assert {r: v["segment_steps"] for r, v in lc["labelled"].items()} == {"0.5": 3, "1": 6}
+    assert steps == {0.5: 3, 1.0: 5}
+    assert {r: v["segment_steps"] for r, v in lc["labelled"].items()} == {"0.5": 3, "1": 5}
     md = Path(_state(tmp_path / "run")["outputs"]["report"]["markdown"]).read_text()
     assert "50% = 6 of 12 train images (12 tiles, segmenters 3 steps)" in md
     # a speed-probe target and epochs both size the steps: refused before any work, exit 2

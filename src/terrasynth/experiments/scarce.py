@@ -116,7 +116,8 @@ class ScarceStage(StrictModel):
     arch: Arch = "unet"
     # None: every segmenter trains segment.train's steps (equal compute at every fraction). A number:
     # each fraction's segmenters train that many epochs of its labelled real tiles (steps =
-    # ceil(epochs x labelled train tiles / batch size)), so the curve's larger fractions train longer.
+    # ceil(epochs x labelled train tiles / batch size), at most segment.train.max_steps), so the
+    # curve's larger fractions train longer.
     segment_epochs: float | None = Field(None, gt=0, description="epochs of the labelled real tiles per segmenter, per fraction")
     filter_seed: int = Field(0, description="seed of the real-trained segmenter used for filtering and hardness")
 
@@ -226,12 +227,12 @@ def runs_dir(ctx: "Context") -> Path:
 
 def experiment_steps(ctx: "Context", labelled_tiles: int) -> int | None:
     """The step count every segmenter of this fraction trains: with ``scarce.segment_epochs``, that
-    many epochs of the ``labelled_tiles`` real train tiles; else ``segment.train.max_steps`` without
+    many epochs of the ``labelled_tiles`` real train tiles (at most ``segment.train.max_steps``); else ``segment.train.max_steps`` without
     ``target_minutes``; with it, the steps the speed probe of the experiment's first run chose
     (``scarce-runs/steps.json``). None: the first run has not trained yet."""
     t, epochs = ctx.cfg.segment.train, ctx.cfg.scarce.segment_epochs
-    if epochs is not None:
-        return max(1, math.ceil(epochs * labelled_tiles / t.batch_size))
+    if epochs is not None:  # segment.train.max_steps stays the cap, as it is for a speed probe's choice
+        return max(1, min(t.max_steps, math.ceil(epochs * labelled_tiles / t.batch_size)))
     if not t.target_minutes:
         return t.max_steps
     f = runs_dir(ctx) / "steps.json"
