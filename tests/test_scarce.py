@@ -89,7 +89,8 @@ ALL_LEARNERS = {
 
 @pytest.fixture(scope="module")
 def knob_run(tmp_path_factory):
-    return _run_recorded(tmp_path_factory.mktemp("knob"), fractions=[0.5], recipes=ALL_LEARNERS, headline_seeds=1,
+    recipes = {**ALL_LEARNERS, "cn-pre": {"pretrain": True}}  # and a segmenter pre-trained on synthetic tiles
+    return _run_recorded(tmp_path_factory.mktemp("knob"), fractions=[0.5], recipes=recipes, headline_seeds=1,
                          larger_fraction_recipes=None)  # fmt: skip
 
 
@@ -151,6 +152,24 @@ def test_segment_epochs_size_each_fractions_steps_by_its_labelled_tiles(tmp_path
     # a speed-probe target and epochs both size the steps: refused before any work, exit 2
     assert run_cli("-q", "run", cfg, "--out", tmp_path / "run2", *SETS, "--set", "segment.train.target_minutes=0.5") == 2
     assert not (tmp_path / "run2").exists()
+
+
+def test_pretrain_recipe_trains_on_synthetic_then_on_real_from_those_weights(knob_run):
+    run, _, _, _ = knob_run
+    state = _state(run)
+    lc = json.loads(Path(state["outputs"]["scarce"]["learning_curve"]).read_text())
+    point = next(p for p in lc["points"] if p["recipe"] == "cn-pre")
+    fine = Path(point["run"])
+    cfg = yaml.safe_load((fine / "config.yaml").read_text())
+    pre = Path(cfg["init_weights"]).parent
+    assert pre.name.startswith("r0.5-cn-pre-pre-s0-") and Path(cfg["init_weights"]).name == "best.safetensors"
+    real = state["outputs"]["fractions"]["0.5"]["data"]["real"]
+    syn = state["outputs"]["fractions"]["0.5"]["scarce_data"]["recipes"]["cn-pre"]
+    data = lambda r: [(d["path"], d["weight"]) for d in json.loads((r / "run.json").read_text())["data"]]  # noqa: E731
+    assert data(pre) == [(real, 0.0), (syn, 1.0)]  # synthetic tiles alone, real val selects the checkpoint
+    assert data(fine) == [(real, 1.0)]  # then real tiles alone
+    # the same images as the one-image-per-mask recipe (content-addressed), and its own baseline name
+    assert syn == state["outputs"]["fractions"]["0.5"]["scarce_data"]["recipes"]["cn"]
 
 
 @pytest.mark.slow

@@ -200,3 +200,24 @@ def test_two_cpu_processes_through_accelerate(data: Path, tmp_path: Path):
     info = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert info["processes"] == 2
     assert json.loads((tmp_path / "ddp" / "last.json").read_text())["step"] == 4
+
+
+def test_init_weights_start_from_another_run_and_bad_files_are_one_line(data: Path, tmp_path: Path, capsys):
+    """init_weights (the scarce experiment's pretrain recipe): a run starts from another run's weights."""
+    base = dict(arch="unet", encoder=ENC, batch_size=4, max_steps=2, val_every=2, checkpoint_every=2, mixed_precision="no")
+    first = train_segmentation(SegmentConfig(**base, seed=1), [(data, 1.0)], tmp_path / "first")
+    # lr ~0: the second run ends where it started, i.e. at the first run's weights (its own seed would differ)
+    tiny = {**base, "lr": 1e-12, "weight_decay": 0.0, "seed": 2}
+    cold = train_segmentation(SegmentConfig(**tiny), [(data, 1.0)], tmp_path / "cold")
+    warm = train_segmentation(SegmentConfig(**tiny, init_weights=str(first / "best.safetensors")), [(data, 1.0)], tmp_path / "warm")
+    a, b, c = weights(first, "best"), weights(warm), weights(cold)
+    conv = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in conv)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in conv)
+    # a missing file: exit 2 and no run folder; weights of another model: one line
+    assert run_cli("segment", "train", "--data", data, "--out", tmp_path / "x", *FAST, "--set", "max_steps=1",
+                   "--set", f"init_weights={tmp_path / 'nope.safetensors'}") == 2  # fmt: skip
+    assert "nope.safetensors: no such file" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    other = SegmentConfig(**{**base, "arch": "deeplabv3plus"}, init_weights=str(first / "best.safetensors"))
+    with pytest.raises(UserError, match="weights of another model"):
+        train_segmentation(other, [(data, 1.0)], tmp_path / "y")

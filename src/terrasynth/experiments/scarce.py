@@ -70,9 +70,13 @@ class Recipe(StrictModel):
     filter: FilterRecipe | None = None
     real_share: float | Literal["proportional"] = Field(0.5, description="share of real tiles in every batch")
     synthetic_only: bool = Field(False, description="no real tiles in training (real val still selects checkpoints)")
+    pretrain: bool = Field(False, description="train on the synthetic tiles alone first (real val selects its checkpoint), "
+                           "then on the real tiles alone from those weights, the same steps each")
 
     @model_validator(mode="after")
     def _share(self) -> "Recipe":
+        if self.pretrain and self.synthetic_only:
+            raise ValueError("pretrain and synthetic_only exclude each other: pretrain ends on real tiles")
         if isinstance(self.real_share, float) and not 0.0 <= self.real_share < 1.0:
             raise ValueError(f"real_share {self.real_share} must be in [0, 1): 1 would be the real baseline")
         return self
@@ -248,17 +252,22 @@ def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: 
     keys, data and weights): a finished run is found again, a new recipe trains only its own runs.
     """
     from terrasynth.io import read_json
-    from terrasynth.train.runner import fingerprint
-    from terrasynth.train.segmentation import train_segmentation
+    from terrasynth.train.segmentation import run_fingerprint, train_segmentation
 
     steps = experiment_steps(ctx, len(real.split("train")))
     cfg = _train_cfg(ctx, seed, steps)
+    if rec is not None and rec.pretrain:
+        # sim-to-real: the synthetic-only run of the same set and seed, then real tiles from its weights
+        pre = train_run(ctx, f"{recipe}-pre", rec.model_copy(update={"pretrain": False, "synthetic_only": True}), seed, real, syn)
+        cfg = _train_cfg(ctx, seed, experiment_steps(ctx, len(real.split("train"))))
+        cfg = cfg.model_copy(update={"init_weights": str(pre / "best.safetensors")})
+        syn = None
     if syn is None:
         parts = [(real.root, 1.0)]
     else:
         wr, ws = rec.weights(len(real.split("train")), len(Dataset.open(syn).split("train")))
         parts = [(real.root, wr), (Path(syn), ws)]
-    fp = fingerprint(config_dict(cfg), data=[[str(Path(p).resolve()), w] for p, w in parts])
+    fp = run_fingerprint(cfg, parts)
 
     def name(n: int | None) -> Path:  # the steps are part of the name: a run never continues past its own end
         return runs_dir(ctx) / f"r{ctx.cfg.data.label_fraction:g}-{recipe}-s{seed}-{config_hash(fp, n)[:10]}"

@@ -61,6 +61,8 @@ class SegmentConfig(TrainBudget):
     encoder: str = "resnet18"
     encoder_weights: str | None = Field(None, description="local state dict for the encoder, or an smp name such as "
                                         "'imagenet' (Hub or its cache); None = random init")
+    init_weights: str | None = Field(None, description="a segmenter weights file (a run's best.safetensors, same arch, "
+                                     "encoder and classes) to start from instead of init, e.g. one pre-trained on synthetic tiles")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -160,6 +162,28 @@ def check_data(data: Sequence[tuple[Path, float]]) -> list[Dataset]:
     return datasets
 
 
+# Keys added after runs were made, at their default, stay out of a run's fingerprint: runs made before
+# the key existed are still found and resumed.
+LATER_KEYS = {"init_weights": None}
+
+
+def run_fingerprint(cfg: SegmentConfig, data: Sequence[tuple[Path, float]]) -> str:
+    """What a run folder must have been made with to be resumed (config less budgets, data, weights)."""
+    d = {k: v for k, v in config_dict(cfg).items() if not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    return fingerprint(d, data=[[str(Path(p).resolve()), w] for p, w in data])
+
+
+def init_from(model: torch.nn.Module, path: Path) -> None:
+    """Start ``model`` from a whole segmenter's weights; a file of another model is a one-line error."""
+    from terrasynth.io import load_weights
+
+    try:
+        model.load_state_dict(load_weights(path, "pass another run's weights"))
+    except RuntimeError as exc:
+        raise UserError(f"init_weights {path}: weights of another model ({str(exc).splitlines()[0][:160]}); "
+                        "use a run with the same arch, encoder and classes") from exc  # fmt: skip
+
+
 class SegmentationFamily:
     """The segmenter's step for the runner: cross-entropy (+ Dice) on a mixture batch; validation and best weights."""
 
@@ -170,6 +194,8 @@ class SegmentationFamily:
         self.k = scheme.num_classes
         acc = runner.acc
         model = build_segmenter(cfg.arch, cfg.encoder, 3, scheme.num_classes, cfg.encoder_weights)
+        if cfg.init_weights:  # a resumed run then loads its own checkpoint over these
+            init_from(model, Path(cfg.init_weights))
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.fmt)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
@@ -286,8 +312,10 @@ def train_segmentation(
         torch.set_num_threads(cfg.threads)
     acc = make_accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
     main = acc.is_main_process
+    if cfg.init_weights and not Path(cfg.init_weights).is_file():  # before the run folder exists
+        raise UserError(f"init_weights {cfg.init_weights}: no such file; pass a segmenter run's best.safetensors")
     ensure_dir(out)
-    fp = fingerprint(config_dict(cfg), data=[[str(p.resolve()), w] for p, w in data])
+    fp = run_fingerprint(cfg, data)
 
     # ---- data --------------------------------------------------------------------------
     seed_everything(cfg.seed)
