@@ -90,8 +90,9 @@ ALL_LEARNERS = {
 @pytest.fixture(scope="module")
 def knob_run(tmp_path_factory):
     recipes = {**ALL_LEARNERS, "cn-pre": {"pretrain": True}}  # and a segmenter pre-trained on synthetic tiles
+    # segment_epochs 0.25 of 12 labelled tiles at batch 4: 1 step per segmenter (the twin's cap is 2)
     return _run_recorded(tmp_path_factory.mktemp("knob"), fractions=[0.5], recipes=recipes, headline_seeds=1,
-                         larger_fraction_recipes=None)  # fmt: skip
+                         larger_fraction_recipes=None, segment_epochs=0.25)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,18 @@ def test_every_learner_reads_only_labelled_train_tiles(knob_run):
     assert not bad, f"r=0.5 stages read unlabelled train tiles: {bad[:3]}"
     # the report says how many labels there were, and that no unlabelled imagery was used
     md = Path(state["outputs"]["report"]["markdown"]).read_text()
-    assert "Labels: 50% = 6 of 12 train images (12 tiles, segmenters 2 steps)" in md and "No unlabelled imagery was used" in md
+    assert "Labels: 50% = 6 of 12 train images (12 tiles, segmenters 1 steps)" in md and "No unlabelled imagery was used" in md
+    steps = {json.loads((p / "run.json").read_text())["max_steps"] for p in Path(run, "stages", "scarce-runs").glob("r0.5-*")}
+    assert steps == {1}  # scarce.segment_epochs sized every segmenter of the fraction, the filter model's too
 
 
+def test_segment_epochs_beside_a_speed_probe_target_is_refused_before_any_work(tmp_path):
+    cfg = _preset(tmp_path, _tiny(tmp_path), fractions=[0.5], recipes={}, segment_epochs=1.0)
+    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run", *SETS, "--set", "segment.train.target_minutes=0.5") == 2
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 def test_segment_epochs_size_each_fractions_steps_by_its_labelled_tiles(tmp_path):
     """scarce.segment_epochs: a learning curve at equal epochs of the labelled real tiles, so the
     larger fraction trains longer (here 1 epoch at batch 4: 12 tiles -> 3 steps, 24 -> 6, capped
@@ -149,9 +159,6 @@ def test_segment_epochs_size_each_fractions_steps_by_its_labelled_tiles(tmp_path
     assert {r: v["segment_steps"] for r, v in lc["labelled"].items()} == {"0.5": 3, "1": 5}
     md = Path(_state(tmp_path / "run")["outputs"]["report"]["markdown"]).read_text()
     assert "50% = 6 of 12 train images (12 tiles, segmenters 3 steps)" in md
-    # a speed-probe target and epochs both size the steps: refused before any work, exit 2
-    assert run_cli("-q", "run", cfg, "--out", tmp_path / "run2", *SETS, "--set", "segment.train.target_minutes=0.5") == 2
-    assert not (tmp_path / "run2").exists()
 
 
 def test_pretrain_recipe_trains_on_synthetic_then_on_real_from_those_weights(knob_run):
