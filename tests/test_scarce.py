@@ -61,7 +61,7 @@ def _preset(tmp_path: Path, data: Path, **scarce) -> Path:
 SETS = twin_sets(**{"segment.train.target_minutes": "null", "segment.train.max_steps": "2"})
 
 
-def _run_recorded(tmp: Path, **scarce) -> tuple[Path, Path, Path, list[Path]]:
+def _run_recorded(tmp: Path, *sets: str, **scarce) -> tuple[Path, Path, Path, list[Path]]:
     """Run the preset's tiny twin with every rasterio read recorded: (run, config, data, paths opened)."""
     data = _tiny(tmp)
     cfg = _preset(tmp, data, **scarce)
@@ -75,7 +75,7 @@ def _run_recorded(tmp: Path, **scarce) -> tuple[Path, Path, Path, list[Path]]:
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(rasterio, "open", spy)
-        assert run_cli("-q", "run", cfg, "--out", tmp / "run", *SETS) == 0
+        assert run_cli("-q", "run", cfg, "--out", tmp / "run", *SETS, *sets) == 0
     return tmp / "run", cfg, data, opened
 
 
@@ -136,6 +136,55 @@ def test_every_learner_reads_only_labelled_train_tiles(knob_run):
     assert "Labels: 50% = 6 of 12 train images (12 tiles, segmenters 1 steps)" in md and "No unlabelled imagery was used" in md
     steps = {json.loads((p / "run.json").read_text())["max_steps"] for p in Path(run, "stages", "scarce-runs").glob("r0.5-*")}
     assert steps == {1}  # scarce.segment_epochs sized every segmenter of the fraction, the filter model's too
+
+
+def test_unlabelled_images_reach_the_controlnet_base_and_no_learner_reads_a_label_of_them(tmp_path):
+    """data.unlabelled_images: the ControlNet base (unconditional) learns from every train image, and no
+    learner opens a label of an unlabelled source image, nor any tile of one except its image in the
+    base's own image set. (Opening a dataset checks a few of its label tiles against dataset.json; those
+    reads, by Dataset.open itself, are the only label reads allowed there.)"""
+    checks: list[Path] = []
+    real_open = Dataset.open.__func__
+
+    def open_(cls, root, *a, **k):  # label reads inside Dataset.open are its integrity sample
+        n = len(opened_now)
+        ds = real_open(cls, root, *a, **k)
+        checks.extend(opened_now[n:])
+        return ds
+
+    opened_now: list[Path] = []
+    real_rio = rasterio.open
+
+    def spy(fp, mode="r", *a, **k):
+        if mode == "r":
+            opened_now.append(Path(str(fp)))
+        return real_rio(fp, mode, *a, **k)
+
+    data = _tiny(tmp_path)
+    cfg = _preset(tmp_path, data, fractions=[0.5], recipes={"cn": {}}, headline_seeds=1, larger_fraction_recipes=None,
+                  segment_epochs=0.25, seeds=[0])  # fmt: skip
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(rasterio, "open", spy)
+        m.setattr(Dataset, "open", classmethod(open_))
+        assert run_cli("-q", "run", cfg, "--out", run, *SETS, "--set", "data.unlabelled_images=true") == 0
+    state = _state(run)
+    f05 = state["outputs"]["fractions"]["0.5"]
+    keep = {r.id for r in Dataset.open(f05["data"]["real"]).split("train")}
+    unlabelled = {r.id for r in Dataset.open(data).split("train")} - keep
+    image_train = Path(f05["data"]["image_train"])
+    assert {r.id for r in Dataset.open(image_train).split("train")} == keep | unlabelled
+    seen = [p for p in opened_now if p.stem in unlabelled and p.is_relative_to(run)]
+    base_images = {p.stem for p in seen if p.parent == image_train / "images"}
+    assert base_images == unlabelled, "the base did not learn from the unlabelled images"
+    learner_reads = list(seen)
+    for p in checks:  # each integrity read removes one matching read
+        if p in learner_reads:
+            learner_reads.remove(p)
+    bad = sorted({str(p) for p in learner_reads if p.parent != image_train / "images"})
+    assert not bad, f"learners read labels or tiles of unlabelled images beyond the base's images: {bad[:3]}"
+    md = Path(state["outputs"]["report"]["markdown"]).read_text()
+    assert "Unlabelled train images were used by the ControlNet base" in md
 
 
 def test_segment_epochs_beside_a_speed_probe_target_is_refused_before_any_work(tmp_path):

@@ -75,8 +75,6 @@ class DataStage(StrictModel):
         need = {"pairs": self.pairs, "acquire": self.acquire, "dataset": self.path}
         if self.source in need and need[self.source] is None:
             raise ValueError(f"data.source is {self.source!r} but data.{'path' if self.source == 'dataset' else self.source} is not set")
-        if self.unlabelled_images and self.label_fraction is None:
-            raise ValueError("data.unlabelled_images needs data.label_fraction (without it every image is labelled already)")
         return self
 
 
@@ -133,6 +131,14 @@ class PipelineConfig(StrictModel):
     mixing: MixingStage = Field(default_factory=MixingStage)
     report: ReportStage = Field(default_factory=ReportStage)
     scarce: ScarceStage = Field(default_factory=ScarceStage)
+
+    @model_validator(mode="after")
+    def _unlabelled_needs_a_fraction(self) -> "PipelineConfig":
+        # the scarce experiment sets data.label_fraction per fraction; elsewhere it must be given
+        if self.data.unlabelled_images and self.data.label_fraction is None and not self.scarce.enabled:
+            raise ValueError("data.unlabelled_images needs data.label_fraction or scarce.enabled "
+                             "(without either every image is labelled already)")  # fmt: skip
+        return self
 
 
 # ---- stages ------------------------------------------------------------------------------

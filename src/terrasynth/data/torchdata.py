@@ -22,34 +22,37 @@ def dihedral_t(x: torch.Tensor, r: int) -> torch.Tensor:
     return torch.rot90(x, r % 4, (-2, -1)) if r % 4 else x
 
 
-def paired_augment(image: torch.Tensor | None, mask: torch.Tensor, gen: torch.Generator | None = None):
-    """A random :func:`dihedral_t` applied identically to ``image`` (C, H, W) and ``mask`` (H, W)."""
+def paired_augment(image: torch.Tensor | None, mask: torch.Tensor | None, gen: torch.Generator | None = None):
+    """A random :func:`dihedral_t` applied identically to ``image`` (C, H, W) and ``mask`` (H, W); either may be None."""
     r = torch.randint(0, 8, (1,), generator=gen).item()
-    return (dihedral_t(image, r) if image is not None else None), dihedral_t(mask, r)
+    return tuple(dihedral_t(x, r) if x is not None else None for x in (image, mask))
 
 
-def random_pairs(get: Callable[[int], tuple[torch.Tensor, torch.Tensor]], n: int, batch_size: int,
-                 gen: torch.Generator, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """``batch_size`` random items ``get(i)`` (image (C, H, W), mask (H, W)) of ``n``, stacked; each pair given
-    the same random :func:`dihedral_t` when ``augment``. Draws from ``gen`` only."""
+def random_pairs(get: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]], n: int, batch_size: int,
+                 gen: torch.Generator, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """``batch_size`` random items ``get(i)`` (image (C, H, W), mask (H, W) or None) of ``n``, stacked; each
+    pair given the same random :func:`dihedral_t` when ``augment``. Draws from ``gen`` only, the same
+    draws with or without masks."""
     pairs = [get(i) for i in torch.randint(0, n, (batch_size,), generator=gen).tolist()]
     if augment:
         pairs = [paired_augment(img, mask, gen) for img, mask in pairs]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    masks = None if pairs[0][1] is None else torch.stack([p[1] for p in pairs])
+    return torch.stack([p[0] for p in pairs]), masks
 
 
 class TileDataset(TorchDataset):
     """Reads a terrasynth dataset for training.
 
     Items are dicts: ``image`` float32 (3, H, W) in [0, 1] (absent for label-only
-    datasets), ``mask`` int64 (H, W) of training indices with nodata as 255, and ``id``.
+    datasets), ``mask`` int64 (H, W) of training indices with nodata as 255 (absent with
+    ``labels=False``: images alone, no label file is opened), and ``id``.
     ``cache=True`` keeps all tiles in memory after first read (small CPU datasets).
     """
 
     def __init__(
         self, data: Dataset | str | os.PathLike, splits: Sequence[str] | str | None = ("train",), *,
         augment: bool = False, require_images: bool = True, cache: bool = True,
-        records: Sequence[TileRecord] | None = None,
+        records: Sequence[TileRecord] | None = None, labels: bool = True,
     ):  # fmt: skip
         self.ds = data if isinstance(data, Dataset) else Dataset.open(data)
         if isinstance(splits, str):
@@ -61,8 +64,11 @@ class TileDataset(TorchDataset):
         self.with_images = self.ds.info.has_images
         if require_images and not self.with_images:
             raise UserError(f"{self.ds.root}: label-only dataset, but images are needed here; pass a paired dataset")
+        if not labels and not self.with_images:
+            raise UserError(f"{self.ds.root}: label-only dataset, but its images were asked for without labels")
         self.augment = augment
         self.cache = cache
+        self.labels = labels
         self._cache: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
 
     @property
@@ -72,11 +78,11 @@ class TileDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, i: int) -> tuple[np.ndarray | None, np.ndarray]:
+    def _load(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         if i in self._cache:
             return self._cache[i]
         rec = self.records[i]
-        idx = self.scheme.to_indices(self.ds.read_label(rec))
+        idx = self.scheme.to_indices(self.ds.read_label(rec)) if self.labels else None
         img = self.ds.read_image(rec) if (self.with_images and rec.image) else None
         if self.cache:
             self._cache[i] = (img, idx)
@@ -84,12 +90,13 @@ class TileDataset(TorchDataset):
 
     def __getitem__(self, i: int) -> dict:
         img, idx = self._load(i)
-        mask = torch.from_numpy(idx.astype(np.int64))
+        mask = torch.from_numpy(idx.astype(np.int64)) if idx is not None else None
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255) if img is not None else None
         if self.augment:
             image, mask = paired_augment(image, mask)
-        item = {"mask": mask.contiguous(), "id": self.records[i].id}
-        if image is not None:
-            item["image"] = image.contiguous()
+        item: dict = {"id": self.records[i].id}
+        for key, x in (("mask", mask), ("image", image)):
+            if x is not None:
+                item[key] = x.contiguous()
         return item
 

@@ -133,19 +133,20 @@ class ControlNetRunConfig(StrictModel):
 # ---- helpers --------------------------------------------------------------------------
 
 
-def open_tiles(data: Path | Sequence[Path], splits: list[str]) -> ConcatDataset:
-    """The image/mask tiles of ``splits`` of one or more paired datasets of one tile size, cached in memory."""
+def open_tiles(data: Path | Sequence[Path], splits: list[str], *, labels: bool = True) -> ConcatDataset:
+    """The image/mask tiles of ``splits`` of one or more paired datasets of one tile size, cached in memory
+    (``labels=False``: the images alone; no label file is opened)."""
     paths = _paths(data)
-    sets = [TileDataset(p, splits, cache=True) for p in paths]
+    sets = [TileDataset(p, splits, cache=True, labels=labels) for p in paths]
     sizes = {s.ds.info.tile_size for s in sets}
     if len(sizes) > 1:
         raise UserError(f"datasets {[str(p) for p in paths]} have different tile sizes {sorted(sizes)}; use one size")
     return ConcatDataset(sets)
 
 
-def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random items: images (n, 3, H, W), masks (n, H, W)."""
-    return random_pairs(lambda i: (tiles[i]["image"], tiles[i]["mask"]), len(tiles), n, gen, augment)
+def batch(tiles: ConcatDataset, n: int, gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` random items: images (n, 3, H, W), masks (n, H, W) (None for tiles opened without labels)."""
+    return random_pairs(lambda i: (tiles[i]["image"], tiles[i].get("mask")), len(tiles), n, gen, augment)
 
 
 def noisy(sched: DDPMScheduler, latents: torch.Tensor, gen: torch.Generator):
@@ -311,7 +312,8 @@ def train_controlnet_base(cfg: ControlNetBaseConfig, data: Path | Sequence[Path]
     """
     out = Path(out)
     seed_everything(cfg.seed)
-    tiles = open_tiles(data, cfg.splits)
+    # Unconditional: images alone (a scarce run's unlabelled images stay unlabelled: no label is read).
+    tiles = open_tiles(data, cfg.splits, labels=False)
     size = tiles.datasets[0].ds.info.tile_size
     if init_from is not None and not (is_trained_base(Path(init_from)) or is_pretrained_base(Path(init_from))):
         load_base(init_from)  # raises the one-line error now, not after the autoencoder has trained
