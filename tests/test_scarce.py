@@ -61,20 +61,29 @@ def _preset(tmp_path: Path, data: Path, **scarce) -> Path:
 SETS = twin_sets(**{"segment.train.target_minutes": "null", "segment.train.max_steps": "2"})
 
 
-def _run_recorded(tmp: Path, *sets: str, **scarce) -> tuple[Path, Path, Path, list[Path]]:
-    """Run the preset's tiny twin with every rasterio read recorded: (run, config, data, paths opened)."""
+def _run_recorded(tmp: Path, *sets: str, checks: list[Path] | None = None, **scarce) -> tuple[Path, Path, Path, list[Path]]:
+    """Run the preset's tiny twin with every rasterio read recorded: (run, config, data, paths opened).
+    ``checks``: also collect there the reads Dataset.open makes itself (its integrity sample of labels)."""
     data = _tiny(tmp)
     cfg = _preset(tmp, data, **scarce)
     opened: list[Path] = []
-    real_open = rasterio.open
+    real_open, real_ds_open = rasterio.open, Dataset.open.__func__
 
     def spy(fp, mode="r", *a, **k):
         if mode == "r":
             opened.append(Path(str(fp)))
         return real_open(fp, mode, *a, **k)
 
+    def ds_open(cls, root, *a, **k):
+        n = len(opened)
+        ds = real_ds_open(cls, root, *a, **k)
+        checks.extend(opened[n:])
+        return ds
+
     with pytest.MonkeyPatch.context() as m:
         m.setattr(rasterio, "open", spy)
+        if checks is not None:
+            m.setattr(Dataset, "open", classmethod(ds_open))
         assert run_cli("-q", "run", cfg, "--out", tmp / "run", *SETS, *sets) == 0
     return tmp / "run", cfg, data, opened
 
@@ -144,37 +153,16 @@ def test_unlabelled_images_reach_the_controlnet_base_and_no_learner_reads_a_labe
     base's own image set. (Opening a dataset checks a few of its label tiles against dataset.json; those
     reads, by Dataset.open itself, are the only label reads allowed there.)"""
     checks: list[Path] = []
-    real_open = Dataset.open.__func__
-
-    def open_(cls, root, *a, **k):  # label reads inside Dataset.open are its integrity sample
-        n = len(opened_now)
-        ds = real_open(cls, root, *a, **k)
-        checks.extend(opened_now[n:])
-        return ds
-
-    opened_now: list[Path] = []
-    real_rio = rasterio.open
-
-    def spy(fp, mode="r", *a, **k):
-        if mode == "r":
-            opened_now.append(Path(str(fp)))
-        return real_rio(fp, mode, *a, **k)
-
-    data = _tiny(tmp_path)
-    cfg = _preset(tmp_path, data, fractions=[0.5], recipes={"cn": {}}, headline_seeds=1, larger_fraction_recipes=None,
-                  segment_epochs=0.25, seeds=[0])  # fmt: skip
-    run = tmp_path / "run"
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(rasterio, "open", spy)
-        m.setattr(Dataset, "open", classmethod(open_))
-        assert run_cli("-q", "run", cfg, "--out", run, *SETS, "--set", "data.unlabelled_images=true") == 0
+    run, _, data, opened = _run_recorded(tmp_path, "--set", "data.unlabelled_images=true", checks=checks,
+                                         fractions=[0.5], recipes={"cn": {}}, headline_seeds=1,
+                                         larger_fraction_recipes=None, segment_epochs=0.25, seeds=[0])  # fmt: skip
     state = _state(run)
     f05 = state["outputs"]["fractions"]["0.5"]
     keep = {r.id for r in Dataset.open(f05["data"]["real"]).split("train")}
     unlabelled = {r.id for r in Dataset.open(data).split("train")} - keep
     image_train = Path(f05["data"]["image_train"])
     assert {r.id for r in Dataset.open(image_train).split("train")} == keep | unlabelled
-    seen = [p for p in opened_now if p.stem in unlabelled and p.is_relative_to(run)]
+    seen = [p for p in opened if p.stem in unlabelled and p.is_relative_to(run)]
     base_images = {p.stem for p in seen if p.parent == image_train / "images"}
     assert base_images == unlabelled, "the base did not learn from the unlabelled images"
     learner_reads = list(seen)
