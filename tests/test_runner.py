@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -159,6 +160,27 @@ def test_speed_probe_sizes_steps_and_the_sized_run_is_reproducible(tmp_path):
     # a rerun of the sized run with the target config resumes from its chosen steps, no new probe
     r3, f3 = _run(tmp_path / "a", spec)
     assert r3.fit(f3).steps == res.steps and f3.seen == list(range(res.steps))
+
+
+class Slow(Regression):
+    """Each step takes at least 50 ms."""
+
+    def training_step(self, step, gen):
+        time.sleep(0.05)
+        return super().training_step(step, gen)
+
+
+def test_the_probes_seconds_count_toward_the_target(tmp_path):
+    """A 0.6 s target with 50 ms steps: the 6 probe steps take 0.3 s of it, so at most 6 steps are left
+    (sizing on the whole target would give 12, and the stage would overrun its target by the probe)."""
+    spec = RunSpec("slow", max_steps=10**6, target_minutes=0.01, checkpoint_every=10**6)
+    acc = make_accelerator(mixed_precision="no", cpu=True)
+    r = Runner(spec, acc, tmp_path, fingerprint({"lr": 0.05}), progress=False)
+    res = r.fit(Slow(r))
+    p = res.probe
+    assert p is not None and p["probe_seconds"] >= 0.3 and p["seconds_per_step"] >= 0.05
+    assert p["steps"] == res.steps == max(1, int(max(0.0, 0.6 - p["probe_seconds"]) / p["seconds_per_step"]))
+    assert 1 <= res.steps <= 6
 
 
 def test_warm_up_is_at_most_a_tenth_of_the_steps_that_run(tmp_path):

@@ -369,11 +369,14 @@ class Runner:
         if self.acc.num_processes > 1:
             t = torch.tensor(per_step, device=self.acc.device)
             per_step = float(self.acc.reduce(t, "max"))
-        steps = max(1, min(s.max_steps, int(s.target_minutes * 60 / per_step)))
+        # The probe's own seconds are part of the target: the stage takes about its target, probe included.
+        spent = float(sum(times))
+        steps = max(1, min(s.max_steps, int(max(0.0, s.target_minutes * 60 - spent) / per_step)))
         self.state.max_steps = steps
-        self.state.probe = {"seconds_per_step": per_step, "target_minutes": s.target_minutes, "steps": steps}
-        log.info("%s: %.3f s/step measured over %d probe steps; %d steps fit the %.1f-minute target",
-                 s.stage, per_step, n - 1, steps, s.target_minutes)  # fmt: skip
+        self.state.probe = {"seconds_per_step": per_step, "target_minutes": s.target_minutes, "steps": steps,
+                            "probe_seconds": spent}  # fmt: skip
+        log.info("%s: %.3f s/step measured over %d probe steps (%.1f s of the target); %d steps fit the "
+                 "%.1f-minute target", s.stage, per_step, n - 1, spent, steps, s.target_minutes)  # fmt: skip
         if self.progress and self.acc.is_local_main_process:
             tqdm.write(f"{s.stage}: {per_step:.3f} s/step -> {steps} steps for {s.target_minutes:g} min")
 
