@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -171,16 +172,20 @@ class Slow(Regression):
 
 
 def test_the_probes_seconds_count_toward_the_target(tmp_path):
-    """A 0.6 s target with 50 ms steps: the 6 probe steps take 0.3 s of it, so at most 6 steps are left
-    (sizing on the whole target would give 12, and the stage would overrun its target by the probe)."""
+    """A 0.6 s target with 50 ms steps: the 6 probe steps take 0.3 s of it (at the measured speed), so at
+    most 6 steps are left (sizing on the whole target would give 12: the stage overran by the probe)."""
     spec = RunSpec("slow", max_steps=10**6, target_minutes=0.01, checkpoint_every=10**6)
     acc = make_accelerator(mixed_precision="no", cpu=True)
     r = Runner(spec, acc, tmp_path, fingerprint({"lr": 0.05}), progress=False)
     res = r.fit(Slow(r))
     p = res.probe
-    assert p is not None and p["probe_seconds"] >= 0.3 and p["seconds_per_step"] >= 0.05
+    assert p is not None and p["seconds_per_step"] >= 0.05 and p["probe_seconds"] == 6 * p["seconds_per_step"]
     assert p["steps"] == res.steps == max(1, int(max(0.0, 0.6 - p["probe_seconds"]) / p["seconds_per_step"]))
     assert 1 <= res.steps <= 6
+    # a family whose probed steps are shared by several runs (segmenters) keeps the whole target
+    r2 = Runner(replace(spec, probe_in_target=False), acc, tmp_path / "shared", fingerprint({"lr": 0.05}), progress=False)
+    p2 = r2.fit(Slow(r2)).probe
+    assert p2["probe_seconds"] == 0.0 and p2["steps"] == int(0.6 / p2["seconds_per_step"])
 
 
 def test_warm_up_is_at_most_a_tenth_of_the_steps_that_run(tmp_path):

@@ -83,6 +83,7 @@ class RunSpec:
     seed: int = 0
     log_every: int = 10
     probe_steps: int = 6
+    probe_in_target: bool = True  # the probe's seconds are taken from target_minutes
 
 
 @dataclass
@@ -369,8 +370,10 @@ class Runner:
         if self.acc.num_processes > 1:
             t = torch.tensor(per_step, device=self.acc.device)
             per_step = float(self.acc.reduce(t, "max"))
-        # The probe's own seconds are part of the target: the stage takes about its target, probe included.
-        spent = float(sum(times))
+        # The probe's steps are part of the target, so the stage takes about its target, probe included.
+        # Counted at the measured speed: the first step's one-off costs are paid by any run, probed or not.
+        # A family whose probed steps are shared by several runs (segmenters) does not count them.
+        spent = n * per_step if s.probe_in_target else 0.0
         steps = max(1, min(s.max_steps, int(max(0.0, s.target_minutes * 60 - spent) / per_step)))
         self.state.max_steps = steps
         self.state.probe = {"seconds_per_step": per_step, "target_minutes": s.target_minutes, "steps": steps,

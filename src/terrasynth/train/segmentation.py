@@ -341,6 +341,9 @@ def train_segmentation(
         STAGE, max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, target_minutes=cfg.target_minutes,
         lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed,
+        # the probed steps are shared by every run of this architecture in a matrix or an experiment
+        # (pipeline._probed_once), which do not pay the probe: its seconds are not taken from their steps
+        probe_in_target=False,
     )  # fmt: skip
     runner = Runner(spec, acc, out, fp, resume=resume)
     family = SegmentationFamily(cfg, runner, scheme, parts, [w for _, w in data], val_tiles, val_how, out, weights)
