@@ -25,7 +25,6 @@ weight 0 it is used for validation only (a synthetic-only run selected on real v
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -378,7 +377,3 @@ def train_segmentation(
     runner.fit(family)
     acc.wait_for_everyone()
     return out
-
-
-def load_run_info(run: Path) -> dict[str, Any]:
-    return json.loads((Path(run) / "run.json").read_text())
