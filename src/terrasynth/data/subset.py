@@ -63,17 +63,9 @@ def subset_dataset(
 
 def _write_subset(ds: Dataset, out: Path, keep: list, key: str, extra_prov: dict) -> Dataset:
     """Hard-link the tiles of ``keep`` into a new dataset at ``out`` (a no-op when ``out`` holds this subset)."""
-    if (out / META_FILE).exists():
-        existing = Dataset.open(out)
-        if existing.info.provenance.get("subset_key") == key:
-            return existing
-        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
-    tmp = out.parent / f".tmp-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ensure_dir(tmp / "labels")
-    if ds.info.has_images:
-        ensure_dir(tmp / "images")
+    existing, tmp = _reuse_or_stage(out, "subset_key", key, ds.info.has_images)
+    if existing is not None:
+        return existing
     for r in keep:
         _link(ds.root / r.label, tmp / r.label)
         if r.image:
@@ -125,18 +117,10 @@ def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str |
     scheme = next((d.scheme for _, d in dss if d.scheme.nodata is not None), first.scheme)
     out = Path(out)
     key = config_hash({"parts": [(p, str(d.root.resolve()), d.info.provenance.get("config_hash")) for p, d in dss]})
-    if (out / META_FILE).exists():
-        existing = Dataset.open(out)
-        if existing.info.provenance.get("merge_key") == key:
-            return existing
-        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
-    tmp = out.parent / f".tmp-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ensure_dir(tmp / "labels")
     has_images = all(d.info.has_images for _, d in dss)
-    if has_images:
-        ensure_dir(tmp / "images")
+    existing, tmp = _reuse_or_stage(out, "merge_key", key, has_images)
+    if existing is not None:
+        return existing
     records = []
     for prefix, d in dss:
         for r in d.records:
@@ -153,6 +137,23 @@ def merge_datasets(parts: Sequence[tuple[str, Dataset | str | Path]], out: str |
         raise UserError(f"{out}: tile ids collide when merging; give each part a distinct prefix")
     prov = {**first.info.provenance, "merged_from": [str(d.root) for _, d in dss], "merge_key": key}
     return _publish(tmp, out, dataclasses.replace(first.info, scheme=scheme), records, name=name or out.name, has_images=has_images, provenance=prov)
+
+
+def _reuse_or_stage(out: Path, key_name: str, key: str, has_images: bool) -> tuple[Dataset | None, Path]:
+    """The dataset already at ``out`` when its provenance ``key_name`` is ``key``; else a fresh staging
+    directory beside ``out`` (terrasynth's own ``.tmp-*``, left by an interrupted run) to assemble into."""
+    tmp = out.parent / f".tmp-{out.name}"
+    if (out / META_FILE).exists():
+        existing = Dataset.open(out)
+        if existing.info.provenance.get(key_name) == key:
+            return existing, tmp
+        raise UserError(f"{out}: already holds another dataset; choose a new output directory")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ensure_dir(tmp / "labels")
+    if has_images:
+        ensure_dir(tmp / "images")
+    return None, tmp
 
 
 def _publish(tmp: Path, out: Path, template: DatasetInfo, records: list, *, name: str, has_images: bool,
