@@ -98,7 +98,8 @@ ALL_LEARNERS = {
 
 @pytest.fixture(scope="module")
 def knob_run(tmp_path_factory):
-    recipes = {**ALL_LEARNERS, "cn-pre": {"pretrain": True}}  # and a segmenter pre-trained on synthetic tiles
+    # and a segmenter pre-trained on synthetic tiles, and its compute control (real tiles twice)
+    recipes = {**ALL_LEARNERS, "cn-pre": {"pretrain": True}, "real-pre": {"pretrain": True, "pretrain_on": "real"}}
     # segment_epochs 0.25 of 12 labelled tiles at batch 4: 1 step per segmenter (the twin's cap is 2)
     return _run_recorded(tmp_path_factory.mktemp("knob"), fractions=[0.5], recipes=recipes, headline_seeds=1,
                          larger_fraction_recipes=None, segment_epochs=0.25)  # fmt: skip
@@ -214,6 +215,32 @@ def test_pretrain_recipe_trains_on_synthetic_then_on_real_from_those_weights(kno
     assert data(fine) == [(real, 1.0)]  # then real tiles alone
     # the same images as the one-image-per-mask recipe (content-addressed), and its own baseline name
     assert syn == state["outputs"]["fractions"]["0.5"]["scarce_data"]["recipes"]["cn"]
+
+
+def test_compute_control_continues_the_real_run_of_its_seed_on_real_tiles(knob_run):
+    run, _, _, _ = knob_run
+    state = _state(run)
+    lc = json.loads(Path(state["outputs"]["scarce"]["learning_curve"]).read_text())
+    by = {p["recipe"]: Path(p["run"]) for p in lc["points"] if p["seed"] == 0}
+    cfg = yaml.safe_load((by["real-pre"] / "config.yaml").read_text())
+    assert Path(cfg["init_weights"]) == by["real"] / "best.safetensors"  # the baseline's own run, not a retrained copy
+    real = state["outputs"]["fractions"]["0.5"]["data"]["real"]
+    assert [(d["path"], d["weight"]) for d in json.loads((by["real-pre"] / "run.json").read_text())["data"]] == [(real, 1.0)]
+    assert "real-pre" not in state["outputs"]["fractions"]["0.5"]["scarce_data"]["recipes"]  # nothing synthesized
+    assert not any(p.name.startswith("r0.5-real-pre-pre-") for p in by["real"].parent.iterdir())
+
+
+def test_compute_control_needs_no_generator_and_refuses_synthetic_options():
+    from pydantic import ValidationError
+
+    from terrasynth.experiments.scarce import ScarceStage
+
+    sc = ScarceStage(enabled=True, fractions=[0.1], recipes={"ctl": {"pretrain": True, "pretrain_on": "real"}})
+    assert sc.generators(0.1) == set()
+    for bad in ({"pretrain_on": "real"}, {"pretrain": True, "pretrain_on": "real", "variants": 3},
+                {"pretrain": True, "pretrain_on": "real", "filter": {"k": 1.25}}):  # fmt: skip
+        with pytest.raises(ValidationError, match="compute control"):
+            ScarceStage(enabled=True, recipes={"ctl": bad})
 
 
 @pytest.mark.slow

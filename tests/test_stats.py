@@ -120,6 +120,32 @@ def test_declared_headline_recipe_wins_over_val():
     assert h["recipe"] == "b" and h["chosen_by"].startswith("declared")
 
 
+def test_a_compute_control_is_never_the_headline_and_a_pretrain_recipe_is_measured_against_it():
+    """``pretrain_on: real`` (real tiles twice) may score best on val, yet the headline is the best
+    synthetic recipe, and a pretrain recipe's gain is split: over real, and over that control."""
+    doc = _doc({"pre": [0.05, 0.06, 0.04, 0.07, 0.05], "ctl": [0.04, 0.04, 0.05, 0.05, 0.05]})
+    doc["recipe_configs"] = {"pre": {"pretrain": True, "pretrain_on": "synthetic"}, "ctl": {"pretrain": True, "pretrain_on": "real"}}
+    for p in doc["points"]:
+        p["val"]["macro_miou"] = {"ctl": 0.9, "pre": 0.5}.get(p["recipe"], 0.4)
+    assert best_recipe(doc, 0.1) == "pre"
+    s = learning_curve_summary(doc)
+    assert s["controls"] == ["ctl"] and cell(s, 0.1, "ctl")["vs_control"] is None
+    vc = cell(s, 0.1, "pre")["vs_control"]
+    assert vc["control"] == "ctl" and vc["macro_miou"]["mean"] == pytest.approx(0.054 - 0.046)
+    assert vc["macro_miou"]["n"] == 5 and vc["macro_miou"]["lo"] < 0 < vc["macro_miou"]["hi"]
+    lines = verdict(s)
+    line = next(x for x in lines if "compute control ctl" in x)
+    assert "pre differs by +0.008" in line and line.endswith("the synthetic images' own share is not measurable.")
+    assert not any("recipes were tried" in x for x in lines)  # one synthetic recipe: the control is not one
+    assert "| 10% | ctl (control) | 5 |" in summary_table(s)
+    # a clear margin over the control is credited to the synthetic images
+    for p in doc["points"]:
+        if p["recipe"] == "ctl":
+            p["test"]["macro_miou"] -= 0.03
+    line = next(x for x in verdict(learning_curve_summary(doc)) if "compute control ctl" in x)
+    assert "pre gains +0.038" in line and line.endswith("the synthetic images, not the extra phase, bought it.")
+
+
 # ---- summary and verdict --------------------------------------------------------------------
 
 

@@ -139,15 +139,22 @@ def _finite(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
+def controls(doc: Mapping[str, Any]) -> list[str]:
+    """Recipes that add no synthetic image (``pretrain_on: real``, the pretrain recipes' compute control)."""
+    return [r for r, c in (doc.get("recipe_configs") or {}).items() if (c or {}).get("pretrain_on") == "real"]
+
+
 def best_recipe(doc: Mapping[str, Any], fraction: float) -> str | None:
     """The synthetic recipe with the highest mean VALIDATION macro mIoU at ``fraction``.
 
     Test never takes part: a recipe picked on test would carry its test luck into the headline.
     Ties go to the recipe declared first in ``doc["recipes"]``; ``None`` when no synthetic recipe ran.
+    Controls are never chosen: they measure a recipe, they are not one.
     """
     best, best_val = None, -math.inf
+    skip = {BASELINE, *controls(doc)}
     for recipe in doc["recipes"]:
-        if recipe == BASELINE:
+        if recipe in skip:
             continue
         vals = [p["val"]["macro_miou"] for p in _points(doc, fraction, recipe) if _finite(p["val"]["macro_miou"])]
         if vals and (v := float(np.mean(vals))) > best_val:
@@ -193,6 +200,8 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
     recipes = [r for r in doc["recipes"] if r in present]
     cells: list[dict[str, Any]] = []
     notes: list[str] = []
+    configs = doc.get("recipe_configs") or {}
+    ctrl = [r for r in controls(doc) if r in present]
     for f in fractions:
         base = _points(doc, f, BASELINE)
         for r in recipes:
@@ -204,7 +213,7 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
                 "test_macro_miou": _ci([p["test"]["macro_miou"] for p in pts], level),
                 "test_micro_iou": _ci([p["test"]["micro_iou"] for p in pts], level),
                 "val_macro_miou": float(np.mean([p["val"]["macro_miou"] for p in pts])),
-                "vs_real": None, "per_class_gain": {}, "per_class_notes": [],
+                "vs_real": None, "per_class_gain": {}, "per_class_notes": [], "vs_control": None,
             }  # fmt: skip
             if r != BASELINE:
                 common = set(c["seeds"]) & {p["seed"] for p in base}
@@ -218,6 +227,8 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
                     c["vs_real"] = {m: paired_difference(_by_seed(pts, "test", m), _by_seed(base, "test", m), level)
                                     for m in ("macro_miou", "micro_iou")}  # fmt: skip
                     c["per_class_gain"], c["per_class_notes"] = _per_class_gain(pts, base, level)
+                if (configs.get(r) or {}).get("pretrain") and r not in ctrl:
+                    c["vs_control"] = _vs_control(doc, f, pts, ctrl, level)
             cells.append(c)
     declared = doc.get("headline_recipe")
     headline = []
@@ -226,10 +237,21 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
             headline.append({"fraction": f, "recipe": declared, "chosen_by": "declared in learning_curve.json"})
         else:
             headline.append({"fraction": f, "recipe": best_recipe(doc, f), "chosen_by": "best mean val macro mIoU"})
-    configs = doc.get("recipe_configs") or {}
     synthetic_only = [r for r in recipes if (configs.get(r) or {}).get("synthetic_only")]
     return {"level": level, "dataset": doc.get("dataset"), "fractions": fractions, "recipes": recipes,
-            "synthetic_only": synthetic_only, "headline": headline, "cells": cells, "notes": notes}  # fmt: skip
+            "synthetic_only": synthetic_only, "controls": ctrl, "headline": headline, "cells": cells,
+            "notes": notes}  # fmt: skip
+
+
+def _vs_control(doc: Mapping[str, Any], f: float, pts: list[dict[str, Any]], ctrl: list[str], level: float) -> dict[str, Any] | None:
+    """A pretrain recipe against the first control with seeds in common at ``f``: the paired test
+    macro / micro gain that its synthetic images, not its second phase, bought."""
+    for r in ctrl:
+        other = _points(doc, f, r)
+        if set(_by_seed(pts, "test", "macro_miou")) & set(_by_seed(other, "test", "macro_miou")):
+            return {"control": r, **{m: paired_difference(_by_seed(pts, "test", m), _by_seed(other, "test", m), level)
+                                     for m in ("macro_miou", "micro_iou")}}  # fmt: skip
+    return None
 
 
 def cell(summary: Mapping[str, Any], fraction: float, recipe: str) -> dict[str, Any] | None:
@@ -289,16 +311,32 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05, no_harm: float = -
             else:
                 lines.append(f"{at}, {who} changes macro mIoU by {d['mean']:+.3f} {ci}: "
                              "synthetic data did NOT measurably help (CI includes 0).")  # fmt: skip
+        if c.get("vs_control"):
+            lines.append(_control_line(at, r, c["vs_control"], lvl))
     scarce = [f for f in summary["fractions"] if f < 1.0]
     if scarce:
         lines.append(_target_line(summary, by_f, scarce[0], target, lvl))
     if 1.0 in summary["fractions"]:
         lines += _full_label_lines(summary, by_f, no_harm, ratio, lvl)
-    others = [r for r in summary["recipes"] if r != BASELINE]
+    others = [r for r in summary["recipes"] if r != BASELINE and r not in summary.get("controls", [])]
     if len(others) > 1:
         lines.append(f"{len(others)} synthetic recipes were tried; the table's intervals for the others are not "
                      "corrected for multiple comparisons.")  # fmt: skip
     return lines
+
+
+def _control_line(at: str, r: str, vc: Mapping[str, Any], lvl: str) -> str:
+    """Does a pretrain recipe's gain survive its compute control (real tiles twice, no synthetic image)?"""
+    d, ctl = vc["macro_miou"], vc["control"]
+    head = f"{at}, against its compute control {ctl} (the same two phases on real tiles alone)"
+    if d["n"] < 2:
+        return f"{head}, {r} differs by {d['mean']:+.3f} macro mIoU with one seed: no claim."
+    ci = f"({lvl} {d['lo']:+.3f} to {d['hi']:+.3f}, {d['n']} seeds, {_p(d['p_value'])}, better in {d['wins']} of {d['n']})"
+    if d["lo"] > 0:
+        return f"{head}, {r} gains {d['mean']:+.3f} macro mIoU {ci}: the synthetic images, not the extra phase, bought it."
+    if d["hi"] < 0:
+        return f"{head}, {r} loses {d['mean']:+.3f} macro mIoU {ci}: the extra phase, not the synthetic images, bought its gain."
+    return f"{head}, {r} differs by {d['mean']:+.3f} macro mIoU {ci}: the synthetic images' own share is not measurable."
 
 
 def _full_label_lines(summary: Mapping[str, Any], by_f: dict[float, Any], no_harm: float, ratio: float, lvl: str) -> list[str]:
@@ -371,6 +409,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in summary["cells"]:
         name = c["recipe"] + (" *" if heads.get(c["fraction"]) == c["recipe"] else "")
+        name += " (control)" if c["recipe"] in summary.get("controls", []) else ""
         vs = c["vs_real"] or {}
         rows.append(f"| {pct(c['fraction'])} | {name} | {c['n']} | {_mci(c['test_macro_miou'])} | {_mci(c['test_micro_iou'])} "
                     f"| {c['val_macro_miou']:.3f} | {_diff(vs.get('macro_miou')) if c['recipe'] != BASELINE else 'baseline'} "

@@ -72,14 +72,30 @@ class Recipe(StrictModel):
     synthetic_only: bool = Field(False, description="no real tiles in training (real val still selects checkpoints)")
     pretrain: bool = Field(False, description="train on the synthetic tiles alone first (real val selects its checkpoint), "
                            "then on the real tiles alone from those weights, the same steps each")
+    # The compute control of the pretrain recipes: the first phase is the real baseline's own run of
+    # the same seed (reused, not retrained), the second the same real tiles again from its best
+    # checkpoint. Same phases, steps and LR restart as a pretrain recipe, no synthetic image: what a
+    # pretrain recipe gains over it is the synthetic images' share of its gain over real.
+    pretrain_on: Literal["synthetic", "real"] = Field("synthetic", description="'real': the compute control (needs pretrain)")
 
     @model_validator(mode="after")
     def _share(self) -> "Recipe":
         if self.pretrain and self.synthetic_only:
             raise ValueError("pretrain and synthetic_only exclude each other: pretrain ends on real tiles")
+        if self.control:
+            synth = {k: v for k, v in self.synthesis_key().items() if k != "generator" and v != Recipe.model_fields[k].default}
+            if not self.pretrain or synth or self.filter is not None:
+                raise ValueError(f"pretrain_on: real is the compute control of the pretrain recipes: it needs pretrain: true and "
+                                 f"no synthetic option (has pretrain={self.pretrain}, {synth or ''}"
+                                 f"{' filter' if self.filter else ''}); drop those options or set pretrain_on: synthetic")
         if isinstance(self.real_share, float) and not 0.0 <= self.real_share < 1.0:
             raise ValueError(f"real_share {self.real_share} must be in [0, 1): 1 would be the real baseline")
         return self
+
+    @property
+    def control(self) -> bool:
+        """No synthetic image: a control row, never a candidate for the headline."""
+        return self.pretrain_on == "real"
 
     def weights(self, n_real: int, n_syn: int) -> tuple[float, float]:
         """(real weight, synthetic weight) per batch."""
@@ -150,6 +166,8 @@ class ScarceStage(StrictModel):
         """Pipeline stages the recipes at ``fraction`` need (besides data)."""
         need: set[str] = set()
         for r in self.recipes_at(fraction).values():
+            if r.control:
+                continue
             need |= {"controlnet_base", "controlnet"} if r.generator == "controlnet" else {"spade"}
             if r.new_layouts > 0:
                 need |= {"landcover", "controlnet_base", "controlnet"}
@@ -180,6 +198,8 @@ def scarce_data(ctx: "Context", d: Path) -> dict[str, Any]:
     # Content-addressed beside the stage folders: another mixing share or filter reuses the images.
     store = ensure_dir(ctx.run / "stages" / "scarce-synth")
     for name, rec in sc.recipes_at(ctx.cfg.data.label_fraction).items():
+        if rec.control:  # no synthetic set (so no entry here): its runs train on the real tiles alone
+            continue
         gen_run = ctx.out("controlnet" if rec.generator == "controlnet" else "spade", "run")
         lc_run = ctx.out("landcover", "run") if rec.new_layouts > 0 else None
         key = config_hash(rec.synthesis_key(), str(real.root.resolve()), gen_run, lc_run, seed,
@@ -257,8 +277,12 @@ def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: 
     steps = experiment_steps(ctx, len(real.split("train")))
     cfg = _train_cfg(ctx, seed, steps)
     if rec is not None and rec.pretrain:
-        # sim-to-real: the synthetic-only run of the same set and seed, then real tiles from its weights
-        pre = train_run(ctx, f"{recipe}-pre", rec.model_copy(update={"pretrain": False, "synthetic_only": True}), seed, real, syn)
+        # sim-to-real: the synthetic-only run of the same set and seed, then real tiles from its weights;
+        # the control's first phase is the real baseline's run of this seed (the same fingerprint: found, not retrained)
+        if rec.control:
+            pre = train_run(ctx, REAL, None, seed, real, None)
+        else:
+            pre = train_run(ctx, f"{recipe}-pre", rec.model_copy(update={"pretrain": False, "synthetic_only": True}), seed, real, syn)
         cfg = _train_cfg(ctx, seed, experiment_steps(ctx, len(real.split("train"))))
         cfg = cfg.model_copy(update={"init_weights": str(pre / "best.safetensors")})
         syn = None
@@ -325,7 +349,8 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
         data = fctx.outputs["scarce_data"]
         real = Dataset.open(data["real"])
         rec = sc.recipes.get(recipe)
-        run = train_run(fctx, recipe, rec, seed, real, Path(data["recipes"][recipe]) if rec is not None else None)
+        syn = data["recipes"].get(recipe)
+        run = train_run(fctx, recipe, rec, seed, real, Path(syn) if syn else None)
         points.append(_point(run, real, r, recipe, seed))
         # what has finished so far, readable while the experiment runs (and after an interruption)
         write_json_atomic(d / "learning_curve.partial.json", _doc(ctx, points, headline=head))
@@ -340,9 +365,11 @@ def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) ->
     head = best_recipe(_doc(ctx, points), r0) if sc.recipes else None
     if head is not None and extra:
         log.info("scarce: best recipe on val at r=%g is %s; %d more seeds for it and the real baseline", r0, head, len(extra))
+        # a pretrain headline takes its compute controls along: its gain over them needs the same seeds
+        ctrls = [k for k, v in sc.recipes_at(r0).items() if v.control] if sc.recipes[head].pretrain else []
         for s in extra:
-            one(r0, REAL, s)
-            one(r0, head, s)
+            for name in [REAL, head, *ctrls]:
+                one(r0, name, s)
     for r in fractions[1:]:
         for s in sc.seeds:
             for name in [REAL, *sc.recipes_at(r)]:
