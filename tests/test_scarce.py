@@ -230,6 +230,15 @@ def test_compute_control_continues_the_real_run_of_its_seed_on_real_tiles(knob_r
     assert not any(p.name.startswith("r0.5-real-pre-pre-") for p in by["real"].parent.iterdir())
 
 
+def test_every_point_names_the_machine_and_precision_its_run_trained_on(knob_run):
+    from terrasynth.accel import machine_kind
+
+    lc = json.loads(Path(_state(knob_run[0])["outputs"]["scarce"]["learning_curve"]).read_text())
+    for p in lc["points"]:
+        info = json.loads((Path(p["run"]) / "run.json").read_text())
+        assert p["machine"] == info["machine"] == f"{machine_kind()}, {info['mixed_precision']}"
+
+
 def test_compute_control_needs_no_generator_and_refuses_synthetic_options():
     from pydantic import ValidationError
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import interrupt_after, ROOT, make_dataset, run_cli
+from terrasynth.accel import cpu_supports_bf16, machine_kind
 from terrasynth.classes import ClassInfo, ClassScheme
 from terrasynth.errors import UserError
 from terrasynth.evaluate.segmentation import evaluate_segmentation
@@ -50,6 +51,9 @@ def test_train_and_evaluate_through_the_cli(data: Path, tmp_path: Path):
     assert list((run / "tb" / "segment").glob("events.out.tfevents.*"))
     info = json.loads((run / "run.json").read_text())
     assert info["validation"]["tiles"] > 0 and "held-out" in info["validation"]["chosen"]
+    # auto precision is bf16 only on a CPU with native bf16: the run says which it got, and where
+    assert info["mixed_precision"] == ("bf16" if cpu_supports_bf16() else "no")
+    assert info["machine"] == f"{machine_kind()}, {info['mixed_precision']}"
     assert json.loads((run / "last.json").read_text())["step"] == 4
 
     out = tmp_path / "eval" / "m.json"
@@ -101,6 +105,18 @@ def test_resume_after_stopping_reaches_the_same_weights(data: Path, tmp_path: Pa
         train_segmentation(SegmentConfig(**{**base, "lr": 0.01}), [(data, 1.0)], part)
     train_segmentation(SegmentConfig(**{**base, "lr": 0.01, "max_steps": 2}), [(data, 1.0)], part, resume=False)
     assert json.loads((part / "last.json").read_text())["step"] == 2
+
+
+def test_a_run_resumed_on_another_machine_kind_names_both(tmp_path: Path):
+    from terrasynth.train.segmentation import _machines
+
+    f = tmp_path / "run.json"
+    assert _machines(f, "cpu: B, bf16") == "cpu: B, bf16"  # a new run
+    f.write_text(json.dumps({"machine": "cpu: A, no"}))
+    assert _machines(f, "cpu: A, no") == "cpu: A, no"  # resumed where it started
+    assert _machines(f, "cpu: B, bf16") == "cpu: A, no then cpu: B, bf16"
+    f.write_text(json.dumps({"machine": "cpu: A, no then cpu: B, bf16"}))
+    assert _machines(f, "cpu: B, bf16") == "cpu: A, no then cpu: B, bf16"
 
 
 def test_target_minutes_sizes_the_steps_and_writes_them_to_the_resolved_config(data: Path, tmp_path: Path):

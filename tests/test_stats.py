@@ -225,6 +225,25 @@ def test_missing_baseline_seed_is_a_note_not_a_crash():
     assert any("no comparison, no claim" in line for line in verdict(s))
 
 
+def test_runs_from_another_machine_kind_are_named_in_notes_and_verdict():
+    doc = _doc({"cn": [0.05, 0.04, 0.06]}, base=(0.4, 0.41, 0.42))
+    s = learning_curve_summary(doc)  # points from before machines were recorded: one kind, no words
+    assert s["machines"] == {"not recorded": 6} and not any("machine" in line for line in verdict(s))
+    xeon, epyc = "cpu: Intel Xeon (bf16), bf16", "cpu: AMD EPYC, no"
+    for p in doc["points"]:
+        p["machine"] = epyc if (p["seed"], p["recipe"]) == (2, "cn") else xeon
+    validate_learning_curve(doc)
+    s = learning_curve_summary(doc)
+    assert s["machines"] == {xeon: 5, epyc: 1}
+    assert any("cn: seed(s) [2] pair runs from different machines" in n for n in s["notes"])
+    assert cell(s, 0.1, "cn")["vs_real"]["macro_miou"]["n"] == 3  # still paired: another realisation, kept
+    line = next(line for line in verdict(s) if "machine kinds" in line)
+    assert f"2 machine kinds or precisions ({xeon} (5 runs); {epyc} (1 runs))" in line
+    doc["points"][0]["machine"] = 3
+    with pytest.raises(UserError, match="machine 3 is not a string"):
+        validate_learning_curve(doc)
+
+
 def test_per_class_gain_skips_nan_and_absent_classes():
     doc = _doc({"cn": [0.0, 0.0, 0.0]}, base=(0.4, 0.4, 0.4))
     for p in doc["points"]:

@@ -49,6 +49,27 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def machine_kind() -> str:
+    """The hardware a run's numbers depend on beyond its config and seed, e.g. ``"cpu: AMD EPYC 7B13"``
+    or ``"cuda: NVIDIA H200"``; ``" (bf16)"`` marks a CPU with native bf16, where ``auto`` precision
+    trains in bf16 (so the same seed gives other numbers than on a CPU without it)."""
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    name = platform.processor() or platform.machine()
+    try:
+        models = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")]  # fmt: skip
+        name = models[0] if models else name
+    except OSError:
+        pass
+    return f"cpu: {name}" + (" (bf16)" if cpu_supports_bf16() else "")
+
+
 def resolve_precision(value: str | bool) -> str:
     """Accelerate's ``mixed_precision`` for a config's ``no|bf16|fp16|auto`` on this machine."""
     import torch

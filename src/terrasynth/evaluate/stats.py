@@ -108,6 +108,8 @@ def validate_learning_curve(doc: Any, source: str = "learning_curve.json") -> di
             m = p.get(split)
             if not isinstance(m, dict) or not all(_number(m.get(k)) and math.isfinite(m[k]) for k in keys):
                 raise UserError(f"{where}: {split} needs finite numbers {', '.join(keys)} (got {m!r}); {fix}")
+        if not isinstance(p.get("machine", ""), str):
+            raise UserError(f"{where}: machine {p['machine']!r} is not a string; {fix}")
         pc = p["test"].get("per_class_iou", {})
         if not isinstance(pc, dict) or not all(v is None or _number(v) for v in pc.values()):
             raise UserError(f"{where}: test.per_class_iou must map class -> IoU or null; {fix}")
@@ -224,6 +226,10 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
                         notes.append(
                             f"fraction {f:g}, {r}: compared on the {len(common)} seed(s) both ran: {sorted(common)}"
                         )
+                    mixed = sorted(sd for sd in common if _machine_of(pts, sd) != _machine_of(base, sd))
+                    if mixed:
+                        notes.append(f"fraction {f:g}, {r}: seed(s) {mixed} pair runs from different machines or "
+                                     "precisions (another realisation, not a replay of the same seed)")  # fmt: skip
                     c["vs_real"] = {m: paired_difference(_by_seed(pts, "test", m), _by_seed(base, "test", m), level)
                                     for m in ("macro_miou", "micro_iou")}  # fmt: skip
                     c["per_class_gain"], c["per_class_notes"] = _per_class_gain(pts, base, level)
@@ -238,9 +244,19 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
         else:
             headline.append({"fraction": f, "recipe": best_recipe(doc, f), "chosen_by": "best mean val macro mIoU"})
     synthetic_only = [r for r in recipes if (configs.get(r) or {}).get("synthetic_only")]
+    machines: dict[str, int] = {}
+    for p in doc["points"]:
+        machines[p.get("machine") or UNRECORDED] = machines.get(p.get("machine") or UNRECORDED, 0) + 1
     return {"level": level, "dataset": doc.get("dataset"), "fractions": fractions, "recipes": recipes,
             "synthetic_only": synthetic_only, "controls": ctrl, "headline": headline, "cells": cells,
-            "notes": notes}  # fmt: skip
+            "machines": machines, "notes": notes}  # fmt: skip
+
+
+UNRECORDED = "not recorded"
+
+
+def _machine_of(points: list[dict[str, Any]], seed: int) -> str:
+    return next((p.get("machine") or UNRECORDED for p in points if p["seed"] == seed), UNRECORDED)
 
 
 def _vs_control(doc: Mapping[str, Any], f: float, pts: list[dict[str, Any]], ctrl: list[str], level: float) -> dict[str, Any] | None:
@@ -318,6 +334,12 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05, no_harm: float = -
         lines.append(_target_line(summary, by_f, scarce[0], target, lvl))
     if 1.0 in summary["fractions"]:
         lines += _full_label_lines(summary, by_f, no_harm, ratio, lvl)
+    machines = summary.get("machines") or {}
+    if len(machines) > 1:
+        kinds = "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in machines.items())
+        lines.append(f"These runs come from {len(machines)} machine kinds or precisions ({kinds}). A seed gives other "
+                     "numbers on another kind, so seeds are pooled as independent draws, not replays "
+                     "(docs/reliability.md).")  # fmt: skip
     others = [r for r in summary["recipes"] if r != BASELINE and r not in summary.get("controls", [])]
     if len(others) > 1:
         lines.append(f"{len(others)} synthetic recipes were tried; the table's intervals for the others are not "

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from terrasynth.config import StrictModel, config_dict, config_hash
 from terrasynth.data.dataset import Dataset
 from terrasynth.errors import UserError
-from terrasynth.io import ensure_dir, write_json_atomic
+from terrasynth.io import ensure_dir, read_json, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from terrasynth.pipeline import Context
@@ -271,7 +271,6 @@ def train_run(ctx: "Context", recipe: str, rec: Recipe | None, seed: int, real: 
     a wall-time target. Run folders are named by the runner's own fingerprint (config without budget
     keys, data and weights): a finished run is found again, a new recipe trains only its own runs.
     """
-    from terrasynth.io import read_json
     from terrasynth.train.segmentation import run_fingerprint, train_segmentation
 
     steps = experiment_steps(ctx, len(real.split("train")))
@@ -326,12 +325,14 @@ def _point(run: Path, real: Dataset, fraction: float, recipe: str, seed: int) ->
             write_evaluation(evaluate_segmentation(run, real.root, split=split, loaded=loaded), f)
         res[split] = json.loads(f.read_text())
     names = _names(real)
-    return {
+    point = {
         "fraction": fraction, "recipe": recipe, "seed": seed, "run": str(run),
         "val": {k: res["val"][k] for k in ("micro_iou", "macro_miou")},
         "test": {**{k: res["test"][k] for k in ("micro_iou", "macro_miou")},
                  "per_class_iou": {names[c]: v for c, v in res["test"]["per_class_iou"].items()}},
     }  # fmt: skip
+    machine = read_json(run / "run.json", "rerun the experiment").get("machine")
+    return {**point, "machine": machine} if machine else point  # runs from before it was recorded have none
 
 
 def run_scarce(ctx: "Context", per_fraction: dict[float, "Context"], d: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ weight 0 it is used for validation only (a synthetic-only run selected on real v
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -37,7 +38,7 @@ from pydantic import Field, field_validator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from terrasynth.accel import make_accelerator, resolve_precision
+from terrasynth.accel import machine_kind, make_accelerator, resolve_precision
 from terrasynth.classes import IGNORE_INDEX, ClassScheme
 from terrasynth.config import MixedPrecision, Seed, TrainBudget, config_dict, config_hash, save_resolved
 from terrasynth.data.dataset import Dataset, TileRecord, class_pixels, provenance
@@ -293,6 +294,18 @@ class SegmentationFamily:
         self.best, self.last_val = d["best"], d["last_val"]
 
 
+def _machines(run_json: Path, now: str) -> str:
+    """The machine kind and precision a run trains on; a run resumed on another one says both
+    (``"A then B"``): the same seed gives other numbers there (docs/reliability.md)."""
+    try:
+        before = json.loads(run_json.read_text()).get("machine") if run_json.is_file() else None
+    except (OSError, ValueError):
+        before = None
+    if not before:
+        return now
+    return before if before.split(" then ")[-1] == now else f"{before} then {now}"
+
+
 def train_segmentation(
     cfg: SegmentConfig, data: Sequence[tuple[Path, float]], out: Path, *, resume: bool = True
 ) -> Path:
@@ -361,6 +374,7 @@ def train_segmentation(
             "validation": {"dataset": str(data[0][0].resolve()), "tiles": len(val_recs), "chosen": val_how},
             "class_weights": weights,
             "mixed_precision": acc.mixed_precision,
+            "machine": _machines(out / "run.json", f"{machine_kind()}, {acc.mixed_precision}"),
             "processes": acc.num_processes,
             "max_steps": max_steps,
             "budget": runner.state.probe,
