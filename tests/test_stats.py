@@ -17,6 +17,7 @@ from terrasynth.evaluate.stats import (
     learning_curve_summary,
     load_learning_curve,
     mean_ci,
+    merge_learning_curves,
     paired_difference,
     per_class_table,
     summary_table,
@@ -238,7 +239,7 @@ def test_runs_from_another_machine_kind_are_named_in_notes_and_verdict():
     assert any("cn: seed(s) [2] pair runs from different machines" in n for n in s["notes"])
     assert cell(s, 0.1, "cn")["vs_real"]["macro_miou"]["n"] == 3  # still paired: another realisation, kept
     line = next(line for line in verdict(s) if "machine kinds" in line)
-    assert f"2 machine kinds or precisions ({xeon} (5 runs); {epyc} (1 runs))" in line
+    assert f"2 machine kinds or precisions ({xeon} (5 runs); {epyc} (1 run))" in line
     doc["points"][0]["machine"] = 3
     with pytest.raises(UserError, match="machine 3 is not a string"):
         validate_learning_curve(doc)
@@ -352,3 +353,47 @@ def test_cli_learning_curve_bad_file(tmp_path, capsys, content):
     assert run_cli("report", "learning-curve", path) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_learning_curves_of_one_experiment_pool_into_one(tmp_path, capsys):
+    """More seeds of the same experiment from another output folder (or machine) pool into one
+    curve: the same summary as one file with every point; a run found in both counts once."""
+    whole = _doc({"cn": [0.05, 0.07, 0.06, 0.08, 0.04]})
+    a, b = dict(whole), dict(whole)
+    a["points"] = [p for p in whole["points"] if p["seed"] < 3]
+    b["points"] = [p for p in whole["points"] if p["seed"] >= 3 or (p["seed"], p["recipe"]) == (0, "real")]
+    pa, pb, pooled = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out" / "pooled.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    merged = merge_learning_curves([("a", a), ("b", b)])
+    assert len(merged["points"]) == 10 and merged["merged_from"] == ["a", "b"]
+    assert learning_curve_summary(merged)["cells"] == learning_curve_summary(whole)["cells"]
+    assert run_cli("report", "learning-curve", pa, pb, "--merged", pooled) == 0
+    out = capsys.readouterr().out
+    assert "pooled 10 points from 2 files" in out and "| 10% | cn * | 5 |" in out
+    assert load_learning_curve(pooled)["points"] == merged["points"]
+    # the pooled file is never overwritten
+    assert run_cli("report", "learning-curve", pa, pb, "--merged", pooled) == 2
+    assert "the file exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("break_it, words", [
+    (lambda d: d["points"][0]["test"].update(macro_miou=0.9), r"real seed 0 at 10% scored 0.9000 test macro mIoU, "
+                                                               r"0.4000 in a \(cpu: B, bf16 vs not recorded\); the same seed ran twice"),
+    (lambda d: d.update(dataset="dubai"), "dataset 'dubai' differs"),
+    (lambda d: d["recipe_configs"].update(cn={"variants": 3}), "recipe 'cn' has another config"),
+])  # fmt: skip
+def test_pooling_refuses_what_is_not_one_experiment(tmp_path, capsys, break_it, words):
+    a = _doc({"cn": [0.05, 0.07]}, base=(0.4, 0.41))
+    a["recipe_configs"] = {"cn": {"variants": 1}}
+    b = json.loads(json.dumps(a))
+    b["points"][0]["machine"] = "cpu: B, bf16"
+    break_it(b)
+    with pytest.raises(UserError, match=words):
+        merge_learning_curves([("a", a), ("b", b)])
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    assert run_cli("report", "learning-curve", pa, pb, "--merged", tmp_path / "m.json") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(pb) in err and not (tmp_path / "m.json").exists()

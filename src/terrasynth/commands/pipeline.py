@@ -29,7 +29,10 @@ def register(cli: CLI) -> None:
     # `report RUN` predates the learning-curve form; argparse cannot put sub-commands beside a positional,
     # so the literal word 'learning-curve' followed by a FILE selects it.
     p.add_argument("run", metavar="RUN", help="a pipeline run directory, or the word 'learning-curve'")
-    p.add_argument("file", nargs="?", metavar="FILE", help="with 'learning-curve': the learning_curve.json to summarise")
+    p.add_argument("file", nargs="*", metavar="FILE",
+                   help="with 'learning-curve': the learning_curve.json to summarise; several are pooled into one "
+                        "(more seeds of the same experiment from another folder or machine)")  # fmt: skip
+    p.add_argument("--merged", metavar="FILE", help="learning-curve: also write the pooled learning_curve.json here (a new file)")
     p.add_argument("--out", type=out_dir, metavar="DIR", help="default: RUN/report")
     p.add_argument("--target", type=float, default=0.05, metavar="GAIN",
                    help="learning-curve: target gain in test macro mIoU at the smallest fraction (default 0.05)")  # fmt: skip
@@ -84,14 +87,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from terrasynth.errors import UserError
 
-    if args.run == LEARNING_CURVE and args.file is not None:
+    if args.run == LEARNING_CURVE and args.file:
         if args.out is not None:
-            raise UserError("report learning-curve only prints; drop --out (the run's report holds the plot)")
-        return cmd_learning_curve(args.file, args.target)
+            raise UserError("report learning-curve only prints; drop --out (the run's report holds the plot; "
+                            "--merged FILE writes a pooled learning_curve.json)")  # fmt: skip
+        return cmd_learning_curve(args.file, args.target, args.merged)
     if args.run == LEARNING_CURVE and not Path(args.run).is_dir():
         raise UserError("report learning-curve: missing FILE; e.g. terrasynth report learning-curve RUN/stages/scarce-*/learning_curve.json")
-    if args.file is not None:
-        raise UserError(f"report {args.run} {args.file}: one RUN only; for a learning curve use 'terrasynth report learning-curve FILE'")
+    if args.file:
+        raise UserError(f"report {args.run} {' '.join(args.file)}: one RUN only; for a learning curve use "
+                        "'terrasynth report learning-curve FILE'")  # fmt: skip
+    if args.merged:
+        raise UserError(f"report {args.run}: --merged goes with 'report learning-curve FILE FILE ...'; drop it")
     from terrasynth.report.build import build_report
 
     html, md = build_report(args.run, args.out)
@@ -102,11 +109,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 LEARNING_CURVE = "learning-curve"
 
 
-def cmd_learning_curve(path: str, target: float) -> int:
-    """Recompute the scarce-label statistics from a ``learning_curve.json``; prints, writes nothing."""
-    from terrasynth.evaluate.stats import learning_curve_summary, load_learning_curve, per_class_table, summary_table, verdict
+def cmd_learning_curve(paths: list[str], target: float, merged: str | None = None) -> int:
+    """Recompute the scarce-label statistics from one or more ``learning_curve.json`` (pooled);
+    prints, and writes only the pooled document when ``merged`` names a new file."""
+    from terrasynth.errors import UserError
+    from terrasynth.evaluate.stats import (learning_curve_summary, load_learning_curve, merge_learning_curves,
+                                           per_class_table, summary_table, verdict)  # fmt: skip
+    from terrasynth.io import ensure_dir, write_json_atomic
 
-    summary = learning_curve_summary(load_learning_curve(path))
+    if merged and Path(merged).exists():
+        raise UserError(f"--merged {merged}: the file exists; name a new file (terrasynth does not overwrite it)")
+    if merged and Path(merged).suffix != ".json":
+        raise UserError(f"--merged {merged}: not a .json name; e.g. --merged pooled-learning_curve.json")
+    docs = [(str(p), load_learning_curve(p)) for p in paths]
+    doc = merge_learning_curves(docs) if len(docs) > 1 else docs[0][1]
+    if merged:
+        ensure_dir(Path(merged).parent)
+        write_json_atomic(Path(merged), doc)
+    summary = learning_curve_summary(doc)
+    if len(docs) > 1:
+        print(f"pooled {len(doc['points'])} points from {len(docs)} files")
     print(summary_table(summary))
     for note in summary["notes"]:
         print(f"note: {note}")

@@ -129,6 +129,53 @@ def load_learning_curve(path: str | Path) -> dict[str, Any]:
     return validate_learning_curve(read_json(path, "pass the learning_curve.json of a scarce-label run"), str(path))
 
 
+def merge_learning_curves(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """One learning curve from several (``[(source, doc), ...]``): the same experiment extended
+    with more seeds in another output folder, or on another machine.
+
+    Points are pooled; a (fraction, recipe, seed) found twice is kept once when both score the same
+    (a run found again), and is a one-line :class:`UserError` when they differ (the same seed run
+    twice, e.g. on two machine kinds: give one of them other seeds). Datasets and the configs of
+    recipes with the same name must agree.
+    """
+    first_src, first = docs[0]
+    out: dict[str, Any] = {k: v for k, v in first.items() if k != "points"}
+    out.update(recipes=dict(first["recipes"]), recipe_configs=dict(first.get("recipe_configs") or {}),
+               labelled=dict(first.get("labelled") or {}), merged_from=[src for src, _ in docs])  # fmt: skip
+    seen: dict[tuple[float, str, int], tuple[str, dict[str, Any]]] = {}
+    points: list[dict[str, Any]] = []
+    for src, doc in docs:
+        if doc.get("dataset") != first.get("dataset"):
+            raise UserError(f"{src}: dataset {doc.get('dataset')!r} differs from {first.get('dataset')!r} in "
+                            f"{first_src}; merge learning curves of one experiment only")  # fmt: skip
+        for name, cfg in (doc.get("recipe_configs") or {}).items():
+            if out["recipe_configs"].setdefault(name, cfg) != cfg:
+                raise UserError(f"{src}: recipe {name!r} has another config than in {first_src}; rename one of "
+                                "them in its config before merging")  # fmt: skip
+        for k in ("headline_recipe", "label_seed", "arch", "encoder"):
+            if doc.get(k) != first.get(k):
+                raise UserError(f"{src}: {k} {doc.get(k)!r} differs from {first.get(k)!r} in {first_src}; "
+                                "merge learning curves of one experiment only")  # fmt: skip
+        out["recipes"].update({r: d for r, d in doc["recipes"].items() if r not in out["recipes"]})
+        out["labelled"].update({f: v for f, v in (doc.get("labelled") or {}).items() if f not in out["labelled"]})
+        for p in doc["points"]:
+            key = (p["fraction"], p["recipe"], p["seed"])
+            if key not in seen:
+                seen[key] = (src, p)
+                points.append(p)
+                continue
+            other_src, q = seen[key]
+            score = lambda x: (x["test"]["macro_miou"], x["test"]["micro_iou"], x["val"]["macro_miou"])  # noqa: E731
+            if score(p) != score(q):
+                raise UserError(
+                    f"{src}: {p['recipe']} seed {p['seed']} at {pct(p['fraction'])} scored {p['test']['macro_miou']:.4f} "
+                    f"test macro mIoU, {q['test']['macro_miou']:.4f} in {other_src} ({p.get('machine') or UNRECORDED} vs "
+                    f"{q.get('machine') or UNRECORDED}); the same seed ran twice: drop one file or rerun one with other seeds"
+                )
+    out["points"] = points
+    return validate_learning_curve(out, " + ".join(src for src, _ in docs))
+
+
 def _points(doc: Mapping[str, Any], fraction: float, recipe: str) -> list[dict[str, Any]]:
     return [p for p in doc["points"] if p["fraction"] == fraction and p["recipe"] == recipe]
 
