@@ -397,3 +397,20 @@ def test_pooling_refuses_what_is_not_one_experiment(tmp_path, capsys, break_it, 
     assert run_cli("report", "learning-curve", pa, pb, "--merged", tmp_path / "m.json") == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(pb) in err and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["learning-curve", "LC", "--out", "OUT"], "only prints; drop --out"),
+    (["RUN", "LC"], "one RUN only"),
+    (["RUN", "--merged", "M.json"], "--merged goes with"),
+    (["learning-curve", "LC", "--merged", "M.txt"], "not a .json name"),
+])  # fmt: skip
+def test_report_misuse_is_a_one_line_error(tmp_path, capsys, args, words):
+    lc = tmp_path / "lc.json"
+    lc.write_text(json.dumps(_doc({"cn": [0.05, 0.07]}, base=(0.4, 0.41))))
+    (tmp_path / "run").mkdir()
+    subst = {"LC": lc, "OUT": tmp_path / "out", "RUN": tmp_path / "run", "M.json": tmp_path / "m.json", "M.txt": tmp_path / "m.txt"}
+    assert run_cli("report", *[subst.get(a, a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lc.json", "run"]
