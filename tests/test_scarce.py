@@ -237,6 +237,11 @@ def test_every_point_names_the_machine_and_precision_its_run_trained_on(knob_run
     for p in lc["points"]:
         info = json.loads((Path(p["run"]) / "run.json").read_text())
         assert p["machine"] == info["machine"] == f"{machine_kind()}, {info['mixed_precision']}"
+    # and which data and generators made the points, so that only the same experiment pools
+    stages = lc["stages"]["0.5"]
+    assert {"data", "controlnet_base", "controlnet", "spade", "landcover"} <= set(stages)
+    assert all((knob_run[0] / "stages" / f"{s}-{k}").is_dir() for s, k in stages.items())
+    assert isinstance(lc["segment_config"], str) and len(lc["segment_config"]) >= 8
 
 
 def test_compute_control_needs_no_generator_and_refuses_synthetic_options():

@@ -382,10 +382,12 @@ def test_learning_curves_of_one_experiment_pool_into_one(tmp_path, capsys):
                                                                r"0.4000 in a \(cpu: B, bf16 vs not recorded\); the same seed ran twice"),
     (lambda d: d.update(dataset="dubai"), "dataset 'dubai' differs"),
     (lambda d: d["recipe_configs"].update(cn={"variants": 3}), "recipe 'cn' has another config"),
+    (lambda d: d["stages"]["0.1"].update(controlnet="c2"), "the controlnet stage at 0.1 of the labels is another one"),
+    (lambda d: d.update(segment_config="s2"), "segment_config 's2' differs from 's1'"),
 ])  # fmt: skip
 def test_pooling_refuses_what_is_not_one_experiment(tmp_path, capsys, break_it, words):
     a = _doc({"cn": [0.05, 0.07]}, base=(0.4, 0.41))
-    a["recipe_configs"] = {"cn": {"variants": 1}}
+    a.update(recipe_configs={"cn": {"variants": 1}}, stages={"0.1": {"data": "d1", "controlnet": "c1"}}, segment_config="s1")
     b = json.loads(json.dumps(a))
     b["points"][0]["machine"] = "cpu: B, bf16"
     break_it(b)

@@ -141,7 +141,9 @@ def merge_learning_curves(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict
     first_src, first = docs[0]
     out: dict[str, Any] = {k: v for k, v in first.items() if k != "points"}
     out.update(recipes=dict(first["recipes"]), recipe_configs=dict(first.get("recipe_configs") or {}),
-               labelled=dict(first.get("labelled") or {}), merged_from=[src for src, _ in docs])  # fmt: skip
+               labelled=dict(first.get("labelled") or {}), merged_from=[src for src, _ in docs],
+               stages={f: dict(v) for f, v in (first.get("stages") or {}).items()})  # fmt: skip
+    out.pop("segment_config", None)
     seen: dict[tuple[float, str, int], tuple[str, dict[str, Any]]] = {}
     points: list[dict[str, Any]] = []
     for src, doc in docs:
@@ -152,9 +154,19 @@ def merge_learning_curves(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict
             if out["recipe_configs"].setdefault(name, cfg) != cfg:
                 raise UserError(f"{src}: recipe {name!r} has another config than in {first_src}; rename one of "
                                 "them in its config before merging")  # fmt: skip
-        for k in ("headline_recipe", "label_seed", "arch", "encoder"):
-            if doc.get(k) != first.get(k):
-                raise UserError(f"{src}: {k} {doc.get(k)!r} differs from {first.get(k)!r} in {first_src}; "
+        for f, keys in (doc.get("stages") or {}).items():
+            have = out.setdefault("stages", {}).setdefault(f, {})
+            for stage, key in keys.items():
+                if have.setdefault(stage, key) != key:
+                    raise UserError(f"{src}: the {stage} stage at {f} of the labels is another one (key {key}, "
+                                    f"{have[stage]} before): its points are not the same experiment's; "
+                                    "compare them side by side instead")  # fmt: skip
+        for k in ("headline_recipe", "label_seed", "arch", "encoder", "segment_config"):
+            if k == "segment_config" and k not in doc:
+                continue  # written since session 19; older files do not say
+            out.setdefault(k, doc.get(k))
+            if doc.get(k) != out.get(k):
+                raise UserError(f"{src}: {k} {doc.get(k)!r} differs from {out.get(k)!r} before it; "
                                 "merge learning curves of one experiment only")  # fmt: skip
         out["recipes"].update({r: d for r, d in doc["recipes"].items() if r not in out["recipes"]})
         out["labelled"].update({f: v for f, v in (doc.get("labelled") or {}).items() if f not in out["labelled"]})

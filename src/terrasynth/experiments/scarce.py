@@ -399,6 +399,10 @@ def _doc(ctx: "Context", points: list[dict[str, Any]], headline: str | None = No
         "labelled": _labelled(ctx),
         "recipes": {REAL: "real tiles only (the baseline)", **{k: v.description or k for k, v in sc.recipes.items()}},
         "recipe_configs": {k: config_dict(v) for k, v in sc.recipes.items()},
+        # what else makes a point: the cache keys of its fraction's data and generator stages, and the
+        # segmenters' config (seed aside); learning curves pool only where these agree
+        "stages": {f"{r:g}": {s: c.keys[s] for s in ("data", *sorted(sc.generators(r)))} for r, c in ctx.fractions.items()},
+        "segment_config": config_hash({k: v for k, v in config_dict(_train_cfg(ctx, 0, None)).items() if k != "seed"}),
         "points": points,
     }
 
