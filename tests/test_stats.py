@@ -240,6 +240,10 @@ def test_runs_from_another_machine_kind_are_named_in_notes_and_verdict():
     assert cell(s, 0.1, "cn")["vs_real"]["macro_miou"]["n"] == 3  # still paired: another realisation, kept
     line = next(line for line in verdict(s) if "machine kinds" in line)
     assert f"2 machine kinds or precisions ({xeon} (5 runs); {epyc} (1 run))" in line
+    del doc["points"][0]["machine"]  # real seed 0: unrecorded, so no mixed pair, and counted apart
+    s = learning_curve_summary(doc)
+    assert not any("seed(s) [0]" in n for n in s["notes"]) and s["machines"] == {xeon: 4, epyc: 1, "not recorded": 1}
+    assert "2 machine kinds" in " ".join(verdict(s)) and any(line.startswith("Runs without a recorded machine: 1 ") for line in verdict(s))
     doc["points"][0]["machine"] = 3
     with pytest.raises(UserError, match="machine 3 is not a string"):
         validate_learning_curve(doc)

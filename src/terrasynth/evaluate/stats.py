@@ -285,7 +285,8 @@ def learning_curve_summary(doc: Mapping[str, Any], level: float = LEVEL) -> dict
                         notes.append(
                             f"fraction {f:g}, {r}: compared on the {len(common)} seed(s) both ran: {sorted(common)}"
                         )
-                    mixed = sorted(sd for sd in common if _machine_of(pts, sd) != _machine_of(base, sd))
+                    mixed = sorted(sd for sd in common if UNRECORDED not in (m := {_machine_of(pts, sd), _machine_of(base, sd)})
+                                   and len(m) == 2)  # fmt: skip
                     if mixed:
                         notes.append(f"fraction {f:g}, {r}: seed(s) {mixed} pair runs from different machines or "
                                      "precisions (another realisation, not a replay of the same seed)")  # fmt: skip
@@ -393,12 +394,15 @@ def verdict(summary: Mapping[str, Any], target: float = 0.05, no_harm: float = -
         lines.append(_target_line(summary, by_f, scarce[0], target, lvl))
     if 1.0 in summary["fractions"]:
         lines += _full_label_lines(summary, by_f, no_harm, ratio, lvl)
-    machines = summary.get("machines") or {}
+    machines = {m: n for m, n in (summary.get("machines") or {}).items() if m != UNRECORDED}
     if len(machines) > 1:
         kinds = "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in machines.items())
         lines.append(f"These runs come from {len(machines)} machine kinds or precisions ({kinds}). A seed gives other "
                      "numbers on another kind, so seeds are pooled as independent draws, not replays "
                      "(docs/reliability.md).")  # fmt: skip
+    if machines and (summary.get("machines") or {}).get(UNRECORDED):
+        lines.append(f"Runs without a recorded machine: {summary['machines'][UNRECORDED]} (trained before it was "
+                     "recorded); pair them with the others only if they ran on the same kind.")  # fmt: skip
     others = [r for r in summary["recipes"] if r != BASELINE and r not in summary.get("controls", [])]
     if len(others) > 1:
         lines.append(f"{len(others)} synthetic recipes were tried; the table's intervals for the others are not "
