@@ -238,30 +238,6 @@ def test_adversarial_autoencoder_trains_a_discriminator_and_resumes_exactly(trai
     assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["vae"]["resumed_from"] == 2
 
 
-def test_chroma_term_charges_a_grey_reconstruction_and_nothing_else():
-    """vae.chroma_weight: a reconstruction with the right grey levels but no colour costs more with
-    the term; a shift of brightness alone costs nothing extra; an exact one costs nothing."""
-    from terrasynth.models.autoencoder import VAELoss
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
-    grey = x.mean(1, keepdim=True).expand_as(x)
-    plain, chroma = VAELoss(torch.nn.Identity(), 0.0), VAELoss(torch.nn.Identity(), 0.0, chroma_weight=2.0)
-    colour = (x - grey).abs().mean()
-    assert chroma.reconstruction(grey, x) == pytest.approx(float(plain.reconstruction(grey, x) + 2 * colour))
-    assert chroma.reconstruction(x + 0.1, x) == pytest.approx(float(plain.reconstruction(x + 0.1, x)))
-    assert float(chroma.reconstruction(x, x)) == 0.0
-
-
-def test_chroma_weight_reaches_the_autoencoder_training(trained, tmp_path):
-    sets = [*TINY_BASE, "splits=[train]", "vae.chroma_weight=4", "unet.max_steps=1"]
-    assert run_cli("controlnet", "train-base", "--data", trained / "data", "--out", tmp_path / "c",
-                   "--config", ROOT / "configs" / "controlnet-cpu.yaml", *_sets(sets)) == 0  # fmt: skip
-    a, plain = (load_base(p).vae.state_dict() for p in (tmp_path / "c", trained / "base"))
-    assert not all(torch.equal(a[k], plain[k]) for k in a)  # same data, seed and steps: only the loss differs
-    assert load_config(ControlNetBaseConfig, tmp_path / "c" / "config.yaml").vae.chroma_weight == 4
-
-
 def test_target_minutes_sizes_the_steps_and_the_resolved_config_records_them(trained, tmp_path):
     cfg = ControlNetConfig(max_steps=40, target_minutes=0.01, batch_size=2, warmup_steps=1, checkpoint_every=100,
                            sampling={"steps": 2, "batch_size": 8})  # fmt: skip

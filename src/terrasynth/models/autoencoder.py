@@ -97,22 +97,11 @@ def autoencoder_loss(
 
 
 class VAELoss(torch.nn.Module):
-    """Reconstruction (L1) + ``kl_weight`` * KL of an image AutoencoderKL, images (B, 3, H, W) in [0, 1].
+    """Reconstruction (L1) + ``kl_weight`` * KL of an image AutoencoderKL, images (B, 3, H, W) in [0, 1]."""
 
-    ``chroma_weight`` > 0 adds that times the L1 of each pixel's colour around its own grey level
-    (RGB minus the pixel's channel mean). On imagery whose colour is a small offset from grey
-    (Dubai: mean max-min channel spread 14 of 255) plain L1 is met by grey reconstructions first.
-    """
-
-    def __init__(self, vae: AutoencoderKL, kl_weight: float, chroma_weight: float = 0.0):
+    def __init__(self, vae: AutoencoderKL, kl_weight: float):
         super().__init__()
-        self.vae, self.kl_weight, self.chroma_weight = vae, kl_weight, chroma_weight
-
-    def reconstruction(self, rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        loss = F.l1_loss(rec, x)
-        if self.chroma_weight:
-            loss = loss + self.chroma_weight * F.l1_loss(rec - rec.mean(1, keepdim=True), x - x.mean(1, keepdim=True))
-        return loss
+        self.vae, self.kl_weight = vae, kl_weight
 
     def reconstruct(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input in [-1, 1], reconstruction of a posterior sample, KL per input element)."""
@@ -124,4 +113,4 @@ class VAELoss(torch.nn.Module):
     def forward(self, images: torch.Tensor, gen: torch.Generator, parts: bool = False):
         """The loss; ``parts=True``: ``reconstruct``'s (input, reconstruction, KL), through the (DDP) wrapper."""
         x, rec, kl = self.reconstruct(images, gen)
-        return (x, rec, kl) if parts else self.reconstruction(rec, x) + self.kl_weight * kl
+        return (x, rec, kl) if parts else F.l1_loss(rec, x) + self.kl_weight * kl

@@ -54,8 +54,6 @@ class AutoencoderConfig(AutoencoderArch):
     mid_attention: bool = True
     pretrained: str | None = None  # a local diffusers AutoencoderKL directory to use instead
     kl_weight: float = Field(1e-6, ge=0)
-    chroma_weight: float = Field(0.0, ge=0, description="weight of an L1 term on each pixel's colour around its "
-                                 "grey level (terrasynth.models.autoencoder.VAELoss); 0 = off")  # fmt: skip
     max_steps: int = Field(3000, ge=0)  # 0 with ``pretrained`` or ``init_from``: keep it frozen
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -237,7 +235,7 @@ class _AdversarialVAE:
         loss_mod = self.runner.unwrap(self.loss)
         with self.acc.autocast():
             x, rec, kl = self.loss(self.sample(gen), gen, parts=True)
-            l1 = loss_mod.reconstruction(rec, x)
+            l1 = F.l1_loss(rec, x)
             total = l1 + loss_mod.kl_weight * kl
         logs = {"l1": float(l1.detach())}
         if step >= self.cfg.adversarial_start:
@@ -348,7 +346,7 @@ def train_controlnet_base(cfg: ControlNetBaseConfig, data: Path | Sequence[Path]
 
         spec = _spec("vae", cfg, cfg.vae.max_steps, **stage_minutes(cfg, "vae"))
         fp = fingerprint({k: v for k, v in conf.items() if k != "unet"}, **inputs)
-        ema, summary["vae"] = _fit_vae(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight, cfg.vae.chroma_weight), cfg.vae, sample,
+        ema, summary["vae"] = _fit_vae(spec, out, fp, VAELoss(vae, cfg.vae.kl_weight), cfg.vae, sample,
                                        cfg.mixed_precision, resume)  # fmt: skip
         vae = ema.vae
     vae = vae.to(device).eval().requires_grad_(False)
